@@ -1,0 +1,38 @@
+/**
+ * draftattn: DraftAttention (arXiv 2505.14708) for video diffusion transformers on WebGPU and
+ * WebAssembly, at any resolution.
+ *
+ * @example
+ * ```ts
+ * import { openRuntime } from "./mod.ts";
+ * const rt = await openRuntime({ backend: "wasm" });
+ * const op = rt.draftAttention({ frames: 2, height: 8, width: 16, heads: 1, headDim: 32 });
+ * const n = 2 * 8 * 16 * 32;
+ * const q = Float32Array.from({ length: n }, (_, i) => Math.sin(i));
+ * const out = await op.run(q, q, q);
+ * console.assert(out.length === n);
+ * rt.dispose();
+ * ```
+ *
+ * @module
+ */
+export { openRuntime } from "./src/runtime.ts";
+export type { AttentionOp, DraftAttentionOp, Runtime, RuntimeOptions } from "./src/runtime.ts";
+export { DraftAttentionError } from "./src/errors.ts";
+export type { DraftAttentionErrorCode } from "./src/errors.ts";
+export { keepCount } from "./src/validate.ts";
+export { createStepSchedule } from "./src/schedule.ts";
+export type { StepSchedule, StepScheduleOptions } from "./src/schedule.ts";
+export type {
+  AttentionOptions,
+  BackendInfo,
+  BackendKind,
+  DraftAttentionOptions,
+  DType,
+  GpuRunArgs,
+  Layout,
+  MaskResult,
+  Policy,
+  TensorArray,
+  TextPosition,
+} from "./src/types.ts";

@@ -1,0 +1,73 @@
+/**
+ * The one error type of draftattn. Every rejection a caller can cause carries a stable `code`
+ * and names the offending `field` (and its value) in the message.
+ *
+ * @module
+ */
+
+/** Stable error codes; new codes may be added, existing ones never change meaning. */
+export type DraftAttentionErrorCode =
+  /** An option has a wrong value: not a positive integer, out of range, NaN, unknown enum. */
+  | "INVALID_OPTION"
+  /** A valid request this build or backend does not support (headDim 260, dtype "bf16"). */
+  | "UNSUPPORTED"
+  /** A `run()` input has the wrong type or length. */
+  | "INVALID_INPUT"
+  /** A `GPUBuffer` is too small, destroyed, from another device or lacks a usage flag. */
+  | "INVALID_BUFFER"
+  /** The op or runtime was used after `dispose()`. */
+  | "DISPOSED"
+  /** The requested backend is not available here (no WebGPU adapter, for instance). */
+  | "NO_BACKEND"
+  /** The GPU device was lost or destroyed. */
+  | "DEVICE_LOST"
+  /** WebGPU reported a validation, out-of-memory or internal error. */
+  | "GPU_ERROR"
+  /** The request exceeds a limit of the device or of WebAssembly memory. */
+  | "TOO_LARGE"
+  /** A model profile name that does not exist. */
+  | "UNKNOWN_MODEL";
+
+/**
+ * Error thrown (or rejected with) by every draftattn API.
+ *
+ * @example
+ * ```ts
+ * import { DraftAttentionError } from "./errors.ts";
+ * const e = new DraftAttentionError("INVALID_OPTION", "heads", "must be a positive integer, got 0");
+ * console.assert(e.message === "Invalid heads: must be a positive integer, got 0");
+ * ```
+ */
+export class DraftAttentionError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: DraftAttentionErrorCode;
+  /** The option, input or resource at fault (e.g. `"heads"`, `"q"`, `"device"`). */
+  readonly field: string;
+
+  constructor(
+    code: DraftAttentionErrorCode,
+    field: string,
+    detail: string,
+    options?: ErrorOptions,
+  ) {
+    super(`Invalid ${field}: ${detail}`, options);
+    this.name = "DraftAttentionError";
+    this.code = code;
+    this.field = field;
+  }
+}
+
+/** Formats a value for an error message: strings quoted, arrays and objects summarised. */
+export function describeValue(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number" || typeof value === "boolean" || value == null) {
+    return String(value);
+  }
+  if (typeof value === "bigint") return `${value}n`;
+  if (ArrayBuffer.isView(value)) {
+    return `${value.constructor.name}(${(value as unknown as ArrayLike<unknown>).length})`;
+  }
+  if (Array.isArray(value)) return `[${value.map(describeValue).join(", ")}]`;
+  const name = (value as object).constructor?.name;
+  return name ? `a ${name}` : typeof value;
+}

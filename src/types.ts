@@ -1,0 +1,172 @@
+/**
+ * Types shared by the public API and both backends.
+ *
+ * @module
+ */
+
+/** Memory layout of q, k, v and the output. */
+export type Layout = "BSHD" | "BHSD";
+/** Storage type of q, k, v and the output. Accumulation is always f32. */
+export type DType = "f32" | "f16";
+/** Where the text tokens sit on the token axis relative to the video tokens. */
+export type TextPosition = "after" | "before";
+/** Block-selection policy. `"percentile"` is the reference policy of SPEC.md. */
+export type Policy = "percentile";
+/** Which backend computes. */
+export type BackendKind = "webgpu" | "wasm";
+
+/** A typed array of the op's dtype. */
+export type TensorArray = Float32Array | Float16Array;
+
+/** Options of `runtime.attention()` (dense attention). */
+export interface AttentionOptions {
+  batch?: number;
+  tokens: number;
+  heads: number;
+  headDim: number;
+  layout?: Layout;
+  dtype?: DType;
+  /** Softmax scale; defaults to `1 / sqrt(headDim)`. */
+  scale?: number;
+}
+
+/** Options of `runtime.draftAttention()`. */
+export interface DraftAttentionOptions {
+  /** Latent frames after patchify. */
+  frames: number;
+  /** Latent height (rows) after patchify. */
+  height: number;
+  /** Latent width (columns) after patchify. */
+  width: number;
+  textTokens?: number;
+  textPosition?: TextPosition;
+  heads: number;
+  headDim: number;
+  batch?: number;
+  layout?: Layout;
+  dtype?: DType;
+  /** Window size `[poolH, poolW]` in latent tokens; default `[8, 16]`. */
+  pool?: readonly [number, number];
+  /** Share of video-video block pairs dropped, in `[0, 1)`; default 0.9. */
+  sparsity?: number;
+  policy?: Policy;
+  scale?: number;
+}
+
+/** Dense attention request with every default filled in and every field validated. */
+export interface DenseSpec {
+  batch: number;
+  tokens: number;
+  heads: number;
+  headDim: number;
+  layout: Layout;
+  dtype: DType;
+  scale: number;
+}
+
+/** Geometry of the video token grid: everything the token order and block tables depend on. */
+export interface Geometry {
+  frames: number;
+  height: number;
+  width: number;
+  textTokens: number;
+  textPosition: TextPosition;
+  poolH: number;
+  poolW: number;
+}
+
+/** Draft attention request with every default filled in and every field validated. */
+export interface DraftSpec extends DenseSpec, Geometry {
+  sparsity: number;
+  policy: Policy;
+  /** Entries kept per (batch, head) by the percentile threshold: `keepCount(g, sparsity)`. */
+  keep: number;
+}
+
+/** The block mask of the last `run()`. */
+export interface MaskResult {
+  /** Draft tokens (video blocks) per frame sequence: `frames * ceil(h/poolH) * ceil(w/poolW)`. */
+  g: number;
+  /** `[batch, heads, g, g]`, 1 where the query block attends to the key block. */
+  mask: Uint8Array;
+  /** Share of kept video-video block pairs, over all batch elements and heads. */
+  density: number;
+}
+
+/**
+ * The per-geometry plan built by the AssemblyScript planner (`src/plan.ts`). All tables are
+ * exact integers and identical for both backends.
+ *
+ * Tiles: tiles `0 .. g-1` are the video windows in draft numbering (frame, window row, window
+ * column), so tile `i` is row/column `i` of the block mask; tiles `g .. g+textTiles-1` are runs
+ * of at most `TEXT_TILE` text tokens. Every tile is a contiguous range of window order.
+ */
+export interface Plan {
+  geometry: Geometry;
+  /** `videoTokens + textTokens`. */
+  tokens: number;
+  videoTokens: number;
+  /** Windows per frame along height and width: `ceil(height/poolH)`, `ceil(width/poolW)`. */
+  nh: number;
+  nw: number;
+  /** Video tiles (draft tokens). */
+  g: number;
+  textTiles: number;
+  /** `g + textTiles`. */
+  tiles: number;
+  /** `[tokens]`: window-order position -> raster token index. */
+  order: Int32Array;
+  /** `[tokens]`: raster token index -> window-order position. */
+  inverse: Int32Array;
+  /** `[tiles]`: first window-order position of each tile. */
+  tileStart: Int32Array;
+  /** `[tiles]`: tokens in each tile (>= 1). */
+  tileLen: Int32Array;
+  /** Largest `tileLen`. */
+  maxTileLen: number;
+}
+
+/** What a backend reports about itself. */
+export interface BackendInfo {
+  backend: BackendKind;
+  /** Adapter description (WebGPU) or "WebAssembly SIMD". */
+  adapter: string;
+  /** Why this backend was chosen. */
+  reason: string;
+  /** Features in use (`shader-f16`, `subgroups`, `timestamp-query`, `simd`, ...). */
+  features: string[];
+  /** Device limits that matter for planning (WebGPU only). */
+  limits?: Record<string, number>;
+}
+
+/** Output of a WebGPU op run on caller-owned buffers. */
+export interface GpuRunArgs {
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  out: GPUBuffer;
+}
+
+/** One compiled op of a backend. Inputs are validated by the caller (src/runtime.ts). */
+export interface KernelOp {
+  /** Typed arrays in, typed array of the same type and layout out. */
+  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  /** WebGPU only: caller-owned buffers, no readback. */
+  runBuffers?(args: GpuRunArgs): Promise<void>;
+  dispose(): void;
+}
+
+/** A draft-attention op of a backend. */
+export interface DraftKernelOp extends KernelOp {
+  /** Mask of the last run, `[batch, heads, g, g]`; reads back only when called. */
+  lastMask(): Promise<MaskResult>;
+}
+
+/** What every backend implements; `src/runtime.ts` wraps it in the public API. */
+export interface Backend {
+  readonly kind: BackendKind;
+  info(): BackendInfo;
+  dense(spec: DenseSpec): KernelOp;
+  draft(spec: DraftSpec, plan: Plan): DraftKernelOp;
+  dispose(): void;
+}

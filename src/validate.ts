@@ -1,0 +1,203 @@
+/**
+ * Option validation: turns user options into fully resolved specs, or throws a
+ * `DraftAttentionError` naming the field and the value.
+ *
+ * @module
+ */
+import { DraftAttentionError, describeValue } from "./errors.ts";
+import type {
+  AttentionOptions,
+  DenseSpec,
+  DraftAttentionOptions,
+  DraftSpec,
+  DType,
+  Layout,
+  Policy,
+  TextPosition,
+} from "./types.ts";
+
+/** Largest supported head dimension; any multiple of 4 up to it works. */
+export const MAX_HEAD_DIM = 256;
+/** Tokens per text tile (text rows and columns are never masked, so their tiling is free). */
+export const TEXT_TILE = 128;
+/** Default window `[poolH, poolW]`: 128 tokens, as in the paper. */
+export const DEFAULT_POOL: readonly [number, number] = [8, 16];
+/** Default sparsity of the reference. */
+export const DEFAULT_SPARSITY = 0.9;
+
+const LAYOUTS: readonly Layout[] = ["BSHD", "BHSD"];
+const DTYPES: readonly DType[] = ["f32", "f16"];
+const TEXT_POSITIONS: readonly TextPosition[] = ["after", "before"];
+const POLICIES: readonly Policy[] = ["percentile"];
+
+/** Number of `g x g` entries the percentile policy keeps: `ceil((1 - sparsity) * g^2)`, >= 1.
+ *
+ * The product is rounded before `ceil` so that binary float error (0.1 * 100 =
+ * 10.000000000000002) does not keep one entry too many.
+ *
+ * @example
+ * ```ts
+ * import { keepCount } from "./validate.ts";
+ * console.assert(keepCount(10, 0.9) === 10);
+ * console.assert(keepCount(10, 0) === 100);
+ * ```
+ */
+export function keepCount(g: number, sparsity: number): number {
+  const n = g * g;
+  const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
+  return Math.min(n, Math.max(1, k));
+}
+
+/** Checks that `value` is an integer in `[min, max]`. */
+export function positiveInt(field: string, value: unknown, min = 1, max = 2 ** 31 - 1): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    const range = max === 2 ** 31 - 1 ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`;
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      field,
+      `must be ${range}, got ${describeValue(value)}`,
+    );
+  }
+  return value;
+}
+
+function oneOf<T extends string>(field: string, value: unknown, allowed: readonly T[], def: T): T {
+  if (value === undefined) return def;
+  if (typeof value !== "string" || !(allowed as readonly string[]).includes(value)) {
+    throw new DraftAttentionError(
+      typeof value === "string" ? "UNSUPPORTED" : "INVALID_OPTION",
+      field,
+      `must be one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}, got ${
+        describeValue(value)
+      }`,
+    );
+  }
+  return value as T;
+}
+
+function headDimOf(value: unknown): number {
+  const d = positiveInt("headDim", value);
+  if (d % 4 !== 0 || d > MAX_HEAD_DIM) {
+    throw new DraftAttentionError(
+      "UNSUPPORTED",
+      "headDim",
+      `must be a multiple of 4 up to ${MAX_HEAD_DIM}, got ${d}`,
+    );
+  }
+  return d;
+}
+
+function scaleOf(value: unknown, headDim: number): number {
+  if (value === undefined) return 1 / Math.sqrt(headDim);
+  if (typeof value !== "number" || !Number.isFinite(value) || value <= 0) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "scale",
+      `must be a finite number > 0, got ${describeValue(value)}`,
+    );
+  }
+  return value;
+}
+
+function optionsObject(options: unknown): Record<string, unknown> {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "options",
+      `must be an object, got ${describeValue(options)}`,
+    );
+  }
+  return options as Record<string, unknown>;
+}
+
+/** Elements of one of q, k, v, out; checked against `Number.MAX_SAFE_INTEGER` overflow. */
+export function tensorElements(spec: DenseSpec): number {
+  return spec.batch * spec.tokens * spec.heads * spec.headDim;
+}
+
+const MAX_ELEMENTS = 2 ** 40;
+
+function checkSize(spec: DenseSpec): void {
+  if (tensorElements(spec) > MAX_ELEMENTS) {
+    throw new DraftAttentionError(
+      "TOO_LARGE",
+      "tokens",
+      `batch * tokens * heads * headDim = ${tensorElements(spec)} exceeds ${MAX_ELEMENTS}`,
+    );
+  }
+}
+
+/** Resolves and validates `runtime.attention()` options. */
+export function resolveDense(options: AttentionOptions): DenseSpec {
+  const o = optionsObject(options);
+  const headDim = headDimOf(o.headDim);
+  const spec: DenseSpec = {
+    batch: o.batch === undefined ? 1 : positiveInt("batch", o.batch),
+    tokens: positiveInt("tokens", o.tokens),
+    heads: positiveInt("heads", o.heads),
+    headDim,
+    layout: oneOf("layout", o.layout, LAYOUTS, "BSHD"),
+    dtype: oneOf("dtype", o.dtype, DTYPES, "f32"),
+    scale: scaleOf(o.scale, headDim),
+  };
+  checkSize(spec);
+  return spec;
+}
+
+/** Resolves and validates `runtime.draftAttention()` options. */
+export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
+  const o = optionsObject(options);
+  const frames = positiveInt("frames", o.frames);
+  const height = positiveInt("height", o.height);
+  const width = positiveInt("width", o.width);
+  const textTokens = o.textTokens === undefined ? 0 : positiveInt("textTokens", o.textTokens, 0);
+  const pool = o.pool === undefined ? DEFAULT_POOL : o.pool;
+  if (!Array.isArray(pool) || pool.length !== 2) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "pool",
+      `must be [poolH, poolW], got ${describeValue(pool)}`,
+    );
+  }
+  const poolH = positiveInt("pool[0]", pool[0], 1, 4096);
+  const poolW = positiveInt("pool[1]", pool[1], 1, 4096);
+  const sparsity = o.sparsity === undefined ? DEFAULT_SPARSITY : o.sparsity;
+  if (typeof sparsity !== "number" || !(sparsity >= 0 && sparsity < 1)) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "sparsity",
+      `must be a number in [0, 1), got ${describeValue(sparsity)}`,
+    );
+  }
+  const videoTokens = frames * height * width;
+  const headDim = headDimOf(o.headDim);
+  const g = frames * Math.ceil(height / poolH) * Math.ceil(width / poolW);
+  const spec: DraftSpec = {
+    batch: o.batch === undefined ? 1 : positiveInt("batch", o.batch),
+    tokens: videoTokens + textTokens,
+    heads: positiveInt("heads", o.heads),
+    headDim,
+    layout: oneOf("layout", o.layout, LAYOUTS, "BSHD"),
+    dtype: oneOf("dtype", o.dtype, DTYPES, "f32"),
+    scale: scaleOf(o.scale, headDim),
+    frames,
+    height,
+    width,
+    textTokens,
+    textPosition: oneOf("textPosition", o.textPosition, TEXT_POSITIONS, "after"),
+    poolH,
+    poolW,
+    sparsity,
+    policy: oneOf("policy", o.policy, POLICIES, "percentile"),
+    keep: keepCount(g, sparsity),
+  };
+  if (videoTokens > 2 ** 31 - 1 || g > 65535) {
+    throw new DraftAttentionError(
+      "TOO_LARGE",
+      "frames",
+      `frames * height * width = ${videoTokens} gives ${g} draft tokens; at most 65535 are supported`,
+    );
+  }
+  checkSize(spec);
+  return spec;
+}
