@@ -1,0 +1,189 @@
+/**
+ * Loads the AssemblyScript module (asm/, embedded by scripts/build.ts) and wraps one instance:
+ * typed exports, a bump allocator over its memory and fresh typed-array views (a view made
+ * before `memory.grow` is detached, so views are made after the last allocation of a call).
+ *
+ * @module
+ */
+import { ASM_DEBUG } from "../generated/asm_debug.ts";
+import { ASM_RELEASE } from "../generated/asm_release.ts";
+import { DraftAttentionError } from "../errors.ts";
+
+/** Which build of asm/: `"release"` (-O3, no assertions) or `"debug"` (assertions, for tests). */
+export type AsmBuild = "release" | "debug";
+
+/** The exports of asm/index.ts. Pointers are byte offsets; the host reads them with `>>> 0`. */
+export interface AsmExports {
+  memory: WebAssembly.Memory;
+  alloc(bytes: number): number;
+  reset(): void;
+  planBuild(
+    frames: number,
+    height: number,
+    width: number,
+    text: number,
+    textBefore: number,
+    poolH: number,
+    poolW: number,
+    order: number,
+    inverse: number,
+    tileStart: number,
+    tileLen: number,
+  ): number;
+  kthLargestBits(p: number, n: number, keep: number): number;
+  selectMask(p: number, g: number, keep: number, mask: number): number;
+  maskToSchedule(mask: number, g: number, tiles: number, count: number, list: number): void;
+  workItemCount(tileLen: number, tiles: number, rowsPerItem: number): number;
+  workItemsFill(
+    tileStart: number,
+    tileLen: number,
+    tiles: number,
+    rowsPerItem: number,
+    out: number,
+  ): void;
+  gatherRows(
+    src: number,
+    strideT: number,
+    headOffset: number,
+    order: number,
+    tokens: number,
+    headDim: number,
+    dst: number,
+  ): void;
+  packedKeyOffsets(tileLen: number, tiles: number, headDim: number, offsets: number): number;
+  packKeys(
+    kw: number,
+    tileStart: number,
+    tileLen: number,
+    tiles: number,
+    headDim: number,
+    offsets: number,
+    kt: number,
+  ): void;
+  poolTiles(
+    x: number,
+    tileStart: number,
+    tileLen: number,
+    g: number,
+    headDim: number,
+    out: number,
+  ): void;
+  draftMap(
+    qd: number,
+    kd: number,
+    g: number,
+    headDim: number,
+    scale: number,
+    kdT: number,
+    p: number,
+  ): void;
+  flashScratchBytes(headDim: number): number;
+  flash(
+    qw: number,
+    kt: number,
+    offsets: number,
+    vw: number,
+    out: number,
+    strideT: number,
+    headOffset: number,
+    order: number,
+    tileStart: number,
+    tileLen: number,
+    tiles: number,
+    count: number,
+    list: number,
+    listStride: number,
+    headDim: number,
+    scale: number,
+    scratch: number,
+  ): void;
+}
+
+const modules = new Map<AsmBuild, WebAssembly.Module>();
+
+function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
+  const bin = atob(s);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return bytes;
+}
+
+/** The compiled module of one build, compiled once per process. */
+export function asmModule(build: AsmBuild): WebAssembly.Module {
+  let m = modules.get(build);
+  if (!m) {
+    m = new WebAssembly.Module(decodeBase64(build === "release" ? ASM_RELEASE : ASM_DEBUG));
+    modules.set(build, m);
+  }
+  return m;
+}
+
+/** One instance of asm/ with its own memory. */
+export class AsmInstance {
+  readonly x: AsmExports;
+
+  constructor(readonly build: AsmBuild = "release") {
+    let x: AsmExports | undefined = undefined;
+    const imports = {
+      env: {
+        // AssemblyScript's `assert` and `abort`: message and file are UTF-16 strings whose byte
+        // length sits 4 bytes before the pointer.
+        abort(msg: number, file: number, line: number, col: number): never {
+          const str = (p: number): string => {
+            if (!x || p === 0) return "";
+            p >>>= 0;
+            const n = new Uint32Array(x.memory.buffer, p - 4, 1)[0] >>> 1;
+            return String.fromCharCode(...new Uint16Array(x.memory.buffer, p, n));
+          };
+          throw new Error(`asm abort: ${str(msg)} at ${str(file)}:${line}:${col}`);
+        },
+      },
+    };
+    const instance = new WebAssembly.Instance(asmModule(build), imports);
+    x = instance.exports as unknown as AsmExports;
+    this.x = x;
+  }
+
+  /** Frees every allocation. */
+  reset(): void {
+    this.x.reset();
+  }
+
+  /**
+   * Allocates `bytes` bytes (64-byte aligned, not cleared); throws TOO_LARGE when wasm memory
+   * cannot hold them. `what` names the request in the message.
+   */
+  alloc(bytes: number, what: string): number {
+    const ptr = bytes > 2 ** 32 ? 0 : this.x.alloc(bytes) >>> 0;
+    if (ptr === 0) {
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "tokens",
+        `${what} needs more WebAssembly memory than is available (4 GiB at most)`,
+      );
+    }
+    return ptr;
+  }
+
+  /** Bytes of linear memory now. */
+  get memoryBytes(): number {
+    return this.x.memory.buffer.byteLength;
+  }
+
+  /** The memory's current buffer (replaced on every `memory.grow`). */
+  get buffer(): ArrayBuffer {
+    return this.x.memory.buffer as ArrayBuffer;
+  }
+
+  f32(ptr: number, n: number): Float32Array<ArrayBuffer> {
+    return new Float32Array(this.buffer, ptr, n);
+  }
+
+  i32(ptr: number, n: number): Int32Array<ArrayBuffer> {
+    return new Int32Array(this.buffer, ptr, n);
+  }
+
+  u8(ptr: number, n: number): Uint8Array<ArrayBuffer> {
+    return new Uint8Array(this.buffer, ptr, n);
+  }
+}
