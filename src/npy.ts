@@ -1,0 +1,272 @@
+/**
+ * NumPy `.npy` files: a strict reader and a writer for little-endian f32 (`<f4`) and f16 (`<f2`)
+ * arrays in C order, any rank, format versions 1.0, 2.0 and 3.0.
+ *
+ * Hand-written rather than taken from npm: the format is one magic string, a length and a
+ * Python-literal dict, and the npm readers (`npyjs`, `numpy-parser`) rewrite that dict into JSON
+ * with regular expressions, accept what NumPy would reject and do not check the data length.
+ *
+ * @module
+ */
+import { describeValue } from "./errors.ts";
+import {
+  bytesOf,
+  checkTensor,
+  copyData,
+  elementCount,
+  invalid,
+  itemSize,
+  type Tensor,
+} from "./_tensor.ts";
+import type { DType } from "./types.ts";
+
+export type { Tensor } from "./_tensor.ts";
+
+/** Options of {@linkcode parseNpy}. */
+export interface ParseNpyOptions {
+  /** Names the file in error messages (the error's `field`); default `"npy"`. */
+  name?: string;
+}
+
+const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // "\x93NUMPY"
+/**
+ * Longest header accepted. NumPy refuses headers over 10,000 bytes unless told otherwise; a
+ * 64-dimension shape of 16-digit sizes still fits in about 1,200 bytes.
+ */
+const MAX_HEADER = 10_000;
+const DESCR: Readonly<Record<string, DType>> = { "<f4": "f32", "<f2": "f16" };
+
+type PyValue = string | number | boolean | number[];
+
+/** A strict reader of the one Python literal a `.npy` header holds. */
+class HeaderParser {
+  pos = 0;
+  constructor(readonly text: string, readonly field: string) {}
+
+  fail(what: string): never {
+    const near = JSON.stringify(this.text.slice(this.pos, this.pos + 16));
+    invalid(this.field, `malformed header: ${what} at offset ${this.pos} (near ${near})`);
+  }
+
+  space(): void {
+    while (this.pos < this.text.length && " \t\r\n".includes(this.text[this.pos])) this.pos++;
+  }
+
+  eat(ch: string): boolean {
+    this.space();
+    if (this.text[this.pos] === ch) {
+      this.pos++;
+      return true;
+    }
+    return false;
+  }
+
+  expect(ch: string): void {
+    if (!this.eat(ch)) this.fail(`expected '${ch}'`);
+  }
+
+  string(): string {
+    this.space();
+    const quote = this.text[this.pos];
+    if (quote !== "'" && quote !== '"') this.fail("expected a quoted string");
+    const end = this.text.indexOf(quote, this.pos + 1);
+    if (end < 0) this.fail("unterminated string");
+    const s = this.text.slice(this.pos + 1, end);
+    if (s.includes("\\") || s.includes("\n")) this.fail("escape or newline in a string");
+    this.pos = end + 1;
+    return s;
+  }
+
+  int(): number {
+    this.space();
+    const m = /^(0|[1-9][0-9]{0,15})(?![0-9A-Za-z_.])/.exec(
+      this.text.slice(this.pos, this.pos + 18),
+    );
+    if (!m) this.fail("expected a non-negative integer");
+    this.pos += m[0].length;
+    const n = Number(m[0]);
+    if (!Number.isSafeInteger(n)) this.fail("integer too large");
+    return n;
+  }
+
+  value(): PyValue {
+    this.space();
+    const c = this.text[this.pos];
+    if (c === "'" || c === '"') return this.string();
+    if (c === "(") return this.tuple();
+    for (const [word, v] of [["True", true], ["False", false]] as const) {
+      if (this.text.startsWith(word, this.pos)) {
+        this.pos += word.length;
+        return v;
+      }
+    }
+    return this.int();
+  }
+
+  /** `()`, `(n,)`, `(n, m)`, `(n, m,)`; `(n)` is an int in Python, not a tuple. */
+  tuple(): number[] {
+    this.expect("(");
+    const items: number[] = [];
+    if (this.eat(")")) return items;
+    for (;;) {
+      items.push(this.int());
+      if (items.length > 64) this.fail("more than 64 dimensions");
+      if (this.eat(")")) {
+        if (items.length === 1) this.fail("a one-element tuple needs a trailing comma");
+        return items;
+      }
+      this.expect(",");
+      if (this.eat(")")) return items;
+    }
+  }
+
+  dict(): Map<string, PyValue> {
+    const out = new Map<string, PyValue>();
+    this.expect("{");
+    if (this.eat("}")) return out;
+    for (;;) {
+      const key = this.string();
+      this.expect(":");
+      if (out.has(key)) this.fail(`duplicate key '${key}'`);
+      out.set(key, this.value());
+      if (this.eat("}")) break;
+      this.expect(",");
+      if (this.eat("}")) break;
+    }
+    this.space();
+    if (this.pos !== this.text.length) this.fail("unexpected text after the dict");
+    return out;
+  }
+}
+
+/**
+ * Reads a `.npy` file holding a little-endian f32 or f16 array in C order.
+ *
+ * Every problem (bad magic, unknown version, header longer than the file, malformed or
+ * non-ASCII header, unsupported dtype, Fortran order, truncated or trailing data) throws a
+ * `DraftAttentionError` with code `"INVALID_INPUT"` whose `field` is `options.name`.
+ *
+ * @example
+ * ```ts
+ * import { encodeNpy, parseNpy } from "./npy.ts";
+ * const bytes = encodeNpy({ dtype: "f32", shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) });
+ * const t = parseNpy(bytes, { name: "x.npy" });
+ * console.assert(t.shape.join() === "2,2" && t.data[3] === 4);
+ * ```
+ */
+export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tensor {
+  const field = options.name ?? "npy";
+  if (!(bytes instanceof Uint8Array)) {
+    invalid(field, `must be a Uint8Array, got ${describeValue(bytes)}`);
+  }
+  if (bytes.length < 10) invalid(field, `truncated: ${bytes.length} bytes, a .npy file has >= 10`);
+  if (MAGIC.some((b, i) => bytes[i] !== b)) invalid(field, `not a .npy file (no \\x93NUMPY magic)`);
+  const major = bytes[6], minor = bytes[7];
+  if (major < 1 || major > 3 || minor !== 0) {
+    invalid(field, `unsupported .npy format version ${major}.${minor} (1.0, 2.0 and 3.0 are read)`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let start: number, headerLen: number;
+  if (major === 1) {
+    start = 10;
+    headerLen = view.getUint16(8, true);
+  } else {
+    if (bytes.length < 12) invalid(field, `truncated: ${bytes.length} bytes, header length cut`);
+    start = 12;
+    headerLen = view.getUint32(8, true);
+  }
+  if (headerLen > MAX_HEADER) {
+    invalid(field, `header length ${headerLen} exceeds the limit of ${MAX_HEADER} bytes`);
+  }
+  if (start + headerLen > bytes.length) {
+    invalid(
+      field,
+      `truncated: the header needs ${start + headerLen} bytes, the file has ${bytes.length}`,
+    );
+  }
+  const raw = bytes.subarray(start, start + headerLen);
+  let text: string;
+  if (major === 3) {
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
+    } catch {
+      invalid(field, "header is not valid UTF-8");
+    }
+  } else {
+    const bad = raw.findIndex((b) => b >= 0x80);
+    if (bad >= 0) {
+      invalid(
+        field,
+        `header is not ASCII (byte 0x${raw[bad].toString(16)} at offset ${start + bad})`,
+      );
+    }
+    text = String.fromCharCode(...raw);
+  }
+  const header = new HeaderParser(text, field).dict();
+  const keys = [...header.keys()].sort().join(", ");
+  if (keys !== "descr, fortran_order, shape") {
+    invalid(field, `header keys must be descr, fortran_order, shape; got ${keys || "none"}`);
+  }
+  const descr = header.get("descr");
+  const dtype = typeof descr === "string" ? DESCR[descr] : undefined;
+  if (dtype === undefined) {
+    const shown = typeof descr === "string" ? `'${descr}'` : describeValue(descr);
+    invalid(field, `dtype ${shown} is not supported; use '<f4' (f32) or '<f2' (f16)`);
+  }
+  const shape = header.get("shape");
+  if (!Array.isArray(shape)) invalid(field, `shape must be a tuple, got ${describeValue(shape)}`);
+  const fortran = header.get("fortran_order");
+  if (typeof fortran !== "boolean") {
+    invalid(field, `fortran_order must be True or False, got ${describeValue(fortran)}`);
+  }
+  // Fortran and C order coincide when at most one dimension exceeds 1.
+  if (fortran && shape.filter((d) => d > 1).length > 1) {
+    invalid(
+      field,
+      "Fortran-order arrays are not supported; save with C order (np.ascontiguousarray)",
+    );
+  }
+  const n = elementCount(field, shape, dtype);
+  const need = n * itemSize(dtype);
+  const have = bytes.length - start - headerLen;
+  if (have !== need) {
+    invalid(
+      field,
+      `${have < need ? "truncated data" : "trailing bytes after the data"}: shape (${
+        shape.join(", ")
+      }) of ${descr} needs ${need} bytes, the file holds ${have}`,
+    );
+  }
+  const data = copyData(bytes, start + headerLen, bytes.length, dtype);
+  return { dtype, shape, data };
+}
+
+/**
+ * Writes a tensor as a version 1.0 `.npy` file, the header padded with spaces so that the data
+ * starts at a multiple of 64 bytes, as NumPy does.
+ *
+ * @example
+ * ```ts
+ * import { encodeNpy } from "./npy.ts";
+ * const bytes = encodeNpy({ dtype: "f16", shape: [3], data: new Float16Array([1, 2, 3]) });
+ * console.assert(bytes.length === 128 + 6);
+ * ```
+ */
+export function encodeNpy(tensor: Tensor): Uint8Array<ArrayBuffer> {
+  checkTensor("tensor", tensor);
+  const descr = tensor.dtype === "f16" ? "<f2" : "<f4";
+  const dims = tensor.shape.length === 1 ? `${tensor.shape[0]},` : tensor.shape.join(", ");
+  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${dims}), }`;
+  // At most 64 dimensions keep the dict far below version 1.0's 65,535-byte header limit.
+  const total = Math.ceil((10 + dict.length + 1) / 64) * 64;
+  const body = bytesOf(tensor.data);
+  const out = new Uint8Array(total + body.length);
+  out.set(MAGIC, 0);
+  out[6] = 1;
+  out[7] = 0;
+  new DataView(out.buffer).setUint16(8, total - 10, true);
+  const padded = dict.padEnd(total - 11, " ") + "\n";
+  for (let i = 0; i < padded.length; i++) out[10 + i] = padded.charCodeAt(i);
+  out.set(body, total);
+  return out;
+}

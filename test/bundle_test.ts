@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+
+const ROOT = new URL("../", import.meta.url);
+
+/**
+ * Runs inside a fresh `deno run` in a directory that holds only the bundle and this script (no
+ * deno.json, no node_modules, no repository). Computes dense attention and draft attention in
+ * cases where the draft keeps every block (one window; sparsity 0), so a 15-line float64 dense
+ * reference is the exact answer, and prints one JSON line per backend.
+ */
+const CHECK = `
+import { openRuntime, DraftAttentionError } from "./draftattn.js";
+
+function reference(q, k, v, n, h, d) {
+  const out = new Float64Array(n * h * d);
+  const s = new Float64Array(n);
+  for (let hh = 0; hh < h; hh++) {
+    for (let i = 0; i < n; i++) {
+      let m = -Infinity;
+      for (let j = 0; j < n; j++) {
+        let dot = 0;
+        for (let x = 0; x < d; x++) dot += q[(i * h + hh) * d + x] * k[(j * h + hh) * d + x];
+        s[j] = dot / Math.sqrt(d);
+        m = Math.max(m, s[j]);
+      }
+      let z = 0;
+      for (let j = 0; j < n; j++) z += (s[j] = Math.exp(s[j] - m));
+      for (let j = 0; j < n; j++) {
+        for (let x = 0; x < d; x++) out[(i * h + hh) * d + x] += (s[j] / z) * v[(j * h + hh) * d + x];
+      }
+    }
+  }
+  return out;
+}
+
+const data = (n, seed) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.61 + seed));
+const maxErr = (a, b) => a.reduce((e, x, i) => Math.max(e, Number.isNaN(x) ? Infinity : Math.abs(x - b[i])), 0);
+
+for (const backend of Deno.args) {
+  let rt;
+  try {
+    rt = await openRuntime({ backend });
+  } catch (e) {
+    console.log(JSON.stringify({ backend, error: e instanceof DraftAttentionError ? e.code : String(e) }));
+    continue;
+  }
+  const errors = {};
+  const cases = {
+    // One 8 x 16 window plus 5 text tokens: g = 1, so every block is kept at any sparsity.
+    oneWindow: [133, 2, 8, { frames: 1, height: 8, width: 16, textTokens: 5, heads: 2, headDim: 8, sparsity: 0.9 }],
+    // Ragged 4 x 4 windows over 2 x 5 x 9, sparsity 0: exactly dense.
+    sparsity0: [90, 1, 16, { frames: 2, height: 5, width: 9, pool: [4, 4], heads: 1, headDim: 16, sparsity: 0 }],
+    dense: [37, 3, 4, null],
+  };
+  for (const [name, [n, h, d, draft]] of Object.entries(cases)) {
+    const q = data(n * h * d, 1), k = data(n * h * d, 2), v = data(n * h * d, 3);
+    const op = draft ? rt.draftAttention(draft) : rt.attention({ tokens: n, heads: h, headDim: d });
+    const out = await op.run(q, k, v);
+    errors[name] = maxErr(out, reference(q, k, v, n, h, d));
+    op.dispose();
+  }
+  console.log(JSON.stringify({ backend, chosen: rt.backend, adapter: rt.describe().adapter, errors }));
+  rt.dispose();
+}
+`;
+
+async function hasAdapter(): Promise<boolean> {
+  try {
+    return (await navigator.gpu?.requestAdapter()) != null;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("bundle: one minified file under 300 KiB runs alone in a fresh Deno", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "draftattn-bundle-" });
+  try {
+    const outfile = `${dir}/build/draftattn.js`;
+    const build = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "scripts/bundle.ts", "--outfile", outfile],
+      cwd: new URL(ROOT).pathname,
+      env: { NO_COLOR: "1" },
+    }).output();
+    const log = new TextDecoder().decode(build.stdout) + new TextDecoder().decode(build.stderr);
+    assert.equal(build.code, 0, log);
+    assert.match(log, /bundle: .*draftattn\.js \d+ bytes/);
+    const size = (await Deno.stat(outfile)).size;
+    assert.ok(size < 300 * 1024, `bundle is ${size} bytes`);
+    const text = await Deno.readTextFile(outfile);
+    assert.doesNotMatch(text, /^\s*import\s/m, "the bundle imports nothing");
+    assert.ok(!text.includes("models/"), "model JSON is inlined, not imported");
+
+    const run = `${dir}/run`;
+    await Deno.mkdir(run);
+    await Deno.copyFile(outfile, `${run}/draftattn.js`);
+    await Deno.writeTextFile(`${run}/check.mjs`, CHECK);
+    const backends = ["wasm", ...(await hasAdapter()) ? ["webgpu"] : []];
+    const child = await new Deno.Command(Deno.execPath(), {
+      // No config, no lock file, no npm, no remote imports, no permissions.
+      args: [
+        "run",
+        "--no-config",
+        "--no-lock",
+        "--no-npm",
+        "--no-remote",
+        "check.mjs",
+        ...backends,
+      ],
+      cwd: run,
+      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    }).output();
+    const stdout = new TextDecoder().decode(child.stdout);
+    assert.equal(child.code, 0, stdout + new TextDecoder().decode(child.stderr));
+    const lines = stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(lines.length, backends.length);
+    for (const line of lines) {
+      assert.equal(line.error, undefined, JSON.stringify(line));
+      assert.equal(line.chosen, line.backend);
+      for (const [name, err] of Object.entries(line.errors as Record<string, number>)) {
+        assert.ok(err < 2e-5, `${line.backend} ${name}: max error ${err}`);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
