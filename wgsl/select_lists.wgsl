@@ -1,0 +1,89 @@
+// Block lists from the draft map: for video query tile i of one (batch, head),
+// kept(i, j) = P[i][j] >= t || P[i][j] == max_j' P[i][j'] with t the radix-selected threshold;
+// list row i = kept j ascending, then the text tiles g .. tiles-1; counts[i] = its length.
+// Text query rows (all tiles) are constant and written by the host once per op.
+// One workgroup per (batch, head, video query tile): row max by tree reduction, then
+// stream compaction in chunks of WG with a workgroup prefix sum.
+
+/** Mirrored by LISTS_PARAMS in src/webgpu/kernels.ts. */
+struct Params {
+  nbh: u32,
+  g: u32,
+  tiles: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> p: array<f32>;
+@group(0) @binding(2) var<storage, read> state: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>;
+@group(0) @binding(4) var<storage, read_write> lists: array<u32>;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> scan: array<u32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let wg = wid.x + wid.y * nwg.x;
+  let g = params.g;
+  if (wg >= params.nbh * g) {
+    return;
+  }
+  let bh = wg / g;
+  let i = wg % g;
+  let t = bitcast<f32>(state[bh].x);
+  let row = (bh * g + i) * g;
+
+  var mx = 0.0;
+  for (var j = lid; j < g; j += WG) {
+    mx = max(mx, p[row + j]);
+  }
+  red[lid] = mx;
+  workgroupBarrier();
+  for (var half = WG / 2u; half > 0u; half /= 2u) {
+    if (lid < half) {
+      red[lid] = max(red[lid], red[lid + half]);
+    }
+    workgroupBarrier();
+  }
+  let row_max = red[0];
+
+  let list_base = (bh * params.tiles + i) * params.tiles;
+  var off = 0u;
+  for (var c0 = 0u; c0 < g; c0 += WG) {
+    let j = c0 + lid;
+    var kept = false;
+    if (j < g) {
+      let x = p[row + j];
+      kept = x >= t || x == row_max;
+    }
+    workgroupBarrier(); // everyone has read scan[WG - 1] of the previous chunk
+    scan[lid] = select(0u, 1u, kept);
+    workgroupBarrier();
+    for (var stride = 1u; stride < WG; stride *= 2u) {
+      var x = scan[lid];
+      if (lid >= stride) {
+        x += scan[lid - stride];
+      }
+      workgroupBarrier();
+      scan[lid] = x;
+      workgroupBarrier();
+    }
+    if (kept) {
+      lists[list_base + off + scan[lid] - 1u] = j;
+    }
+    off += workgroupUniformLoad(&scan[WG - 1u]);
+  }
+  let text_tiles = params.tiles - g;
+  for (var x = lid; x < text_tiles; x += WG) {
+    lists[list_base + off + x] = g + x;
+  }
+  if (lid == 0u) {
+    counts[bh * params.tiles + i] = off + text_tiles;
+  }
+}
