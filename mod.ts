@@ -21,13 +21,17 @@ export type { AttentionOp, DraftAttentionOp, Runtime, RuntimeOptions } from "./s
 export { DraftAttentionError } from "./src/errors.ts";
 export type { DraftAttentionErrorCode } from "./src/errors.ts";
 export { keepCount } from "./src/validate.ts";
+export { getModel, MODELS } from "./src/models.ts";
+export type { ModelProfile } from "./src/models.ts";
 export { createStepSchedule } from "./src/schedule.ts";
 export type { StepSchedule, StepScheduleOptions } from "./src/schedule.ts";
 export type {
   AttentionOptions,
   BackendInfo,
   BackendKind,
+  DenseSpec,
   DraftAttentionOptions,
+  DraftSpec,
   DType,
   GpuRunArgs,
   Layout,
@@ -36,3 +40,8 @@ export type {
   TensorArray,
   TextPosition,
 } from "./src/types.ts";
+export { encodeNpy, parseNpy } from "./src/npy.ts";
+export type { ParseNpyOptions } from "./src/npy.ts";
+export { encodeSafetensors, parseSafetensors } from "./src/safetensors.ts";
+export type { ParseSafetensorsOptions, SafetensorsFile } from "./src/safetensors.ts";
+export type { Tensor } from "./src/_tensor.ts";

@@ -5,6 +5,7 @@
  * @module
  */
 import { DraftAttentionError, describeValue } from "./errors.ts";
+import { getModel } from "./models.ts";
 import { buildPlan } from "./plan.ts";
 import { resolveDense, resolveDraft, tensorElements } from "./validate.ts";
 import { createWasmBackend } from "./wasm/backend.ts";
@@ -65,6 +66,8 @@ export interface AttentionOp {
   run(buffers: GpuRunArgs): Promise<void>;
   /** Frees the op's buffers; later calls reject with code `DISPOSED`. */
   dispose(): void;
+  /** The resolved request: every default filled in (tokens, scale, ...). */
+  readonly spec: Readonly<DenseSpec>;
 }
 
 /** A draft-attention op: like {@linkcode AttentionOp}, plus the mask of the last run. */
@@ -73,12 +76,16 @@ export interface DraftAttentionOp extends AttentionOp {
   lastMask(): Promise<MaskResult>;
   /** Draft tokens (video blocks) of this geometry. */
   readonly g: number;
+  /** The resolved request, geometry included. */
+  readonly spec: Readonly<DraftSpec>;
 }
 
 /** A backend plus the op factories. */
 export interface Runtime {
   /** The backend chosen. */
   readonly backend: BackendKind;
+  /** The WebGPU device in use (to create `GPUBuffer`s for `run({ q, k, v, out })`). */
+  readonly device: GPUDevice | undefined;
   /** What was chosen and why, adapter, features and limits. */
   describe(): BackendInfo;
   /** Dense (exact) attention. */
@@ -121,7 +128,7 @@ class Op implements DraftAttentionOp {
 
   constructor(
     readonly kind: BackendKind,
-    readonly spec: DenseSpec,
+    readonly spec: DraftSpec,
     readonly kernel: KernelOp | DraftKernelOp,
     g: number,
     readonly alive: () => boolean,
@@ -192,11 +199,38 @@ class Op implements DraftAttentionOp {
   }
 }
 
+/** Fills the fields a bundled model profile supplies; explicit fields win. */
+function withModel(options: DraftAttentionOptions): DraftAttentionOptions {
+  if (typeof options !== "object" || options === null || options.model === undefined) {
+    return options;
+  }
+  const m = getModel(options.model);
+  const defined = Object.fromEntries(
+    Object.entries(options).filter(([, value]) => value !== undefined),
+  );
+  return {
+    frames: m.frames,
+    height: m.height,
+    width: m.width,
+    textTokens: m.textTokens,
+    textPosition: m.textPosition,
+    heads: m.heads,
+    headDim: m.headDim,
+    pool: m.pool,
+    sparsity: m.sparsity,
+    ...defined,
+  };
+}
+
 class RuntimeImpl implements Runtime {
   #disposed = false;
   readonly #ops = new Set<Op>();
 
-  constructor(readonly impl: Backend, readonly ownedDevice: GPUDevice | undefined) {}
+  constructor(
+    readonly impl: Backend,
+    readonly device: GPUDevice | undefined,
+    readonly ownedDevice: GPUDevice | undefined,
+  ) {}
 
   get backend(): BackendKind {
     return this.impl.kind;
@@ -221,13 +255,19 @@ class RuntimeImpl implements Runtime {
     this.#check();
     const spec = resolveDense(options);
     return this.#track(
-      new Op(this.impl.kind, spec, this.impl.dense(spec), 0, () => !this.#disposed),
+      new Op(
+        this.impl.kind,
+        spec as DraftSpec,
+        this.impl.dense(spec),
+        0,
+        () => !this.#disposed,
+      ),
     );
   }
 
   draftAttention(options: DraftAttentionOptions): DraftAttentionOp {
     this.#check();
-    const spec: DraftSpec = resolveDraft(options);
+    const spec: DraftSpec = resolveDraft(withModel(options));
     const plan = buildPlan(spec);
     return this.#track(
       new Op(this.impl.kind, spec, this.impl.draft(spec, plan), plan.g, () => !this.#disposed),
@@ -258,10 +298,10 @@ async function requestDevice(
   const features: string[] = [];
   for (const f of WANTED_FEATURES) {
     // `subgroups` is requestable in Deno although `adapter.features` does not list it.
-    if (adapter.features.has(f) || f === "subgroups") features.push(f);
+    if (adapter.features.has(f as GPUFeatureName) || f === "subgroups") features.push(f);
   }
   // Try with every wanted feature; drop the unlisted ones if the device refuses them.
-  for (const attempt of [features, features.filter((f) => adapter.features.has(f))]) {
+  for (const attempt of [features, features.filter((f) => adapter.features.has(f as GPUFeatureName))]) {
     try {
       const device = await adapter.requestDevice({
         requiredFeatures: attempt as GPUFeatureName[],
@@ -304,7 +344,7 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
   const want = options.backend ?? (options.device ? "webgpu" : "auto");
   if (!["auto", "webgpu", "wasm"].includes(want as string)) {
     throw new DraftAttentionError(
-      "UNSUPPORTED",
+      typeof want === "string" ? "UNSUPPORTED" : "INVALID_OPTION",
       "backend",
       `must be "auto", "webgpu" or "wasm", got ${describeValue(want)}`,
     );
@@ -338,11 +378,12 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
     );
     return new RuntimeImpl(
       createWebGpuBackend({ device, reason: "the caller's GPUDevice", features }),
+      device,
       undefined,
     );
   }
   if (want === "wasm") {
-    return new RuntimeImpl(createWasmBackend('backend "wasm" was requested'), undefined);
+    return new RuntimeImpl(createWasmBackend('backend "wasm" was requested'), undefined, undefined);
   }
   const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
@@ -353,7 +394,7 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
         `"webgpu" was requested but no WebGPU adapter was found`,
       );
     }
-    return new RuntimeImpl(createWasmBackend("no WebGPU adapter was found"), undefined);
+    return new RuntimeImpl(createWasmBackend("no WebGPU adapter was found"), undefined, undefined);
   }
   const info = adapter.info;
   const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
@@ -365,6 +406,7 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
         `the only WebGPU adapter (${name}) is a software fallback; WebAssembly SIMD is faster there`,
       ),
       undefined,
+      undefined,
     );
   }
   const { device, features } = await requestDevice(adapter, limits);
@@ -373,6 +415,7 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
     : `hardware WebGPU adapter found`;
   return new RuntimeImpl(
     createWebGpuBackend({ device, adapterInfo: info, reason, features }),
+    device,
     device,
   );
 }

@@ -32,16 +32,21 @@ export interface AttentionOptions {
 
 /** Options of `runtime.draftAttention()`. */
 export interface DraftAttentionOptions {
+  /**
+   * A bundled model profile (`models/*.json`, e.g. `"wan2.1-t2v-1.3b-480p"`) supplying the
+   * geometry, heads, headDim, pool and sparsity; explicit fields override it.
+   */
+  model?: string;
   /** Latent frames after patchify. */
-  frames: number;
+  frames?: number;
   /** Latent height (rows) after patchify. */
-  height: number;
+  height?: number;
   /** Latent width (columns) after patchify. */
-  width: number;
+  width?: number;
   textTokens?: number;
   textPosition?: TextPosition;
-  heads: number;
-  headDim: number;
+  heads?: number;
+  headDim?: number;
   batch?: number;
   layout?: Layout;
   dtype?: DType;
