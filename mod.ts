@@ -45,3 +45,7 @@ export type { ParseNpyOptions } from "./src/npy.ts";
 export { encodeSafetensors, parseSafetensors } from "./src/safetensors.ts";
 export type { ParseSafetensorsOptions, SafetensorsFile } from "./src/safetensors.ts";
 export type { Tensor } from "./src/_tensor.ts";
+export { CONCENTRATION_LEVELS, generateWorkload } from "./src/workload.ts";
+export type { ConcentrationLevel, Workload, WorkloadOptions } from "./src/workload.ts";
+export { compareOutputs, denseStats, maskRecall, oracleRecall } from "./src/metrics.ts";
+export type { AttentionShape, DenseStats, OutputError, Recall } from "./src/metrics.ts";

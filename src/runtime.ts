@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { DraftAttentionError, describeValue } from "./errors.ts";
+import { describeValue, DraftAttentionError } from "./errors.ts";
 import { getModel } from "./models.ts";
 import { buildPlan } from "./plan.ts";
 import { resolveDense, resolveDraft, tensorElements } from "./validate.ts";
@@ -301,7 +301,12 @@ async function requestDevice(
     if (adapter.features.has(f as GPUFeatureName) || f === "subgroups") features.push(f);
   }
   // Try with every wanted feature; drop the unlisted ones if the device refuses them.
-  for (const attempt of [features, features.filter((f) => adapter.features.has(f as GPUFeatureName))]) {
+  for (
+    const attempt of [
+      features,
+      features.filter((f) => adapter.features.has(f as GPUFeatureName)),
+    ]
+  ) {
     try {
       const device = await adapter.requestDevice({
         requiredFeatures: attempt as GPUFeatureName[],

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { DraftAttentionError, describeValue } from "./errors.ts";
+import { describeValue, DraftAttentionError } from "./errors.ts";
 import { positiveInt } from "./validate.ts";
 
 /** Options of {@linkcode createStepSchedule}; model profiles carry their own defaults. */

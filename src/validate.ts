@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { DraftAttentionError, describeValue } from "./errors.ts";
+import { describeValue, DraftAttentionError } from "./errors.ts";
 import type {
   AttentionOptions,
   DenseSpec,

@@ -28,9 +28,12 @@ Deno.test("model profiles: every bundled profile passes the schema and matches S
 });
 
 Deno.test("model profiles: unknown names and malformed profiles are typed errors", () => {
-  assert.throws(() => getModel("sora"), (e: unknown) =>
-    e instanceof DraftAttentionError && e.code === "UNKNOWN_MODEL" && e.field === "model" &&
-    e.message.includes('"sora"'));
+  assert.throws(
+    () => getModel("sora"),
+    (e: unknown) =>
+      e instanceof DraftAttentionError && e.code === "UNKNOWN_MODEL" && e.field === "model" &&
+      e.message.includes('"sora"'),
+  );
   const good = { ...getModel("ltx-video") };
   for (
     const [field, value] of [
@@ -42,7 +45,10 @@ Deno.test("model profiles: unknown names and malformed profiles are typed errors
       ["extra", 1],
     ] as const
   ) {
-    assert.throws(() => checkProfile({ ...good, [field]: value }), (e: unknown) =>
-      e instanceof DraftAttentionError && e.field === `model.${field}`, field);
+    assert.throws(
+      () => checkProfile({ ...good, [field]: value }),
+      (e: unknown) => e instanceof DraftAttentionError && e.field === `model.${field}`,
+      field,
+    );
   }
 });

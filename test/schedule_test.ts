@@ -22,11 +22,19 @@ Deno.test("step schedule: timestep threshold and overrides", () => {
   assert.equal(s.mode({ step: 0, layer: 3, timestep: 999 }), "dense");
   assert.equal(s.mode({ step: 3, layer: 3, timestep: 900 }), "sparse");
   assert.equal(s.mode({ step: 3, layer: 1, timestep: 900 }), "dense");
-  assert.throws(() => s.mode({ step: 3, layer: 3 }), (e: unknown) =>
-    e instanceof DraftAttentionError && e.field === "timestep");
-  assert.throws(() => s.mode({ step: 30, layer: 0 }), (e: unknown) =>
-    e instanceof DraftAttentionError && e.code === "INVALID_OPTION" && e.field === "step");
-  assert.throws(() => createStepSchedule({ denseStepFraction: 1.5 }), (e: unknown) =>
-    e instanceof DraftAttentionError && e.field === "denseStepFraction" &&
-    e.message.includes("1.5"));
+  assert.throws(
+    () => s.mode({ step: 3, layer: 3 }),
+    (e: unknown) => e instanceof DraftAttentionError && e.field === "timestep",
+  );
+  assert.throws(
+    () => s.mode({ step: 30, layer: 0 }),
+    (e: unknown) =>
+      e instanceof DraftAttentionError && e.code === "INVALID_OPTION" && e.field === "step",
+  );
+  assert.throws(
+    () => createStepSchedule({ denseStepFraction: 1.5 }),
+    (e: unknown) =>
+      e instanceof DraftAttentionError && e.field === "denseStepFraction" &&
+      e.message.includes("1.5"),
+  );
 });
