@@ -11,7 +11,7 @@ export type DraftAttentionErrorCode =
   | "INVALID_OPTION"
   /** A valid request this build or backend does not support (headDim 260, dtype "bf16"). */
   | "UNSUPPORTED"
-  /** A `run()` input has the wrong type or length. */
+  /** A `run()` input has the wrong type or length, or holds a NaN or an infinity. */
   | "INVALID_INPUT"
   /** A `GPUBuffer` is too small, destroyed, from another device or lacks a usage flag. */
   | "INVALID_BUFFER"
@@ -21,9 +21,11 @@ export type DraftAttentionErrorCode =
   | "NO_BACKEND"
   /** The GPU device was lost or destroyed. */
   | "DEVICE_LOST"
-  /** WebGPU reported a validation, out-of-memory or internal error. */
+  /** WebGPU reported a validation or internal error (out of memory is `TOO_LARGE`). */
   | "GPU_ERROR"
-  /** The request exceeds a limit of the device or of WebAssembly memory. */
+  /** A WebAssembly worker thread failed (a trap) or died; the run was abandoned. */
+  | "WORKER_ERROR"
+  /** The request exceeds a limit of the device, the GPU memory left or WebAssembly memory. */
   | "TOO_LARGE"
   /** A model profile name that does not exist. */
   | "UNKNOWN_MODEL";

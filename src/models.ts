@@ -109,7 +109,7 @@ export const MODELS: Readonly<Record<string, ModelProfile>> = Object.freeze(
  * ```
  */
 export function getModel(name: string): ModelProfile {
-  const p = typeof name === "string" ? MODELS[name] : undefined;
+  const p = typeof name === "string" && Object.hasOwn(MODELS, name) ? MODELS[name] : undefined;
   if (!p) {
     throw new DraftAttentionError(
       "UNKNOWN_MODEL",

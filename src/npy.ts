@@ -208,7 +208,8 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
     invalid(field, `header keys must be descr, fortran_order, shape; got ${keys || "none"}`);
   }
   const descr = header.get("descr");
-  const dtype = typeof descr === "string" ? DESCR[descr] : undefined;
+  // Own keys only: "toString" must not find Object.prototype.toString.
+  const dtype = typeof descr === "string" && Object.hasOwn(DESCR, descr) ? DESCR[descr] : undefined;
   if (dtype === undefined) {
     const shown = typeof descr === "string" ? `'${descr}'` : describeValue(descr);
     invalid(field, `dtype ${shown} is not supported; use '<f4' (f32) or '<f2' (f16)`);

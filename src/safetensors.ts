@@ -135,7 +135,10 @@ export function parseSafetensors(
     const entry = raw as Record<string, unknown>;
     const keys = Object.keys(entry).sort().join(", ");
     if (keys !== ENTRY_KEYS) invalid(at, `header entry keys must be ${ENTRY_KEYS}; got ${keys}`);
-    const dtype = typeof entry.dtype === "string" ? DTYPES[entry.dtype] : undefined;
+    // Own keys only: "constructor" must not find Object.prototype.constructor.
+    const dtype = typeof entry.dtype === "string" && Object.hasOwn(DTYPES, entry.dtype)
+      ? DTYPES[entry.dtype]
+      : undefined;
     if (dtype === undefined) {
       const known = typeof entry.dtype === "string" && OTHER_DTYPES.has(entry.dtype);
       invalid(

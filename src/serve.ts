@@ -61,6 +61,7 @@ const STATUS: Readonly<Record<string, number>> = {
   DEVICE_LOST: 503,
   DISPOSED: 503,
   GPU_ERROR: 503,
+  WORKER_ERROR: 503,
 };
 
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {

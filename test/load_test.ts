@@ -1,0 +1,383 @@
+/**
+ * The edge handler under load: a real server on 127.0.0.1 and a load generator in the same
+ * (child) process send 1,500 warm-up requests and 2,000 measured ones, 16 in flight, until done. One request in ten is malformed (a cut
+ * body, garbage, NaN in q, an unknown field, a geometry that does not match, a missing tensor,
+ * an out-of-range option, an unknown model, a wrong method, an oversized body). Every valid
+ * request must come back 200 with exactly the output `runtime.run()` gives for it, every
+ * malformed one a 4xx with `{ error: { code, field, message } }`, and resident memory must grow
+ * by less than 10% between the end of the warm-up and the end of the run. The child runs with
+ * `--expose-gc` and collects every 100 requests and before each measurement, so that resident
+ * memory follows live memory and not the collector's timing (without it, RSS wandered by +69%
+ * over 2,000 requests with a flat live heap).
+ *
+ * The sizes are tiny (a few hundred tokens) and the backend is WebAssembly, so the run measures
+ * the handler (parsing, admission, the op cache, error paths), not the kernels.
+ */
+import assert from "node:assert/strict";
+import { openRuntime } from "../src/runtime.ts";
+import { encodeSafetensors, parseSafetensors } from "../src/safetensors.ts";
+import { createHandler } from "../src/serve.ts";
+import type { Tensor } from "../src/_tensor.ts";
+import type { DType, TensorArray } from "../src/types.ts";
+import { Rng } from "./reference.ts";
+
+/**
+ * Requests before the memory baseline is taken: resident memory climbs for ~1,500 requests (the
+ * allocator's arenas filling; measured 65 -> 117 MiB, flat from there: 117 -> 120 MiB over the
+ * next 6,000 requests), so the baseline is taken once it has settled.
+ */
+const WARMUP = 1500;
+/** Requests measured after the warm-up. */
+const MEASURED = 2000;
+const REQUESTS = WARMUP + MEASURED;
+const IN_FLIGHT = 16;
+const MAX_BODY = 1 << 20;
+/** Requests between two collections in the child (see the test below). */
+const GC_EVERY = 100;
+
+const gc = (globalThis as { gc?: () => void }).gc;
+function collect(): void {
+  gc?.();
+}
+
+/** What the child reports. */
+interface Report {
+  seconds: number;
+  requestsPerSecond: number;
+  p50ms: number;
+  p99ms: number;
+  rssWarmMiB: number;
+  rssEndMiB: number;
+  rssGrowth: number;
+  gc: boolean;
+  ok: number;
+  rejected: number;
+  byStatus: Record<number, number>;
+}
+
+/** A valid request: metadata, the shape of q/k/v, and how to build the op that answers it. */
+interface Valid {
+  name: string;
+  metadata: Record<string, string>;
+  shape: [number, number, number, number];
+  dtype: DType;
+}
+
+/**
+ * Six geometries (more than the handler's op cache holds, so ops are evicted and rebuilt),
+ * draft and dense, both dtypes and layouts, text before and after.
+ */
+const VALID: Valid[] = [
+  {
+    name: "draft f32 BSHD text after",
+    metadata: { frames: "2", height: "9", width: "13", textTokens: "5", pool: "4x8" },
+    shape: [1, 2 * 9 * 13 + 5, 2, 16],
+    dtype: "f32",
+  },
+  {
+    name: "draft f16 BHSD text before",
+    metadata: {
+      frames: "1",
+      height: "12",
+      width: "20",
+      textTokens: "3",
+      textPosition: "before",
+      pool: "4x4",
+      layout: "BHSD",
+      sparsity: "0.75",
+    },
+    shape: [1, 2, 12 * 20 + 3, 8],
+    dtype: "f16",
+  },
+  {
+    name: "draft f32 batch 2",
+    metadata: { frames: "2", height: "8", width: "8", pool: "4x4", sparsity: "0.5" },
+    shape: [2, 128, 1, 16],
+    dtype: "f32",
+  },
+  {
+    name: "draft f32 default pool",
+    metadata: { frames: "1", height: "16", width: "16" },
+    shape: [1, 256, 1, 8],
+    dtype: "f32",
+  },
+  { name: "dense f32", metadata: { mode: "dense" }, shape: [1, 97, 2, 16], dtype: "f32" },
+  {
+    name: "dense f16 BHSD",
+    metadata: { mode: "dense", layout: "BHSD" },
+    shape: [1, 3, 65, 8],
+    dtype: "f16",
+  },
+];
+const SEEDS_PER_VALID = 3;
+
+function tensor(dtype: DType, shape: number[], rng: Rng): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data: TensorArray = dtype === "f16" ? new Float16Array(n) : new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = rng.normal();
+  return { dtype, shape, data };
+}
+
+/** A malformed request and the status it must get. */
+interface Malformed {
+  name: string;
+  init: RequestInit;
+  status: number;
+  code: string;
+}
+
+function malformed(valid: { body: Uint8Array; q: Tensor; k: Tensor; v: Tensor }): Malformed[] {
+  const meta = VALID[0].metadata;
+  const post = (body: BodyInit) => ({ method: "POST", body });
+  const nan = { ...valid.q, data: valid.q.data.slice() };
+  nan.data[17] = NaN;
+  return [
+    { name: "cut body", init: post(valid.body.slice(0, 300)), status: 400, code: "INVALID_INPUT" },
+    {
+      name: "garbage",
+      init: post(new Uint8Array(512).fill(0xab)),
+      status: 400,
+      code: "INVALID_INPUT",
+    },
+    {
+      name: "NaN in q",
+      init: post(
+        encodeSafetensors({ tensors: { q: nan, k: valid.k, v: valid.v }, metadata: meta }),
+      ),
+      status: 400,
+      code: "INVALID_INPUT",
+    },
+    {
+      name: "unknown field",
+      init: post(
+        encodeSafetensors({
+          tensors: { q: valid.q, k: valid.k, v: valid.v },
+          metadata: { ...meta, sparsty: "0.5" },
+        }),
+      ),
+      status: 400,
+      code: "INVALID_OPTION",
+    },
+    {
+      name: "geometry off by one column",
+      init: post(
+        encodeSafetensors({
+          tensors: { q: valid.q, k: valid.k, v: valid.v },
+          metadata: { ...meta, width: "14" },
+        }),
+      ),
+      status: 400,
+      code: "INVALID_INPUT",
+    },
+    {
+      name: "v missing",
+      init: post(encodeSafetensors({ tensors: { q: valid.q, k: valid.k }, metadata: meta })),
+      status: 400,
+      code: "INVALID_INPUT",
+    },
+    {
+      name: "sparsity 1.5",
+      init: post(
+        encodeSafetensors({
+          tensors: { q: valid.q, k: valid.k, v: valid.v },
+          metadata: { ...meta, sparsity: "1.5" },
+        }),
+      ),
+      status: 400,
+      code: "INVALID_OPTION",
+    },
+    {
+      name: "model toString",
+      init: post(
+        encodeSafetensors({
+          tensors: { q: valid.q, k: valid.k, v: valid.v },
+          metadata: { model: "toString" },
+        }),
+      ),
+      status: 400,
+      code: "UNKNOWN_MODEL",
+    },
+    { name: "GET", init: { method: "GET" }, status: 405, code: "METHOD" },
+    {
+      name: "body over the limit",
+      init: post(new Uint8Array(MAX_BODY + 1)),
+      status: 413,
+      code: "TOO_LARGE",
+    },
+  ];
+}
+
+/** Runs the load (in the child process) and returns its report; throws on a wrong answer. */
+async function load(): Promise<Report> {
+  const rt = await openRuntime({ backend: "wasm" });
+  // The answers, computed by the runtime directly (same backend: bit-identical).
+  const rng = new Rng(2026);
+  const valid: {
+    name: string;
+    body: Uint8Array;
+    q: Tensor;
+    k: Tensor;
+    v: Tensor;
+    out: Uint8Array;
+  }[] = [];
+  for (const v of VALID) {
+    for (let s = 0; s < SEEDS_PER_VALID; s++) {
+      const [q, k, vv] = [0, 1, 2].map(() => tensor(v.dtype, v.shape, rng));
+      const body = encodeSafetensors({ tensors: { q, k, v: vv }, metadata: v.metadata });
+      // What the handler computes, through the same request path but without HTTP.
+      const direct = createHandler({ runtime: rt });
+      const res = await direct(new Request("http://x/", { method: "POST", body }));
+      assert.equal(res.status, 200, `${v.name}: ${await res.clone().text()}`);
+      const out = parseSafetensors(new Uint8Array(await res.arrayBuffer())).tensors.out;
+      direct.close();
+      valid.push({
+        name: `${v.name} #${s}`,
+        body,
+        q,
+        k,
+        v: vv,
+        out: new Uint8Array(out.data.buffer, out.data.byteOffset, out.data.byteLength).slice(),
+      });
+    }
+  }
+  // Spot-check the answers against op.run() itself.
+  {
+    const first = valid[0];
+    const op = rt.draftAttention({
+      frames: 2,
+      height: 9,
+      width: 13,
+      textTokens: 5,
+      pool: [4, 8],
+      heads: 2,
+      headDim: 16,
+    });
+    const want = await op.run(first.q.data, first.k.data, first.v.data);
+    op.dispose();
+    assert.deepEqual(new Uint8Array(want.buffer), first.out);
+  }
+  const bad = malformed(valid[0]);
+
+  const handler = createHandler({ runtime: rt, maxBodyBytes: MAX_BODY, maxQueue: IN_FLIGHT });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  const stats = { ok: 0, rejected: 0, byStatus: {} as Record<number, number> };
+  const failures: string[] = [];
+  let next = 0;
+  let rssWarm = 0;
+  const latencies: number[] = [];
+
+  async function one(i: number): Promise<void> {
+    const t0 = performance.now();
+    if (i % 10 === 9) {
+      const m = bad[Math.floor(i / 10) % bad.length];
+      const res = await fetch(url, m.init);
+      const text = await res.text();
+      stats.byStatus[res.status] = (stats.byStatus[res.status] ?? 0) + 1;
+      if (res.status !== m.status) {
+        failures.push(`#${i} ${m.name}: status ${res.status}, expected ${m.status}: ${text}`);
+        return;
+      }
+      const { error } = JSON.parse(text);
+      if (error?.code !== m.code || typeof error.field !== "string") {
+        failures.push(`#${i} ${m.name}: ${text}`);
+        return;
+      }
+      stats.rejected++;
+    } else {
+      const v = valid[i % valid.length];
+      const res = await fetch(url, { method: "POST", body: v.body as Uint8Array<ArrayBuffer> });
+      stats.byStatus[res.status] = (stats.byStatus[res.status] ?? 0) + 1;
+      if (res.status !== 200) {
+        failures.push(`#${i} ${v.name}: status ${res.status}: ${await res.text()}`);
+        return;
+      }
+      const out = parseSafetensors(new Uint8Array(await res.arrayBuffer())).tensors.out;
+      const bytes = new Uint8Array(out.data.buffer, out.data.byteOffset, out.data.byteLength);
+      if (bytes.length !== v.out.length || !bytes.every((b, j) => b === v.out[j])) {
+        failures.push(`#${i} ${v.name}: output differs from runtime.run()`);
+        return;
+      }
+      stats.ok++;
+    }
+    latencies.push(performance.now() - t0);
+  }
+
+  const t0 = performance.now();
+  let tWarm = 0;
+  async function worker(): Promise<void> {
+    for (;;) {
+      const i = next++;
+      if (i >= REQUESTS) return;
+      if (i === WARMUP) {
+        collect();
+        rssWarm = Deno.memoryUsage().rss;
+        tWarm = performance.now();
+      }
+      if (i % GC_EVERY === 0) collect();
+      await one(i);
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+  } finally {
+    await server.shutdown();
+    handler.close();
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  collect();
+  const rssEnd = Deno.memoryUsage().rss;
+  const growth = (rssEnd - rssWarm) / rssWarm;
+  latencies.sort((a, b) => a - b);
+  const report = {
+    seconds: +seconds.toFixed(2),
+    requestsPerSecond: Math.round(MEASURED / ((performance.now() - tWarm) / 1000)),
+    p50ms: +latencies[Math.floor(latencies.length / 2)].toFixed(1),
+    p99ms: +latencies[Math.floor(latencies.length * 0.99)].toFixed(1),
+    rssWarmMiB: +(rssWarm / 2 ** 20).toFixed(1),
+    rssEndMiB: +(rssEnd / 2 ** 20).toFixed(1),
+    rssGrowth: +growth.toFixed(4),
+    gc: gc !== undefined,
+    ...stats,
+  };
+  rt.dispose();
+  if (failures.length) {
+    throw new Error(`${failures.length} wrong answers:\n${failures.slice(0, 10).join("\n")}`);
+  }
+  return report;
+}
+
+if (import.meta.main) {
+  console.log(JSON.stringify(await load()));
+} else {
+  Deno.test({
+    name: `load: ${MEASURED} requests after ${WARMUP} of warm-up, ${IN_FLIGHT} in flight, 10% ` +
+      `malformed, on 127.0.0.1`,
+    fn: async () => {
+      // A child process, so that the collector can be run at the measurement points
+      // (--expose-gc); in this process resident memory would follow the collector's timing.
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "--v8-flags=--expose-gc", new URL(import.meta.url).pathname],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      const timer = setTimeout(() => child.kill(), 120_000);
+      const { code, stdout, stderr } = await child.output();
+      clearTimeout(timer);
+      const out = new TextDecoder().decode(stdout).trim();
+      assert.equal(code, 0, `load child failed (${code}):\n${new TextDecoder().decode(stderr)}`);
+      const report = JSON.parse(out.split("\n").pop()!) as Report;
+      if (Deno.env.get("DRAFTATTN_VERBOSE")) console.log(JSON.stringify(report));
+      assert.equal(report.ok + report.rejected, REQUESTS);
+      assert.equal(report.rejected, REQUESTS / 10);
+      assert.equal(report.byStatus[200], REQUESTS - REQUESTS / 10);
+      assert.ok(report.gc, "the child could not run the collector");
+      assert.ok(
+        report.rssGrowth < 0.1,
+        `resident memory grew ${(100 * report.rssGrowth).toFixed(1)}%: ${JSON.stringify(report)}`,
+      );
+      assert.ok(report.seconds < 30, `took ${report.seconds} s`);
+    },
+  });
+}
