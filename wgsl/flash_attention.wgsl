@@ -1,21 +1,37 @@
-// Flash attention over work items, dense or block-sparse: one kernel, driven by a key-run
-// iterator. In dense mode every query visits the single key run [0, tokens); in sparse mode a
-// query tile visits the key tiles of its block list, consecutive tiles (tile j+1 starting where
-// tile j ends) merged into one run. Each run is cut into chunks of BC keys.
+// Flash attention over work items, dense or block-sparse, register-tiled: the main kernel for
+// head dims up to 128 (wgsl/flash_chunked.wgsl serves small workgroup memory and larger heads).
+// One kernel for both modes, driven by a chunk iterator: in dense mode every query visits the
+// single key run [0, tokens); in sparse mode a query tile visits the key tiles of its block
+// list, consecutive tiles (tile j+1 starting where tile j ends) merged into one run. Each run is
+// cut into chunks of BC keys.
 //
 // Workgroup = one work item (tile, rowStart, rows) x one (batch, head) of the piece; rowStart is
 // an absolute window-order position, `tile` selects the block list (unused in dense mode).
 // Threads form an RG x CG grid; thread (rg, cg) owns
-//   - scores   S[rg + RG*m][cg + CG*n]        m, n < 4  (vec4 registers s0..s3, one per row)
-//   - output   O[rg + RG*m][4*(cg + CG*t)..]  m < 4, t < TD4 (TD4 vec4 registers o0..o3 per row)
-// so BR = 4*RG query rows, BC = 4*CG keys per chunk, DP = 4*CG*TD4 >= headDim (padded dims are
-// zero-filled and never stored). Key columns are strided by CG so that staged K rows read by
-// neighbouring threads sit in different banks (row stride DK/4 + 1 vec4).
+//   - query rows 4*rq + c, c < 4, for its row quads rq = rg*TM4 + R, R < TM4 (TM = 4*TM4 rows)
+//   - keys cg + CG*N, N < TN, of each chunk (so BC = TN*CG; strided so that neighbouring
+//     threads read K rows in different banks)
+//   - output dims 4*(cg + CG*T).., T < TD4 (so DP = 4*CG*TD4 >= headDim; padded dims are
+//     zero-filled and never stored).
+// Every register tile is a set of named vec4 variables (s_R_N: scores of 4 rows x key N;
+// o_R_C_T: row 4*rq_R + C, dims T), written once here inside `// @unroll X COUNT` blocks that
+// src/webgpu/specialize.ts repeats for X = 0..COUNT-1 (suffix `_X` -> `_i`, token `X` -> `iu`):
+// this file is a template, valid WGSL once expanded. Loop-indexed private arrays would leave
+// registers; named values stay in them.
 //
-// Per chunk: S = Q K^T over d-chunks of DK (Q stays resident when headDim <= DK), row max via
-// `red`, online softmax in the log2 domain (scale*log2(e) folded into Q on load), P to `ps`,
-// then O += P V with V staged VK keys at a time in the K region. f32 accumulators and statistics
-// whatever the storage type; a row with no key (l = 0) writes zeros.
+// Workgroup memory (f32, whatever the storage type):
+//   qt  Q^T of the tile, scaled by scale*log2(e): qt[d*BR4 + rq] = rows 4rq..4rq+3 at dim d.
+//   kv  the chunk's K rows (stride D4+1 vec4: conflict-free column reads), then its V rows
+//       (stride DP4) once S is done.
+//   pt  P^T of the chunk: pt[j*PSTR4 + rq] = p of rows 4rq..4rq+3 at key j.
+//   red per-row partials (max, then l) of the CG threads of a row group.
+// Per chunk: S = Q K^T as outer products (per dim: TM4 vec4 of Q^T, TN scalars of K, TM4*TN
+// vec4 FMAs), row max via `red`, online softmax in the log2 domain, P^T to `pt`, O += P V (per
+// key: TM4 vec4 of P^T, TD4 vec4 of V, TM*TD4 vec4 FMAs); both loops unrolled UD / UJ times
+// in the source, so the loads of several steps can be hoisted. Four barriers per chunk. Optionally
+// global loads are issued a phase ahead of their use (registers for occupancy): the next
+// chunk's K during P V (PF = 1), the chunk's V during S (VE = 1). f32 accumulators and
+// statistics; a row with no key (l = 0) writes zeros.
 //
 // Tensors are read through strides in vec4 units: element (b, t, h, 4*c) of the piece is at
 // base + b*s_b + t*s_t + h*s_h + c, where (b, h) = (bh / heads_per_row, bh % heads_per_row).
@@ -31,7 +47,7 @@ fn store4(x: vec4<f32>) -> Store4 {
 }
 // @storage-end
 
-/** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts. */
+/** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts (shared with wgsl/flash_chunked.wgsl). */
 struct Params {
   items: u32,
   nbh: u32,
@@ -51,30 +67,39 @@ struct Params {
   items_at: u32,
 }
 
-/** Output vec4 per row and thread: the one register-shape placeholder (set by the host). */
-const TD4: u32 = 2u;
-/** Rows and keys per thread (fixed micro tile: the named registers s0..s3, o0..o3). */
-const TM: u32 = 4u;
+// Register-shape placeholders (set by the host, see src/webgpu/variants.ts).
+/** Row quads per thread (TM = 4*TM4 query rows). */
+const TM4: u32 = 1u;
+/** Output vec4 per row and thread. */
+const TD4: u32 = 4u;
+/** Global vec4 loads per thread: Q tile (QPT), K chunk (KPT), V chunk (VPT). */
+const QPT: u32 = 4u;
+const KPT: u32 = 16u;
+const VPT: u32 = 16u;
+/** Keys per thread (BC = TN*CG). */
 const TN: u32 = 4u;
-const INVALID: u32 = 0xffffffffu;
+/** Source unroll of the S loop over head-dim vec4 (divides D4) and of the P V loop over keys. */
+const UD: u32 = 4u;
+const UJ: u32 = 4u;
+/** 1: load the next chunk's K during P V; 0: right before staging it. */
+const PF: u32 = 0u;
+/** 1: load the chunk's V before S (in flight during S); 0: right before staging it. */
+const VE: u32 = 0u;
+
 /** Masked score: finite so that exp2(NEG - m) = 0 and NEG - NEG never makes NaN. */
 const NEG: f32 = -3.0e38;
 
-override RG: u32 = 16u;
-override CG: u32 = 16u;
+override RG: u32 = 8u;
+override CG: u32 = 8u;
 override D: u32 = 128u;
-override DK: u32 = 32u;
-override VK: u32 = 32u;
 override NT: u32 = RG * CG;
-override BR: u32 = TM * RG;
+override BR4: u32 = TM4 * RG;
 override BC: u32 = TN * CG;
 override D4: u32 = D / 4u;
-override DK4: u32 = DK / 4u;
 override DP4: u32 = CG * TD4;
-override ND: u32 = (D4 + DK4 - 1u) / DK4;
-override KSTR4: u32 = DK4 + 1u;
-override KOFF: u32 = BR * KSTR4;
-override STAGE4: u32 = KOFF + max(BC * KSTR4, VK * DP4);
+override KSTR4: u32 = D4 + 1u;
+override PSTR4: u32 = BR4 + 1u;
+override KV4: u32 = max(BC * KSTR4, BC * DP4);
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<Store4>;
@@ -90,15 +115,10 @@ override STAGE4: u32 = KOFF + max(BC * KSTR4, VK * DP4);
 @group(0) @binding(6) var<storage, read> counts: array<u32>;
 @group(0) @binding(7) var<storage, read> lists: array<u32>;
 
-/** [0, KOFF): Q chunk (BR rows); [KOFF, STAGE4): K chunk (BC rows) or V sub-chunk (VK rows). */
-var<workgroup> stage: array<vec4<f32>, STAGE4>;
-/** P tile, BR x BC, row-major. */
-var<workgroup> ps: array<f32, BR * BC>;
-/** Per-row partials (max, then l), BR x CG. */
-var<workgroup> red: array<f32, BR * CG>;
-/** vec4 offset of each query row / key of the chunk, INVALID when out of range. */
-var<workgroup> row_off: array<u32, BR>;
-var<workgroup> key_off: array<u32, BC>;
+var<workgroup> qt: array<vec4<f32>, D * BR4>;
+var<workgroup> kv: array<vec4<f32>, KV4>;
+var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
+var<workgroup> red: array<vec4<f32>, BR4 * CG>;
 
 fn token_of(p: u32) -> u32 {
   if (params.dense != 0u) {
@@ -111,97 +131,81 @@ fn tile_of(t: u32) -> vec2<u32> {
   return vec2<u32>(table[params.tiles_at + 2u * t], table[params.tiles_at + 2u * t + 1u]);
 }
 
-fn stage_q(dc: u32, lid: u32) {
-  for (var idx = lid; idx < BR * DK4; idx += NT) {
-    let r = idx / DK4;
-    let c = idx % DK4;
-    let d4 = dc * DK4 + c;
-    var x = vec4<f32>(0.0);
-    let off = row_off[r];
-    if (off != INVALID && d4 < D4) {
-      x = load4(q[params.base_q + off + d4]) * params.scale_log2;
-    }
-    stage[r * KSTR4 + c] = x;
-  }
+/** A chunk of keys [c0, c0 + kc) of the run ending at run_e; li = next block-list index. */
+struct Chunk {
+  c0: u32,
+  kc: u32,
+  run_e: u32,
+  li: u32,
 }
 
-fn stage_k(dc: u32, lid: u32) {
-  for (var idx = lid; idx < BC * DK4; idx += NT) {
-    let j = idx / DK4;
-    let c = idx % DK4;
-    let d4 = dc * DK4 + c;
-    var x = vec4<f32>(0.0);
-    let off = key_off[j];
-    if (off != INVALID && d4 < D4) {
-      x = load4(k[params.base_k + off + d4]);
+/** The chunk after `c`: the next BC keys of its run, else the next run; kc = 0 when done. */
+fn next_chunk(c: Chunk, count: u32, list_base: u32) -> Chunk {
+  var n = c;
+  n.c0 = c.c0 + c.kc;
+  if (n.c0 >= n.run_e) {
+    if (n.li >= count) {
+      n.kc = 0u;
+      return n;
     }
-    stage[KOFF + j * KSTR4 + c] = x;
-  }
-}
-
-fn stage_v(v0: u32, lid: u32) {
-  for (var idx = lid; idx < VK * DP4; idx += NT) {
-    let j = idx / DP4;
-    let c = idx % DP4;
-    var x = vec4<f32>(0.0);
-    if (v0 + j < BC) {
-      let off = key_off[v0 + j];
-      if (off != INVALID && c < D4) {
-        x = load4(v[params.base_v + off + c]);
+    if (params.dense != 0u) {
+      n.c0 = 0u;
+      n.run_e = params.tokens;
+      n.li = count;
+    } else {
+      let t0 = tile_of(lists[list_base + n.li]);
+      n.c0 = t0.x;
+      n.run_e = t0.x + t0.y;
+      n.li++;
+      while (n.li < count) {
+        let tn = tile_of(lists[list_base + n.li]);
+        if (tn.x != n.run_e) {
+          break;
+        }
+        n.run_e += tn.y;
+        n.li++;
       }
     }
-    stage[KOFF + idx] = x;
   }
+  n.kc = min(BC, n.run_e - n.c0);
+  return n;
 }
 
-fn max4(x: vec4<f32>) -> f32 {
-  return max(max(x.x, x.y), max(x.z, x.w));
+/** vec4 `e` of a K chunk (row e / D4, column e % D4); zero past the chunk. */
+fn fetch_k(c: Chunk, e: u32, head_off: u32) -> Store4 {
+  let j = e / D4;
+  var x = Store4();
+  if (j < c.kc) {
+    x = k[params.base_k + token_of(c.c0 + j) * params.s_t + head_off + e % D4];
+  }
+  return x;
 }
 
-/**
- * Online-softmax step of one row: new max from the CG partials in `red`, rescale of l and O by
- * alpha = exp2(m_old - m_new), p = exp2(s - m_new) to `ps` (keys cg + CG*n).
- */
-fn softmax_row(
-  s: vec4<f32>,
-  row: u32,
-  cg: u32,
-  stat: ptr<function, vec2<f32>>,
-  o: ptr<function, array<vec4<f32>, TD4>>,
-) {
-  var mx = NEG;
-  for (var c = 0u; c < CG; c++) {
-    mx = max(mx, red[row * CG + c]);
+/** vec4 `e` of a V chunk (row e / DP4, column e % DP4); zero past the chunk and head dim. */
+fn fetch_v(c: Chunk, e: u32, head_off: u32) -> Store4 {
+  let j = e / DP4;
+  let col = e % DP4;
+  var x = Store4();
+  if (j < c.kc && col < D4) {
+    x = v[params.base_v + token_of(c.c0 + j) * params.s_t + head_off + col];
   }
-  let m_old = (*stat).x;
-  let m_new = max(m_old, mx);
-  let alpha = exp2(m_old - m_new);
-  let p = exp2(s - vec4<f32>(m_new));
-  *stat = vec2<f32>(m_new, (*stat).y * alpha + ((p.x + p.y) + (p.z + p.w)));
-  for (var t = 0u; t < TD4; t++) {
-    (*o)[t] *= alpha;
-  }
-  ps[row * BC + cg] = p.x;
-  ps[row * BC + cg + CG] = p.y;
-  ps[row * BC + cg + 2u * CG] = p.z;
-  ps[row * BC + cg + 3u * CG] = p.w;
+  return x;
 }
 
-/** O / l of one row (l = sum of the CG partials in `red`) to its raster position. */
-fn store_row(row: u32, cg: u32, o: ptr<function, array<vec4<f32>, TD4>>) {
-  var l = 0.0;
-  for (var c = 0u; c < CG; c++) {
-    l += red[row * CG + c];
+/** Q row `r` of the item at column `col`, scaled to the log2 domain; zero past `rows`. */
+fn q_row(r: u32, col: u32, rows: u32, row_start: u32, head_off: u32) -> vec4<f32> {
+  var x = vec4<f32>(0.0);
+  if (r < rows) {
+    x = load4(q[params.base_q + token_of(row_start + r) * params.s_t + head_off + col]) *
+      params.scale_log2;
   }
-  let inv = select(0.0, 1.0 / l, l > 0.0);
-  let off = row_off[row];
-  if (off != INVALID) {
-    for (var t = 0u; t < TD4; t++) {
-      let c = cg + CG * t;
-      if (c < D4) {
-        out[params.base_o + off + c] = store4((*o)[t] * inv);
-      }
-    }
+  return x;
+}
+
+/** O row `r` (dims 4*col..) scaled by `inv` to its raster position; rows/dims past the end skipped. */
+fn store_row(r: u32, col: u32, o: vec4<f32>, inv: f32, rows: u32, row_start: u32, head_off: u32) {
+  if (r < rows && col < D4) {
+    out[params.base_o + token_of(row_start + r) * params.s_t + head_off + col] = store4(o * inv);
   }
 }
 
@@ -226,32 +230,25 @@ fn main(
   let cg = lid % CG;
   let rg = lid / CG;
 
-  for (var r = lid; r < BR; r += NT) {
-    var off = INVALID;
-    if (r < rows) {
-      off = token_of(row_start + r) * params.s_t + head_off;
+  // Q^T of the tile, once: vec4 e of the tile = row quad e % BR4 at column e / BR4.
+  // @unroll I QPT
+  {
+    let e = lid + NT * I;
+    if (e < BR4 * D4) {
+      let rq = e % BR4;
+      let col = e / BR4;
+      let x0 = q_row(4u * rq, col, rows, row_start, head_off);
+      let x1 = q_row(4u * rq + 1u, col, rows, row_start, head_off);
+      let x2 = q_row(4u * rq + 2u, col, rows, row_start, head_off);
+      let x3 = q_row(4u * rq + 3u, col, rows, row_start, head_off);
+      let at = 4u * col * BR4 + rq;
+      qt[at] = vec4<f32>(x0.x, x1.x, x2.x, x3.x);
+      qt[at + BR4] = vec4<f32>(x0.y, x1.y, x2.y, x3.y);
+      qt[at + 2u * BR4] = vec4<f32>(x0.z, x1.z, x2.z, x3.z);
+      qt[at + 3u * BR4] = vec4<f32>(x0.w, x1.w, x2.w, x3.w);
     }
-    row_off[r] = off;
   }
-  workgroupBarrier();
-  if (ND == 1u) {
-    stage_q(0u, lid);
-  }
-
-  // Row statistics (m, l) and output tiles: named per row so that they stay in registers.
-  var st0 = vec2<f32>(NEG, 0.0);
-  var st1 = vec2<f32>(NEG, 0.0);
-  var st2 = vec2<f32>(NEG, 0.0);
-  var st3 = vec2<f32>(NEG, 0.0);
-  var o0 = array<vec4<f32>, TD4>();
-  var o1 = array<vec4<f32>, TD4>();
-  var o2 = array<vec4<f32>, TD4>();
-  var o3 = array<vec4<f32>, TD4>();
-  let r0 = rg;
-  let r1 = rg + RG;
-  let r2 = rg + 2u * RG;
-  let r3 = rg + 3u * RG;
-  let keys = vec4<u32>(cg, cg + CG, cg + 2u * CG, cg + 3u * CG);
+  // @end
 
   var count = 1u;
   var list_base = 0u;
@@ -260,118 +257,184 @@ fn main(
     count = counts[row];
     list_base = row * params.tiles;
   }
-  var li = 0u;
-  while (li < count) {
-    // Next key run [run_s, run_e): consecutive listed tiles merged.
-    var run_s = 0u;
-    var run_e = params.tokens;
-    if (params.dense == 0u) {
-      let t0 = tile_of(lists[list_base + li]);
-      run_s = t0.x;
-      run_e = t0.x + t0.y;
-      li++;
-      while (li < count) {
-        let tn = tile_of(lists[list_base + li]);
-        if (tn.x != run_e) {
-          break;
-        }
-        run_e += tn.y;
-        li++;
-      }
-    } else {
-      li = count;
+
+  // Row quads, keys, statistics (m, l per row of a quad) and the output tile.
+  // @unroll R TM4
+  let rq_R = rg * TM4 + R;
+  var m_R = vec4<f32>(NEG);
+  var l_R = vec4<f32>(0.0);
+  // @unroll C 4
+  // @unroll T TD4
+  var o_R_C_T = vec4<f32>(0.0);
+  // @end
+  // @end
+  // @end
+  // @unroll N TN
+  let key_N = cg + CG * N;
+  // @end
+
+  var cur = next_chunk(Chunk(0u, 0u, 0u, 0u), count, list_base);
+  // @unroll I KPT
+  var kp_I = Store4();
+  // @end
+  // @unroll I VPT
+  var vp_I = Store4();
+  // @end
+  if (PF != 0u) {
+    // @unroll I KPT
+    kp_I = fetch_k(cur, lid + NT * I, head_off);
+    // @end
+  }
+
+  while (cur.kc > 0u) {
+    workgroupBarrier(); // B1: the previous chunk is done with kv, pt and red
+    if (PF == 0u) {
+      // @unroll I KPT
+      kp_I = fetch_k(cur, lid + NT * I, head_off);
+      // @end
     }
-
-    for (var c0 = run_s; c0 < run_e; c0 += BC) {
-      let kc = min(BC, run_e - c0);
-      workgroupBarrier(); // previous chunk done with stage, ps, key_off
-      for (var j = lid; j < BC; j += NT) {
-        var off = INVALID;
-        if (j < kc) {
-          off = token_of(c0 + j) * params.s_t + head_off;
-        }
-        key_off[j] = off;
-      }
-      workgroupBarrier();
-
-      // S = Q K^T (log2 domain), one vec4 of keys per row.
-      // Explicit initialisers in loops: naga does not re-zero an uninitialised `var` there.
-      var s0 = vec4<f32>(0.0);
-      var s1 = vec4<f32>(0.0);
-      var s2 = vec4<f32>(0.0);
-      var s3 = vec4<f32>(0.0);
-      for (var dc = 0u; dc < ND; dc++) {
-        if (dc > 0u) {
-          workgroupBarrier();
-        }
-        if (ND > 1u) {
-          stage_q(dc, lid);
-        }
-        stage_k(dc, lid);
-        workgroupBarrier();
-        for (var c = 0u; c < DK4; c++) {
-          let k0 = stage[KOFF + keys.x * KSTR4 + c];
-          let k1 = stage[KOFF + keys.y * KSTR4 + c];
-          let k2 = stage[KOFF + keys.z * KSTR4 + c];
-          let k3 = stage[KOFF + keys.w * KSTR4 + c];
-          let q0 = stage[r0 * KSTR4 + c];
-          let q1 = stage[r1 * KSTR4 + c];
-          let q2 = stage[r2 * KSTR4 + c];
-          let q3 = stage[r3 * KSTR4 + c];
-          s0 += vec4<f32>(dot(q0, k0), dot(q0, k1), dot(q0, k2), dot(q0, k3));
-          s1 += vec4<f32>(dot(q1, k0), dot(q1, k1), dot(q1, k2), dot(q1, k3));
-          s2 += vec4<f32>(dot(q2, k0), dot(q2, k1), dot(q2, k2), dot(q2, k3));
-          s3 += vec4<f32>(dot(q3, k0), dot(q3, k1), dot(q3, k2), dot(q3, k3));
-        }
-      }
-
-      // Online softmax: chunk row max across the CG threads of a row, then rescale.
-      let masked = keys >= vec4<u32>(kc);
-      s0 = select(s0, vec4<f32>(NEG), masked);
-      s1 = select(s1, vec4<f32>(NEG), masked);
-      s2 = select(s2, vec4<f32>(NEG), masked);
-      s3 = select(s3, vec4<f32>(NEG), masked);
-      red[r0 * CG + cg] = max4(s0);
-      red[r1 * CG + cg] = max4(s1);
-      red[r2 * CG + cg] = max4(s2);
-      red[r3 * CG + cg] = max4(s3);
-      workgroupBarrier();
-      softmax_row(s0, r0, cg, &st0, &o0);
-      softmax_row(s1, r1, cg, &st1, &o1);
-      softmax_row(s2, r2, cg, &st2, &o2);
-      softmax_row(s3, r3, cg, &st3, &o3);
-
-      // O += P V, V staged VK keys at a time (keys >= kc have p = 0 and zero V).
-      for (var v0 = 0u; v0 < kc; v0 += VK) {
-        workgroupBarrier(); // ps complete; previous V sub-chunk consumed
-        stage_v(v0, lid);
-        workgroupBarrier();
-        for (var j = 0u; j < VK; j++) {
-          let p0 = vec4<f32>(ps[r0 * BC + v0 + j]);
-          let p1 = vec4<f32>(ps[r1 * BC + v0 + j]);
-          let p2 = vec4<f32>(ps[r2 * BC + v0 + j]);
-          let p3 = vec4<f32>(ps[r3 * BC + v0 + j]);
-          for (var t = 0u; t < TD4; t++) {
-            let vv = stage[KOFF + j * DP4 + cg + CG * t];
-            o0[t] = fma(p0, vv, o0[t]);
-            o1[t] = fma(p1, vv, o1[t]);
-            o2[t] = fma(p2, vv, o2[t]);
-            o3[t] = fma(p3, vv, o3[t]);
-          }
-        }
+    // @unroll I KPT
+    {
+      let e = lid + NT * I;
+      if (e < BC * D4) {
+        kv[(e / D4) * KSTR4 + e % D4] = load4(kp_I);
       }
     }
+    // @end
+    if (VE != 0u) {
+      // @unroll I VPT
+      vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @end
+    }
+    workgroupBarrier(); // B2: K staged
+
+    // S = Q K^T (log2 domain): per dim, outer products of Q^T quads and key scalars.
+    // Explicit initialisers in loops: naga does not re-zero an uninitialised `var` there.
+    // @unroll R TM4
+    // @unroll N TN
+    var s_R_N = vec4<f32>(0.0);
+    // @end
+    // @end
+    for (var d0 = 0u; d0 < D4; d0 += UD) {
+      // @unroll U UD
+      {
+        let d4 = d0 + U;
+        // @unroll N TN
+        let k_N = kv[key_N * KSTR4 + d4];
+        // @end
+        // @unroll I 4
+        // @unroll R TM4
+        {
+          let qv = qt[(4u * d4 + I) * BR4 + rq_R];
+          // @unroll N TN
+          s_R_N = fma(qv, vec4<f32>(k_N[I]), s_R_N);
+          // @end
+        }
+        // @end
+        // @end
+      }
+      // @end
+    }
+
+    // Online softmax: chunk row max across the CG threads of a row group, then rescale.
+    // @unroll R TM4
+    {
+      var mx = vec4<f32>(NEG);
+      // @unroll N TN
+      s_R_N = select(s_R_N, vec4<f32>(NEG), key_N >= cur.kc);
+      mx = max(mx, s_R_N);
+      // @end
+      red[rq_R * CG + cg] = mx;
+    }
+    // @end
+    workgroupBarrier(); // B3: K consumed, partial maxima complete
+    // @unroll R TM4
+    {
+      var mx = red[rq_R * CG];
+      for (var c = 1u; c < CG; c++) {
+        mx = max(mx, red[rq_R * CG + c]);
+      }
+      let m_new = max(m_R, mx);
+      let alpha = exp2(m_R - m_new);
+      m_R = m_new;
+      var sum = vec4<f32>(0.0);
+      // @unroll N TN
+      let p_N = exp2(s_R_N - m_new);
+      pt[key_N * PSTR4 + rq_R] = p_N;
+      sum += p_N;
+      // @end
+      l_R = l_R * alpha + sum;
+      // @unroll C 4
+      // @unroll T TD4
+      o_R_C_T *= alpha[C];
+      // @end
+      // @end
+    }
+    // @end
+    if (VE == 0u) {
+      // @unroll I VPT
+      vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @end
+    }
+    // @unroll I VPT
+    {
+      let e = lid + NT * I;
+      if (e < BC * DP4) {
+        kv[e] = load4(vp_I);
+      }
+    }
+    // @end
+    workgroupBarrier(); // B4: P and V staged
+
+    let nxt = next_chunk(cur, count, list_base);
+    if (PF != 0u) {
+      // @unroll I KPT
+      kp_I = fetch_k(nxt, lid + NT * I, head_off);
+      // @end
+    }
+
+    // O += P V (keys >= kc have p = 0 and zero V).
+    for (var j0 = 0u; j0 < BC; j0 += UJ) {
+      // @unroll U UJ
+      {
+        let j = j0 + U;
+        // @unroll T TD4
+        let v_T = kv[j * DP4 + cg + CG * T];
+        // @end
+        // @unroll R TM4
+        {
+          let p = pt[j * PSTR4 + rq_R];
+          // @unroll C 4
+          // @unroll T TD4
+          o_R_C_T = fma(vec4<f32>(p[C]), v_T, o_R_C_T);
+          // @end
+          // @end
+        }
+        // @end
+      }
+      // @end
+    }
+    cur = nxt;
   }
 
   // l = sum of the CG per-thread partials; O / l to the raster position of each row.
   workgroupBarrier();
-  red[r0 * CG + cg] = st0.y;
-  red[r1 * CG + cg] = st1.y;
-  red[r2 * CG + cg] = st2.y;
-  red[r3 * CG + cg] = st3.y;
+  // @unroll R TM4
+  red[rq_R * CG + cg] = l_R;
+  // @end
   workgroupBarrier();
-  store_row(r0, cg, &o0);
-  store_row(r1, cg, &o1);
-  store_row(r2, cg, &o2);
-  store_row(r3, cg, &o3);
+  // @unroll R TM4
+  {
+    var l = vec4<f32>(0.0);
+    for (var c = 0u; c < CG; c++) {
+      l += red[rq_R * CG + c];
+    }
+    let inv = select(vec4<f32>(0.0), 1.0 / l, l > vec4<f32>(0.0));
+    // @unroll C 4
+    // @unroll T TD4
+    store_row(4u * rq_R + C, cg + CG * T, o_R_C_T, inv[C], rows, row_start, head_off);
+    // @end
+    // @end
+  }
+  // @end
 }

@@ -10,7 +10,7 @@ import type { Kernel, ParamLayout } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
 import { type FlashConfig, flashKey } from "./variants.ts";
 
-/** Mirror of `Params` in wgsl/flash_attention.wgsl. */
+/** Mirror of `Params` in wgsl/flash_attention.wgsl and wgsl/flash_chunked.wgsl. */
 export const FLASH_PARAMS: ParamLayout = [
   ["items", "u32"],
   ["nbh", "u32"],
@@ -32,9 +32,10 @@ export const FLASH_PARAMS: ParamLayout = [
 
 /** Flash attention (dense or block-sparse) for one head dim, dtype and tile variant. */
 export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType): Kernel {
+  const file = c.kernel === "tiled" ? "flash_attention" : "flash_chunked";
   return ctx.kernel({
     key: flashKey(c, dtype),
-    code: specialize("flash_attention", { storage: dtype, consts: { TD4: c.td4 } }),
+    code: specialize(file, { storage: dtype, consts: c.consts }),
     bindings: [
       ["params", "uniform"],
       ["q", "read"],
@@ -45,7 +46,7 @@ export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType): Kern
       ["counts", "read"],
       ["lists", "read"],
     ],
-    constants: { RG: c.rg, CG: c.cg, D: c.headDim, DK: c.dkUsed, VK: c.vk },
+    constants: c.overrides,
   });
 }
 

@@ -5,6 +5,11 @@
  *   the block of wgsl/storage_f16.wgsl replaces it.
  * - Sizes of per-thread register arrays (function-scope arrays need const sizes): a line
  *   `const NAME: u32 = <n>u;` is rewritten with the host's value.
+ * - Register tiles as named variables: the lines between `// @unroll X COUNT` and its
+ *   `// @end` are repeated for X = 0..COUNT-1, COUNT a literal or the value of a
+ *   `const COUNT: u32 = <n>u;` of the (specialised) source. In copy i, an identifier suffix `_X`
+ *   becomes `_i` and the token `X` becomes `iu`. Blocks nest (outer first), so `s_R_N` inside
+ *   `R` and `N` blocks names one register per (R, N).
  *
  * @module
  */
@@ -55,5 +60,45 @@ export function specialize(name: string, options: Specialization = {}): string {
     if (!re.test(code)) throw new Error(`WGSL ${name} has no placeholder const ${key}`);
     code = code.replace(re, `const ${key}: u32 = ${value >>> 0}u;`);
   }
-  return code;
+  return code.includes("// @unroll ") ? unroll(code, name) : code;
+}
+
+const UNROLL = /^\s*\/\/ @unroll ([A-Za-z]\w*) (\w+)\s*$/;
+const END_BLOCK = /^\s*\/\/ @end\s*$/;
+
+/** Expands the `// @unroll` blocks of `code` (see the module doc). */
+function unroll(code: string, name: string): string {
+  const consts = new Map<string, number>();
+  for (const m of code.matchAll(/^const (\w+): u32 = (\d+)u;$/gm)) consts.set(m[1], Number(m[2]));
+  const expand = (lines: string[]): string[] => {
+    const out: string[] = [];
+    for (let i = 0; i < lines.length; i++) {
+      const head = UNROLL.exec(lines[i]);
+      if (!head) {
+        if (END_BLOCK.test(lines[i])) throw new Error(`WGSL ${name}: unmatched // @end`);
+        out.push(lines[i]);
+        continue;
+      }
+      let depth = 1, j = i + 1;
+      for (; j < lines.length; j++) {
+        if (UNROLL.test(lines[j])) depth++;
+        else if (END_BLOCK.test(lines[j]) && --depth === 0) break;
+      }
+      if (j === lines.length) throw new Error(`WGSL ${name}: // @unroll ${head[1]} has no // @end`);
+      const [, x, what] = head;
+      const count = /^\d+$/.test(what) ? Number(what) : consts.get(what);
+      if (count === undefined) {
+        throw new Error(`WGSL ${name}: unroll count ${what} is no u32 const`);
+      }
+      const suffix = new RegExp(`_${x}(?![A-Za-z0-9])`, "g");
+      const token = new RegExp(`(?<![\\w.])${x}(?!\\w)`, "g");
+      const body = lines.slice(i + 1, j);
+      for (let c = 0; c < count; c++) {
+        out.push(...expand(body.map((l) => l.replace(suffix, `_${c}`).replace(token, `${c}u`))));
+      }
+      i = j;
+    }
+    return out;
+  };
+  return expand(code.split("\n")).join("\n");
 }

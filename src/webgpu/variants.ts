@@ -1,24 +1,55 @@
 /**
- * The tile table of the flash-attention kernel (wgsl/flash_attention.wgsl): one list of
- * variants, picked per head dim and device limits. The pipeline-cache key is the same tuple.
+ * The tile table of flash attention: one list of variants per padded head dim, picked per head
+ * dim and device limits. Two kernels share the bindings and params:
+ * - `tiled` (wgsl/flash_attention.wgsl): register-tiled, Q^T of the tile resident in workgroup
+ *   memory, the K/V chunk over the whole head dim. Thread (rg, cg) of an RG x CG workgroup owns
+ *   TM = 4*tm4 query rows x tn keys of S and TM rows x td4 vec4 of O: BR = TM*RG rows,
+ *   BC = tn*CG keys per chunk, DP = 4*CG*td4 head dims. Workgroup memory (bytes), mirrored from
+ *   the WGSL:
+ *     16 * (D*BR4 + max(BC*(D4+1), BC*DP4) + BC*(BR4+1) + BR4*CG)
+ *   (Q^T, K or V chunk, P^T, row partials; BR4 = BR/4, D4 = D/4). Worked example, D 128 on a
+ *   48 KiB device: 32 x 32 tile, 256 threads: 16 * (1024 + 1056 + 288 + 256) = 41984 bytes.
+ *   On an H100 (bench/RESULTS.md) threads per workgroup matter most: 256 threads with small
+ *   per-thread tiles beat 64 threads with 4 x 4 tiles by 1.8x at the same tile and memory.
+ * - `chunked` (wgsl/flash_chunked.wgsl): Q and K staged in head-dim chunks of DK, V in
+ *   sub-chunks of VK keys; fits WebGPU's default 16 KiB for every head dim and serves head dims
+ *   above 128. Thread (rg, cg) owns a 4 x 4 score tile and 4 rows x td4 vec4 of O:
+ *     16 * (BR*KSTR4 + max(BC*KSTR4, VK*DP/4)) + 4 * BR*BC + 4 * BR*CG + 4 * (BR + BC)
+ *   with BR = 4*RG, BC = 4*CG, KSTR4 = DK/4 + 1.
  *
- * Thread (rg, cg) of an RG x CG workgroup owns a 4 x 4 score tile and a 4-row x TD4-vec4 output
- * tile, so a variant covers BR = 4*RG query rows, BC = 4*CG keys per chunk and head dims up to
- * DP = 4*CG*TD4. Workgroup memory (bytes), mirrored from the WGSL declarations:
- *   16 * (BR*KSTR4 + max(BC*KSTR4, VK*DP/4))   stage: Q chunk, then K chunk or V sub-chunk
- * + 4 * BR*BC + 4 * BR*CG + 4 * (BR + BC)      P tile, row partials, row/key offsets
- * with KSTR4 = DK/4 + 1. Worked example, DP 128 at 32 KiB: 64 x 32 tile, DK 32, VK 16:
- * 16 * (576 + 512) + 8192 + 2048 + 384 = 28032 bytes.
- *
- * Ordered per DP from the largest tile down; the first one that fits the device's
- * maxComputeWorkgroupStorageSize and maxComputeInvocationsPerWorkgroup wins. The smallest of
- * each DP fits WebGPU's default 16 KiB / 256 invocations.
+ * Ordered per DP from the preferred variant down; the first one that fits the device's
+ * maxComputeWorkgroupStorageSize and maxComputeInvocationsPerWorkgroup wins. The last of each DP
+ * fits WebGPU's default 16 KiB / 256 invocations.
  *
  * @module
  */
 
-/** One row of the table. */
-export interface FlashVariant {
+/** A row of the table for the register-tiled kernel. */
+export interface TiledVariant {
+  kernel: "tiled";
+  /** Query-row quads per thread (TM = 4*tm4 rows). */
+  tm4: number;
+  /** Row groups (BR = TM*rg query rows per work item). */
+  rg: number;
+  /** Column groups (BC = tn*cg keys per chunk). */
+  cg: number;
+  /** Keys per thread. */
+  tn: number;
+  /** Output vec4 per row per thread (DP = 4*cg*td4 head dims). */
+  td4: number;
+  /** Load the next chunk's K during P V, in registers (default false). */
+  pf?: boolean;
+  /** Load the chunk's V before S, in registers (default false). */
+  ve?: boolean;
+  /** Source unroll of the S loop (default 4; reduced to a divisor of headDim/4). */
+  ud?: number;
+  /** Source unroll of the P V loop (default 4; must divide BC). */
+  uj?: number;
+}
+
+/** A row of the table for the head-dim-chunked kernel. */
+export interface ChunkedVariant {
+  kernel: "chunked";
   /** Row groups (BR = 4*rg query rows per work item). */
   rg: number;
   /** Column groups (BC = 4*cg keys per chunk). */
@@ -31,34 +62,38 @@ export interface FlashVariant {
   vk: number;
 }
 
-/** The table: DP -> variants, largest tile first. */
+/** One row of the table. */
+export type FlashVariant = TiledVariant | ChunkedVariant;
+
+/** Loads a phase ahead and unroll by 8: the fastest options of the large tiles on an H100. */
+const FAST = { pf: true, ve: true, ud: 8, uj: 8 } as const;
+
+/** The table: DP -> variants, preferred first. */
 export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> = {
   32: [
-    { rg: 16, cg: 8, td4: 1, dk: 32, vk: 32 }, // 64 x 32, 128 threads, 23.9 KiB
-    { rg: 8, cg: 8, td4: 1, dk: 32, vk: 32 }, // 32 x 32, 64 threads, 14.3 KiB
+    { kernel: "tiled", tm4: 1, rg: 16, cg: 8, tn: 4, td4: 1 }, // 64 x 32, 128 threads, 23.0 KiB
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 8, tn: 4, td4: 1 }, // 32 x 32, 64 threads, 14.0 KiB
   ],
   64: [
-    { rg: 16, cg: 16, td4: 1, dk: 32, vk: 32 }, // 64 x 64, 256 threads, 38.5 KiB
-    { rg: 16, cg: 8, td4: 2, dk: 32, vk: 32 }, // 64 x 32, 128 threads, 27.4 KiB
-    { rg: 8, cg: 8, td4: 2, dk: 32, vk: 16 }, // 32 x 32, 64 threads, 14.3 KiB
+    { kernel: "tiled", tm4: 1, rg: 16, cg: 16, tn: 2, td4: 1, ...FAST }, // 64 x 32, 256 thr, 37.0 KiB
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1 }, // 32 x 32, 128 threads, 23.0 KiB
+    { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
-    { rg: 16, cg: 16, td4: 2, dk: 32, vk: 32 }, // 64 x 64, 256 threads, 45.5 KiB
-    { rg: 16, cg: 8, td4: 4, dk: 32, vk: 16 }, // 64 x 32, 128 threads, 27.4 KiB
-    { rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
+    { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
+    { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
   256: [
-    { rg: 16, cg: 16, td4: 4, dk: 32, vk: 16 }, // 64 x 64, 256 threads, 45.5 KiB
-    { rg: 16, cg: 8, td4: 8, dk: 32, vk: 8 }, // 64 x 32, 128 threads, 27.4 KiB
-    { rg: 8, cg: 8, td4: 8, dk: 16, vk: 8 }, // 32 x 32, 64 threads, 15.8 KiB
+    { kernel: "chunked", rg: 16, cg: 16, td4: 4, dk: 32, vk: 16 }, // 64 x 64, 256 threads, 45.5 KiB
+    { kernel: "chunked", rg: 16, cg: 8, td4: 8, dk: 32, vk: 8 }, // 64 x 32, 128 threads, 27.4 KiB
+    { kernel: "chunked", rg: 8, cg: 8, td4: 8, dk: 16, vk: 8 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
 };
 
 /** A variant resolved for one head dim: everything the kernel's overrides and key need. */
-export interface FlashConfig extends FlashVariant {
+export type FlashConfig = FlashVariant & {
   headDim: number;
-  /** Q/K chunk actually used: min(dk, headDim). */
-  dkUsed: number;
   /** Query rows per work item. */
   br: number;
   /** Keys per chunk. */
@@ -67,16 +102,62 @@ export interface FlashConfig extends FlashVariant {
   dp: number;
   threads: number;
   smemBytes: number;
-}
+  /** Placeholder consts of the WGSL (register shapes, loads per thread). */
+  consts: Record<string, number>;
+  /** Override constants of the pipeline. */
+  overrides: Record<string, number>;
+};
 
-/** Resolves a variant for `headDim` (the clamped DK and derived sizes). */
+/** Resolves a variant for `headDim` (derived sizes, consts and overrides). */
 export function flashConfig(v: FlashVariant, headDim: number): FlashConfig {
-  const dkUsed = Math.min(v.dk, headDim);
-  const br = 4 * v.rg, bc = 4 * v.cg, dp = 4 * v.cg * v.td4;
-  const kstr4 = dkUsed / 4 + 1;
+  const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg, dp = 4 * v.cg * v.td4;
+  const threads = v.rg * v.cg;
+  if (dp < headDim) throw new Error(`flash variant ${JSON.stringify(v)} covers ${dp} < ${headDim}`);
+  if (v.kernel === "tiled") {
+    const br4 = v.tm4 * v.rg, d4 = headDim / 4, dp4 = dp / 4;
+    const kv4 = Math.max(bc * (d4 + 1), bc * dp4);
+    const smemBytes = 16 * (headDim * br4 + kv4 + bc * (br4 + 1) + br4 * v.cg);
+    const per = (n: number) => Math.ceil(n / threads);
+    return {
+      ...v,
+      headDim,
+      br: 4 * br4,
+      bc,
+      dp,
+      threads,
+      smemBytes,
+      consts: {
+        TM4: v.tm4,
+        TN: v.tn,
+        TD4: v.td4,
+        QPT: per(br4 * d4),
+        KPT: per(bc * d4),
+        VPT: per(bc * dp4),
+        UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
+        UJ: bc % (v.uj ?? 4) === 0 ? v.uj ?? 4 : 1,
+        PF: v.pf ? 1 : 0,
+        VE: v.ve ? 1 : 0,
+      },
+      overrides: { RG: v.rg, CG: v.cg, D: headDim },
+    };
+  }
+  const dk = Math.min(v.dk, headDim);
+  const br = 4 * v.rg;
+  const kstr4 = dk / 4 + 1;
   const stage4 = br * kstr4 + Math.max(bc * kstr4, (v.vk * dp) / 4);
   const smemBytes = 16 * stage4 + 4 * br * bc + 4 * br * v.cg + 4 * (br + bc);
-  return { ...v, headDim, dkUsed, br, bc, dp, threads: v.rg * v.cg, smemBytes };
+  return {
+    ...v,
+    dk,
+    headDim,
+    br,
+    bc,
+    dp,
+    threads,
+    smemBytes,
+    consts: { TD4: v.td4 },
+    overrides: { RG: v.rg, CG: v.cg, D: headDim, DK: dk, VK: v.vk },
+  };
 }
 
 /** Device limits that decide the variant. */
@@ -86,22 +167,26 @@ export interface VariantLimits {
 }
 
 /**
- * The variant for `headDim` on a device: the smallest DP >= headDim, then the largest tile that
- * fits the limits.
+ * The variant for `headDim` on a device: the smallest DP >= headDim, then the first variant
+ * that fits the limits.
  *
  * @example
  * ```ts
  * import { pickFlashVariant } from "./variants.ts";
  * const limits = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
  * const c = pickFlashVariant(128, limits);
- * console.assert(c.br === 32 && c.bc === 32 && c.smemBytes <= 16384);
+ * console.assert(c.kernel === "chunked" && c.smemBytes <= 16384);
  * ```
  */
-export function pickFlashVariant(headDim: number, limits: VariantLimits): FlashConfig {
-  const dps = Object.keys(FLASH_VARIANTS).map(Number).sort((a, b) => a - b);
+export function pickFlashVariant(
+  headDim: number,
+  limits: VariantLimits,
+  table: Readonly<Record<number, readonly FlashVariant[]>> = FLASH_VARIANTS,
+): FlashConfig {
+  const dps = Object.keys(table).map(Number).sort((a, b) => a - b);
   const dp = dps.find((x) => x >= headDim);
   if (dp === undefined) throw new Error(`no flash variant for headDim ${headDim}`);
-  for (const v of FLASH_VARIANTS[dp]) {
+  for (const v of table[dp]) {
     const c = flashConfig(v, headDim);
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
@@ -115,5 +200,7 @@ export function pickFlashVariant(headDim: number, limits: VariantLimits): FlashC
 
 /** Pipeline-cache key of a resolved variant. */
 export function flashKey(c: FlashConfig, dtype: string): string {
-  return `flash_attention:d${c.headDim}:${dtype}:rg${c.rg}:cg${c.cg}:td${c.td4}:dk${c.dkUsed}:vk${c.vk}`;
+  const shape = [...Object.entries(c.consts), ...Object.entries(c.overrides)]
+    .map(([k, v]) => `${k}${v}`).join(":");
+  return `flash:${c.kernel}:${dtype}:${shape}`;
 }
