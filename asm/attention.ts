@@ -68,22 +68,30 @@ export function packKeys(
   kt: usize,
 ): void {
   for (let t = 0; t < tiles; t++) {
-    const s = load<i32>(at(tileStart, t));
-    const len = load<i32>(at(tileLen, t));
-    const base = kt + (<usize>load<i32>(at(offsets, t)) << 2);
-    const panels = roundUp(len, 8) >> 3;
-    for (let b = 0; b < panels; b++) {
-      const panel = base + (<usize>(b * headDim * 8) << 2);
-      for (let lane = 0; lane < 8; lane++) {
-        const key = b * 8 + lane;
-        if (key < len) {
-          const row = kw + (<usize>(s + key) * <usize>headDim << 2);
-          for (let d = 0; d < headDim; d++) {
-            store<f32>(panel + (<usize>(d * 8 + lane) << 2), load<f32>(at(row, d)));
-          }
-        } else {
-          for (let d = 0; d < headDim; d++) store<f32>(panel + (<usize>(d * 8 + lane) << 2), 0);
+    packTile(
+      kw,
+      load<i32>(at(tileStart, t)),
+      load<i32>(at(tileLen, t)),
+      headDim,
+      kt + (<usize>load<i32>(at(offsets, t)) << 2),
+    );
+  }
+}
+
+/** Packs one tile (positions s .. s+len-1 of `kw`) at `base`; see `packKeys`. */
+function packTile(kw: usize, s: i32, len: i32, headDim: i32, base: usize): void {
+  const panels = roundUp(len, 8) >> 3;
+  for (let b = 0; b < panels; b++) {
+    const panel = base + (<usize>(b * headDim * 8) << 2);
+    for (let lane = 0; lane < 8; lane++) {
+      const key = b * 8 + lane;
+      if (key < len) {
+        const row = kw + (<usize>(s + key) * <usize>headDim << 2);
+        for (let d = 0; d < headDim; d++) {
+          store<f32>(panel + (<usize>(d * 8 + lane) << 2), load<f32>(at(row, d)));
         }
+      } else {
+        for (let d = 0; d < headDim; d++) store<f32>(panel + (<usize>(d * 8 + lane) << 2), 0);
       }
     }
   }
@@ -104,18 +112,67 @@ export function poolTiles(
 ): void {
   const rowBytes = <usize>headDim << 2;
   for (let i = 0; i < g; i++) {
-    const s = load<i32>(at(tileStart, i));
-    const len = load<i32>(at(tileLen, i));
-    const inv = f32x4.splat(<f32>1.0 / <f32>len);
     const dst = out + <usize>i * rowBytes;
-    for (let d: usize = 0; d < rowBytes; d += 16) {
-      let acc = f32x4.splat(0);
-      let src = x + <usize>s * rowBytes + d;
-      for (let p = 0; p < len; p++) {
-        acc = f32x4.add(acc, v128.load(src));
-        src += rowBytes;
-      }
-      v128.store(dst + d, f32x4.mul(acc, inv));
+    poolTile(x, load<i32>(at(tileStart, i)), load<i32>(at(tileLen, i)), rowBytes, dst);
+  }
+}
+
+/** Mean of rows s .. s+len-1 of `x` into `dst`; see `poolTiles`. */
+function poolTile(x: usize, s: i32, len: i32, rowBytes: usize, dst: usize): void {
+  const inv = f32x4.splat(<f32>1.0 / <f32>len);
+  for (let d: usize = 0; d < rowBytes; d += 16) {
+    let acc = f32x4.splat(0);
+    let src = x + <usize>s * rowBytes + d;
+    for (let p = 0; p < len; p++) {
+      acc = f32x4.add(acc, v128.load(src));
+      src += rowBytes;
+    }
+    v128.store(dst + d, f32x4.mul(acc, inv));
+  }
+}
+
+/**
+ * Everything one (batch, head) needs before its draft map, for tiles t0 .. t1-1 only, so that
+ * threads can split a head by tiles (each tile is a contiguous run of window order, so the
+ * pieces write disjoint memory): gathers the tiles' rows of q, k and v into window order
+ * (`gatherRows`), packs their keys (`packKeys`, with `offsets` from `packedKeyOffsets`) and,
+ * when qd != 0, writes the window means of the video tiles (t < g) among them (`poolTiles`).
+ * The results are exactly those of the whole-head functions.
+ */
+export function prepTiles(
+  q: usize,
+  k: usize,
+  v: usize,
+  strideT: i32,
+  headOffset: i32,
+  order: usize,
+  tileStart: usize,
+  tileLen: usize,
+  offsets: usize,
+  t0: i32,
+  t1: i32,
+  g: i32,
+  headDim: i32,
+  qw: usize,
+  kw: usize,
+  vw: usize,
+  kt: usize,
+  qd: usize,
+  kd: usize,
+): void {
+  const rowBytes = <usize>headDim << 2;
+  for (let t = t0; t < t1; t++) {
+    const s = load<i32>(at(tileStart, t));
+    const len = load<i32>(at(tileLen, t));
+    const ord = at(order, s);
+    const skip = <usize>s * rowBytes;
+    gatherRows(q, strideT, headOffset, ord, len, headDim, qw + skip);
+    gatherRows(k, strideT, headOffset, ord, len, headDim, kw + skip);
+    gatherRows(v, strideT, headOffset, ord, len, headDim, vw + skip);
+    packTile(kw, s, len, headDim, kt + (<usize>load<i32>(at(offsets, t)) << 2));
+    if (qd != 0 && t < g) {
+      poolTile(qw, s, len, rowBytes, qd + <usize>t * rowBytes);
+      poolTile(kw, s, len, rowBytes, kd + <usize>t * rowBytes);
     }
   }
 }
@@ -242,49 +299,82 @@ export function flash(
   scale: f32,
   scratch: usize,
 ): void {
+  for (let i = 0; i < tiles; i++) {
+    const ql = load<i32>(at(tileLen, i));
+    for (let rb = 0; rb < ql; rb += QB) {
+      flashBlock(
+        qw, kt, offsets, vw, out, strideT, headOffset, order, tileStart, tileLen, i, rb,
+        min(QB, ql - rb), count, list, listStride, headDim, scale, scratch,
+      );
+    }
+  }
+}
+
+/**
+ * One work item of `flash`: rows rb .. rb+rows-1 (rows <= QB) of query tile i. Items write
+ * disjoint output rows and read only shared inputs, so threads may run them in any order and
+ * each output row is computed exactly as `flash` computes it (same key order, same groups of
+ * QR rows when rb is a multiple of QB). Arguments as in `flash`; scratch:
+ * `flashScratchBytes(headDim)` bytes owned by the calling thread.
+ */
+export function flashBlock(
+  qw: usize,
+  kt: usize,
+  offsets: usize,
+  vw: usize,
+  out: usize,
+  strideT: i32,
+  headOffset: i32,
+  order: usize,
+  tileStart: usize,
+  tileLen: usize,
+  i: i32,
+  rb: i32,
+  rows: i32,
+  count: usize,
+  list: usize,
+  listStride: i32,
+  headDim: i32,
+  scale: f32,
+  scratch: usize,
+): void {
   const D = headDim;
   const rowBytes = <usize>D << 2;
   const acc = scratch; // f32[QB + QR][D]: a last partial group of rows writes past QB
   const mrow = acc + <usize>(QB + QR) * rowBytes; // f32[QB + QR] running max
   const lrow = mrow + (<usize>(QB + QR) << 2); // f32[QB + QR] running sum
   const sbuf = lrow + (<usize>(QB + QR) << 2); // f32[QR][KC] scores, then P
-  for (let i = 0; i < tiles; i++) {
-    const qs = load<i32>(at(tileStart, i));
-    const ql = load<i32>(at(tileLen, i));
-    const n = load<i32>(at(count, i));
-    const lst = list + (<usize>(i * listStride) << 2);
-    for (let rb = 0; rb < ql; rb += QB) {
-      const rows = min(QB, ql - rb);
-      const q = qw + <usize>(qs + rb) * rowBytes;
-      memory.fill(acc, 0, <usize>rows * rowBytes);
-      for (let r = 0; r < rows; r++) {
-        store<f32>(at(mrow, r), -Infinity);
-        store<f32>(at(lrow, r), 0);
+  const qs = load<i32>(at(tileStart, i));
+  const n = load<i32>(at(count, i));
+  const lst = list + (<usize>(i * listStride) << 2);
+  const q = qw + <usize>(qs + rb) * rowBytes;
+  memory.fill(acc, 0, <usize>rows * rowBytes);
+  for (let r = 0; r < rows; r++) {
+    store<f32>(at(mrow, r), -Infinity);
+    store<f32>(at(lrow, r), 0);
+  }
+  for (let e = 0; e < n; e++) {
+    const j = load<i32>(at(lst, e));
+    const ks = load<i32>(at(tileStart, j));
+    const kl = load<i32>(at(tileLen, j));
+    const kbase = kt + (<usize>load<i32>(at(offsets, j)) << 2);
+    for (let c0 = 0; c0 < kl; c0 += KC) {
+      const cl = min(KC, kl - c0);
+      const chunk = kbase + (<usize>(c0 * D) << 2);
+      const vrow = vw + <usize>(ks + c0) * rowBytes;
+      for (let r = 0; r < rows; r += QR) {
+        groupChunk(q, r, rows, acc, mrow, lrow, sbuf, chunk, vrow, cl, D, scale);
       }
-      for (let e = 0; e < n; e++) {
-        const j = load<i32>(at(lst, e));
-        const ks = load<i32>(at(tileStart, j));
-        const kl = load<i32>(at(tileLen, j));
-        const kbase = kt + (<usize>load<i32>(at(offsets, j)) << 2);
-        for (let c0 = 0; c0 < kl; c0 += KC) {
-          const cl = min(KC, kl - c0);
-          const chunk = kbase + (<usize>(c0 * D) << 2);
-          const vrow = vw + <usize>(ks + c0) * rowBytes;
-          for (let r = 0; r < rows; r += QR) {
-            groupChunk(q, r, rows, acc, mrow, lrow, sbuf, chunk, vrow, cl, D, scale);
-          }
-        }
-      }
-      for (let r = 0; r < rows; r++) {
-        const l = load<f32>(at(lrow, r));
-        const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0); // a row with no key gives 0
-        const t = load<i32>(at(order, qs + rb + r));
-        const dst = out + ((<usize>t * <usize>strideT + <usize>headOffset) << 2);
-        const src = acc + <usize>r * rowBytes;
-        for (let d: usize = 0; d < rowBytes; d += 16) {
-          v128.store(dst + d, f32x4.mul(v128.load(src + d), inv));
-        }
-      }
+    }
+  }
+  for (let r = 0; r < rows; r++) {
+    const l = load<f32>(at(lrow, r));
+    const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0); // a row with no key gives 0
+    const t = load<i32>(at(order, qs + rb + r));
+    const dst = out + ((<usize>t * <usize>strideT + <usize>headOffset) << 2);
+    const src = acc + <usize>r * rowBytes;
+    for (let d: usize = 0; d < rowBytes; d += 16) {
+      v128.store(dst + d, f32x4.mul(v128.load(src + d), inv));
     }
   }
 }

@@ -11,9 +11,12 @@ export {
 export {
   draftMap,
   flash,
+  flashBlock,
   flashScratchBytes,
   gatherRows,
   packedKeyOffsets,
   packKeys,
   poolTiles,
+  prepTiles,
 } from "./attention";
+export { rowMassBits, sampledMap, sampledScratchBytes, selectRows } from "./policy";

@@ -36,10 +36,12 @@ function reference(q, k, v, n, h, d) {
 const data = (n, seed) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.61 + seed));
 const maxErr = (a, b) => a.reduce((e, x, i) => Math.max(e, Number.isNaN(x) ? Infinity : Math.abs(x - b[i])), 0);
 
-for (const backend of Deno.args) {
+for (const arg of Deno.args) {
+  // "wasm:2": two threads, so the worker source embedded in the bundle must run.
+  const [backend, threads] = arg.split(":");
   let rt;
   try {
-    rt = await openRuntime({ backend });
+    rt = await openRuntime({ backend, threads: threads ? Number(threads) : undefined });
   } catch (e) {
     console.log(JSON.stringify({ backend, error: e instanceof DraftAttentionError ? e.code : String(e) }));
     continue;
@@ -52,6 +54,8 @@ for (const backend of Deno.args) {
     sparsity0: [90, 1, 16, { frames: 2, height: 5, width: 9, pool: [4, 4], heads: 1, headDim: 16, sparsity: 0 }],
     dense: [37, 3, 4, null],
   };
+  // Big enough (2.7e8 FLOPs) to be shared between the threads.
+  if (threads) cases.threads = [1024, 2, 32, null];
   for (const [name, [n, h, d, draft]] of Object.entries(cases)) {
     const q = data(n * h * d, 1), k = data(n * h * d, 2), v = data(n * h * d, 3);
     const op = draft ? rt.draftAttention(draft) : rt.attention({ tokens: n, heads: h, headDim: d });
@@ -59,7 +63,8 @@ for (const backend of Deno.args) {
     errors[name] = maxErr(out, reference(q, k, v, n, h, d));
     op.dispose();
   }
-  console.log(JSON.stringify({ backend, chosen: rt.backend, adapter: rt.describe().adapter, errors }));
+  const info = rt.describe();
+  console.log(JSON.stringify({ backend, chosen: rt.backend, adapter: info.adapter, threads: info.threads, errors }));
   rt.dispose();
 }
 `;
@@ -94,7 +99,7 @@ Deno.test("bundle: one minified file under 300 KiB runs alone in a fresh Deno", 
     await Deno.mkdir(run);
     await Deno.copyFile(outfile, `${run}/draftattn.js`);
     await Deno.writeTextFile(`${run}/check.mjs`, CHECK);
-    const backends = ["wasm", ...(await hasAdapter()) ? ["webgpu"] : []];
+    const backends = ["wasm", "wasm:2", ...(await hasAdapter()) ? ["webgpu"] : []];
     const child = await new Deno.Command(Deno.execPath(), {
       // No config, no lock file, no npm, no remote imports, no permissions.
       args: [
@@ -116,6 +121,7 @@ Deno.test("bundle: one minified file under 300 KiB runs alone in a fresh Deno", 
     for (const line of lines) {
       assert.equal(line.error, undefined, JSON.stringify(line));
       assert.equal(line.chosen, line.backend);
+      if (line.errors.threads !== undefined) assert.equal(line.threads, 2, JSON.stringify(line));
       for (const [name, err] of Object.entries(line.errors as Record<string, number>)) {
         assert.ok(err < 2e-5, `${line.backend} ${name}: max error ${err}`);
       }

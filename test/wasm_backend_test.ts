@@ -321,12 +321,13 @@ Deno.test("wasm draft attention matches float64 with its mask; the mask follows 
 });
 
 Deno.test("wasm backend: info, dispose, TOO_LARGE", async () => {
-  const backend = createWasmBackend("because");
+  const backend = createWasmBackend("because", { threads: 1 });
   assert.deepEqual(backend.info(), {
     backend: "wasm",
     adapter: "WebAssembly SIMD",
     reason: "because",
     features: ["simd", "relaxed-simd"],
+    threads: 1,
   });
   const spec: DenseSpec = {
     batch: 1,

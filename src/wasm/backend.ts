@@ -1,11 +1,19 @@
 /**
  * The WebAssembly backend: draft attention and dense attention in AssemblyScript with SIMD
- * (asm/attention.ts), one (batch, head) at a time on the calling thread.
+ * (asm/attention.ts), on the calling thread and, for runs big enough to share, on worker
+ * threads over one shared memory (src/wasm/pool.ts).
  *
- * Per batch element, q, k, v are copied into wasm memory as f32 (f16 converted on the way);
- * per head the kernels gather the head's rows into window order, pool, build the draft map,
- * select the mask and its block lists (asm/plan.ts) and run block-sparse flash attention,
- * which writes the output rows back in raster order.
+ * Per batch element, q, k, v are copied into wasm memory as f32 (f16 converted on the way).
+ * A run then goes through phases of independent work items, for a group of heads ("slots") at
+ * a time:
+ * 1. PREP, one item per (head, range of tiles): gather the rows into window order, pack the
+ *    keys, pool the video tiles (asm `prepTiles`).
+ * 2. DRAFT (draft attention), one item per head: the draft map (asm `draftMap`); then the
+ *    calling thread selects the mask and builds the block lists (asm/plan.ts).
+ * 3. FLASH, one item per (head, query block of <= 128 rows of a tile): block-sparse flash
+ *    attention (asm `flashBlock`), which writes the output rows back in raster order.
+ * Every item computes exactly what the one-thread loop computes, so the output does not depend
+ * on the number of threads (the tests hold it bit-identical).
  *
  * @module
  */
@@ -22,23 +30,61 @@ import type {
   Plan,
   TensorArray,
 } from "../types.ts";
-import { type AsmBuild, AsmInstance } from "./instance.ts";
+import { type AsmBuild, AsmInstance, asmModule, sharedMemory } from "./instance.ts";
+import {
+  DRAFT,
+  FLASH,
+  type Job,
+  phaseInline,
+  PREP,
+  SAMPLED,
+  threadsAvailable,
+  WorkerPool,
+} from "./pool.ts";
+import { WasmMaskStage } from "./policy.ts";
 
 /** Options of {@linkcode createWasmBackend} beyond the contract (tests use `build`). */
 export interface WasmBackendOptions {
-  /** `"debug"` runs the build with assertions on; default `"release"`. */
-  build?: AsmBuild;
+  /**
+   * `"debug"` runs the build with assertions on (on the calling thread only: `threads` is then
+   * 1); default `"release"`.
+   */
+  build?: Exclude<AsmBuild, "threads">;
   /**
    * Bytes of wasm memory a run may use (default: 4 GiB less 1 MiB). Past it a run stages one
    * head at a time, and past that it rejects with TOO_LARGE. Tests lower it.
    */
   memoryLimit?: number;
+  /**
+   * Threads per run, the calling thread included (validated by the runtime: an integer >= 1).
+   * Default: `navigator.hardwareConcurrency`. 1 runs everything on the calling thread; more
+   * needs module workers and shared WebAssembly memory, and falls back to 1 without them.
+   */
+  threads?: number;
+  /**
+   * Runs estimated below this many FLOPs stay on the calling thread, where messaging the
+   * workers would cost more than it saves (default 2^25, about a millisecond). Tests set 0.
+   */
+  minParallelFlops?: number;
+  /** Milliseconds an idle worker pool lives before it is terminated (default 2000). */
+  idleMs?: number;
 }
 
 /** Largest wasm32 memory. */
 const WASM_MEMORY = 2 ** 32;
 /** Room kept for the module's static data and alignment padding. */
 const RESERVED = 1 << 20;
+/** Query rows per FLASH item: at most QB of asm/attention.ts. */
+const ROWS_PER_ITEM = 128;
+/** Rows of window order per PREP item when the work is shared (at least). */
+const ROWS_PER_CHUNK = 512;
+
+/** The default thread count: every core. */
+export function defaultThreads(): number {
+  const n = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator
+    ?.hardwareConcurrency;
+  return typeof n === "number" && Number.isInteger(n) && n >= 1 ? n : 1;
+}
 
 /**
  * How q, k, v and out are staged in wasm memory: a whole batch element at a time (one copy per
@@ -47,13 +93,62 @@ const RESERVED = 1 << 20;
  */
 type Staging = "batch" | "head";
 
-/** Byte sizes of the buffers one run allocates, in allocation order. */
+/** A run's tables that depend only on the plan and the thread count. */
+interface Work {
+  /** PREP items of one head: tile ranges [t0, t1). */
+  chunks: Int32Array;
+  /** FLASH items of one head: (tile, row offset in the tile, rows) triples. */
+  items: Int32Array;
+}
+
+function workOf(plan: Plan, threads: number): Work {
+  const { tiles, tileLen, tokens } = plan;
+  const target = threads === 1
+    ? Infinity
+    : Math.max(ROWS_PER_CHUNK, Math.ceil(tokens / (4 * threads)));
+  const chunks: number[] = [];
+  let t0 = 0;
+  let rows = 0;
+  for (let t = 0; t < tiles; t++) {
+    rows += tileLen[t];
+    if (rows >= target || t === tiles - 1) {
+      chunks.push(t0, t + 1);
+      t0 = t + 1;
+      rows = 0;
+    }
+  }
+  const items: number[] = [];
+  for (let t = 0; t < tiles; t++) {
+    for (let r = 0; r < tileLen[t]; r += ROWS_PER_ITEM) {
+      items.push(t, r, Math.min(ROWS_PER_ITEM, tileLen[t] - r));
+    }
+  }
+  return { chunks: Int32Array.from(chunks), items: Int32Array.from(items) };
+}
+
+/** Buffers allocated once per run, and those allocated once per slot. */
+const PER_SLOT = [
+  "qw",
+  "kw",
+  "vw",
+  "kt",
+  "qd",
+  "kd",
+  "kdT",
+  "p",
+  "mask",
+  "count",
+  "list",
+] as const;
+
+/** Byte sizes of the buffers one run allocates (per-slot ones for one slot), in order. */
 function layout(
   asm: AsmInstance,
   spec: DenseSpec,
   plan: Plan,
   draft: boolean,
   staging: Staging,
+  threads: number,
 ): Record<string, number> {
   const { tokens: n, headDim: d } = spec;
   const h = staging === "batch" ? spec.heads : 1;
@@ -69,13 +164,14 @@ function layout(
     tileStart: tiles * 4,
     tileLen: tiles * 4,
     offsets: tiles * 4,
-    count: tiles * 4,
-    list: (draft ? tiles * tiles : tiles) * 4,
+    scratch: threads * scratchBytes(asm, d),
     qw: n * d * 4,
     kw: n * d * 4,
     vw: n * d * 4,
     kt: packed * 4,
-    scratch: asm.x.flashScratchBytes(d),
+    // Dense: one shared list for every slot.
+    count: tiles * 4,
+    list: (draft ? tiles * tiles : tiles) * 4,
   };
   if (draft) {
     sizes.qd = g * d * 4;
@@ -87,15 +183,39 @@ function layout(
   return sizes;
 }
 
-function totalBytes(sizes: Record<string, number>): number {
+const pad = (bytes: number) => Math.ceil(bytes / 64) * 64;
+
+/**
+ * One thread's flash scratch, rounded up to 256 bytes: threads never write the same cache line
+ * (nor its prefetched neighbour), which they would do in every inner loop otherwise.
+ */
+function scratchBytes(asm: AsmInstance, headDim: number): number {
+  return Math.ceil(asm.x.flashScratchBytes(headDim) / 256) * 256;
+}
+
+function totalBytes(sizes: Record<string, number>, slots: number, draft: boolean): number {
   let total = 0;
-  for (const s of Object.values(sizes)) total += Math.ceil(s / 64) * 64;
+  for (const [name, s] of Object.entries(sizes)) {
+    const perSlot = (PER_SLOT as readonly string[]).includes(name) &&
+      (draft || (name !== "count" && name !== "list"));
+    total += pad(s) * (perSlot ? slots : 1);
+  }
   return total;
 }
 
+interface Allocation {
+  staging: Staging;
+  slots: number;
+  /** Pointer of each buffer (of slot 0 for per-slot buffers). */
+  ptrs: Record<string, number>;
+  /** Bytes from one slot of a per-slot buffer to the next (0: shared). */
+  strides: Record<string, number>;
+}
+
 /**
- * Picks the staging and allocates every buffer of a run, or throws TOO_LARGE before allocating
- * anything.
+ * Picks the staging and the slots (heads computed together: every head when the run is shared
+ * between threads and memory allows, else one) and allocates every buffer of a run, or throws
+ * TOO_LARGE before allocating anything.
  */
 function allocate(
   asm: AsmInstance,
@@ -103,14 +223,21 @@ function allocate(
   plan: Plan,
   draft: boolean,
   limit: number,
-): { staging: Staging; ptrs: Record<string, number> } {
+  threads: number,
+): Allocation {
   let staging: Staging = "batch";
-  let sizes = layout(asm, spec, plan, draft, staging);
-  if (totalBytes(sizes) > limit) {
-    staging = "head";
-    sizes = layout(asm, spec, plan, draft, staging);
+  let slots = threads > 1 ? spec.heads : 1;
+  let sizes = layout(asm, spec, plan, draft, staging, threads);
+  while (slots > 1 && totalBytes(sizes, slots, draft) > limit) {
+    slots = Math.ceil(slots / 2);
+    sizes = layout(asm, spec, plan, draft, staging, threads);
   }
-  const total = totalBytes(sizes);
+  if (totalBytes(sizes, slots, draft) > limit) {
+    staging = "head";
+    slots = 1;
+    sizes = layout(asm, spec, plan, draft, staging, threads);
+  }
+  const total = totalBytes(sizes, slots, draft);
   if (total > limit) {
     throw new DraftAttentionError(
       "TOO_LARGE",
@@ -122,10 +249,14 @@ function allocate(
   }
   asm.reset();
   const ptrs: Record<string, number> = {};
+  const strides: Record<string, number> = {};
   for (const [name, bytes] of Object.entries(sizes)) {
-    ptrs[name] = asm.alloc(bytes, `a run (${total} bytes)`);
+    const perSlot = (PER_SLOT as readonly string[]).includes(name) &&
+      (draft || (name !== "count" && name !== "list"));
+    strides[name] = perSlot ? pad(bytes) : 0;
+    ptrs[name] = asm.alloc(pad(bytes) * (perSlot ? slots : 1), `a run (${total} bytes)`);
   }
-  return { staging, ptrs };
+  return { staging, slots, ptrs, strides };
 }
 
 /**
@@ -154,11 +285,23 @@ function stageHead(
   }
 }
 
+/** Estimated FLOPs of a run (QK^T and PV over the kept blocks), to decide on sharing it. */
+function estimateFlops(spec: DenseSpec, plan: Plan, keep: number): number {
+  const { batch: B, heads: H, headDim: D, tokens: N } = spec;
+  if (keep === 0) return 4 * B * H * N * N * D;
+  const video = plan.videoTokens;
+  const density = Math.min(1, keep / (plan.g * plan.g));
+  return 4 * B * H * D * (video * video * density + (N * N - video * video));
+}
+
 class WasmOp implements DraftKernelOp {
   #disposed = false;
   #mask: Uint8Array | undefined;
   #kept = 0;
-  readonly #fixedList: Int32Array;
+  readonly #works = new Map<number, Work>();
+  readonly #flops: number;
+  /** Policy, estimator and mask reuse of a draft op (src/wasm/policy.ts). */
+  readonly #stage: WasmMaskStage | undefined;
 
   constructor(
     readonly backend: WasmBackend,
@@ -166,8 +309,8 @@ class WasmOp implements DraftKernelOp {
     readonly plan: Plan,
     readonly keep: number, // 0: dense
   ) {
-    // Dense: every query tile visits every tile, one shared list.
-    this.#fixedList = Int32Array.from({ length: plan.tiles }, (_, i) => i);
+    this.#flops = estimateFlops(spec, plan, keep);
+    this.#stage = keep > 0 ? new WasmMaskStage(spec as DraftSpec, plan) : undefined;
   }
 
   get draft(): boolean {
@@ -175,23 +318,40 @@ class WasmOp implements DraftKernelOp {
   }
 
   run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> {
-    try {
-      if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
-      return Promise.resolve(this.#run(q, k, v));
-    } catch (e) {
-      return Promise.reject(e);
+    if (this.#disposed) {
+      return Promise.reject(new DraftAttentionError("DISPOSED", "op", "used after dispose()"));
     }
+    return this.backend.enqueue(() => {
+      if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
+      return this.#run(q, k, v);
+    });
   }
 
-  #run(q: TensorArray, k: TensorArray, v: TensorArray): TensorArray {
+  #work(threads: number): Work {
+    let w = this.#works.get(threads);
+    if (!w) {
+      w = workOf(this.plan, threads);
+      this.#works.set(threads, w);
+    }
+    return w;
+  }
+
+  async #run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> {
     const { spec, plan, draft } = this;
     const { batch: B, heads: H, headDim: D, tokens: N } = spec;
     const { tiles, g } = plan;
-    const asm = this.backend.instance();
-    const { staging, ptrs: p } = allocate(asm, spec, plan, draft, this.backend.memoryLimit);
+    const backend = this.backend;
+    const asm = backend.instance();
+    const pool = this.#flops >= backend.minParallelFlops ? backend.pool() : undefined;
+    const threads = pool ? pool.size + 1 : 1;
+    const work = this.#work(threads);
+    const a = allocate(asm, spec, plan, draft, backend.memoryLimit, threads);
+    const { staging, slots, ptrs: p, strides } = a;
     const x = asm.x;
     const slice = N * H * D;
     const bshd = spec.layout === "BSHD";
+    const nChunks = work.chunks.length / 2;
+    const nItems = work.items.length / 3;
     // Element strides of the staged tensors: a batch element in the caller's layout, or one
     // head as [tokens][headDim].
     const strideT = staging === "head" ? D : bshd ? H * D : D;
@@ -200,6 +360,9 @@ class WasmOp implements DraftKernelOp {
     const result = spec.dtype === "f16" ? new Float16Array(B * slice) : new Float32Array(B * slice);
     const masks = draft ? new Uint8Array(B * H * g * g) : undefined;
     let kept = 0;
+    const stage = this.#stage;
+    const due = stage?.due() ?? false;
+    const tables = due ? stage!.begin(asm, threads) : undefined;
 
     asm.i32(p.order, N).set(plan.order);
     asm.i32(p.tileStart, tiles).set(plan.tileStart);
@@ -207,53 +370,110 @@ class WasmOp implements DraftKernelOp {
     x.packedKeyOffsets(p.tileLen, tiles, D, p.offsets);
     if (!draft) {
       asm.i32(p.count, tiles).fill(tiles);
-      asm.i32(p.list, tiles).set(this.#fixedList);
+      const list = asm.i32(p.list, tiles);
+      for (let t = 0; t < tiles; t++) list[t] = t;
     }
+    const job: Job = {
+      kind: PREP,
+      n: 0,
+      headDim: D,
+      g,
+      tiles,
+      strideT,
+      headStride,
+      headBase: 0,
+      scale,
+      draft: draft ? 1 : 0,
+      q: p.q,
+      k: p.k,
+      v: p.v,
+      out: p.out,
+      order: p.order,
+      tileStart: p.tileStart,
+      tileLen: p.tileLen,
+      offsets: p.offsets,
+      chunks: work.chunks,
+      nChunks,
+      items: work.items,
+      nItems,
+      perm: new Int32Array(0),
+      qw: p.qw,
+      kw: p.kw,
+      vw: p.vw,
+      rowsBytes: strides.qw,
+      kt: p.kt,
+      ktBytes: strides.kt,
+      qd: p.qd ?? 0,
+      kd: p.kd ?? 0,
+      pooledBytes: strides.qd ?? 0,
+      kdT: p.kdT ?? 0,
+      kdTBytes: strides.kdT ?? 0,
+      p: p.p ?? 0,
+      pBytes: strides.p ?? 0,
+      count: p.count,
+      countBytes: strides.count,
+      list: p.list,
+      listBytes: strides.list,
+      listStride: draft ? tiles : 0,
+      scratch: p.scratch,
+      scratchBytes: scratchBytes(asm, D),
+    };
+    const ctl = new Int32Array(2);
+    const phase = async (kind: number, n: number) => {
+      const j = { ...job, kind, n };
+      if (pool && n > 1) await pool.phase(x, j);
+      else phaseInline(x, j, ctl);
+    };
+
     for (let b = 0; b < B; b++) {
       if (staging === "batch") {
         asm.f32(p.q, slice).set(q.subarray(b * slice, (b + 1) * slice));
         asm.f32(p.k, slice).set(k.subarray(b * slice, (b + 1) * slice));
         asm.f32(p.v, slice).set(v.subarray(b * slice, (b + 1) * slice));
       }
-      for (let h = 0; h < H; h++) {
+      for (let h0 = 0; h0 < H; h0 += slots) {
+        const count = Math.min(slots, H - h0);
         if (staging === "head") {
           for (const [src, ptr] of [[q, p.q], [k, p.k], [v, p.v]] as const) {
-            stageHead(asm.f32(ptr, N * D), src, spec, b, h, "in");
+            stageHead(asm.f32(ptr, N * D), src, spec, b, h0, "in");
           }
         }
-        const ho = h * headStride;
-        x.gatherRows(p.q, strideT, ho, p.order, N, D, p.qw);
-        x.gatherRows(p.k, strideT, ho, p.order, N, D, p.kw);
-        x.gatherRows(p.v, strideT, ho, p.order, N, D, p.vw);
-        x.packKeys(p.kw, p.tileStart, p.tileLen, tiles, D, p.offsets, p.kt);
+        job.headBase = staging === "head" ? 0 : h0;
+        await phase(PREP, count * nChunks);
         if (draft) {
-          x.poolTiles(p.qw, p.tileStart, p.tileLen, g, D, p.qd);
-          x.poolTiles(p.kw, p.tileStart, p.tileLen, g, D, p.kd);
-          x.draftMap(p.qd, p.kd, g, D, scale, p.kdT, p.p);
-          kept += x.selectMask(p.p, g, this.keep, p.mask);
-          x.maskToSchedule(p.mask, g, tiles, p.count, p.list);
-          masks!.set(asm.u8(p.mask, g * g), (b * H + h) * g * g);
+          if (due && stage!.usesDraftMap) await phase(DRAFT, count);
+          // The sampled estimator (src/wasm/policy.ts) on every thread, items of query tiles.
+          const sampled = due && stage!.samples;
+          if (sampled) {
+            job.sampled = stage!.job(tables!, threads, count);
+            await phase(SAMPLED, count * job.sampled.nTileChunks);
+          }
+          for (let s = 0; s < count; s++) {
+            const mask = p.mask + s * strides.mask;
+            kept += due
+              ? stage!.finish(asm, tables!, {
+                qw: p.qw + s * strides.qw,
+                kt: p.kt + s * strides.kt,
+                offsets: p.offsets,
+                tileStart: p.tileStart,
+                tileLen: p.tileLen,
+                p: p.p + s * strides.p,
+                mask,
+              }, sampled)
+              : stage!.reuse(asm, this.#mask!, b * H + h0 + s, mask);
+            x.maskToSchedule(
+              mask,
+              g,
+              tiles,
+              p.count + s * strides.count,
+              p.list + s * strides.list,
+            );
+            masks!.set(asm.u8(mask, g * g), (b * H + h0 + s) * g * g);
+          }
         }
-        x.flash(
-          p.qw,
-          p.kt,
-          p.offsets,
-          p.vw,
-          p.out,
-          strideT,
-          ho,
-          p.order,
-          p.tileStart,
-          p.tileLen,
-          tiles,
-          p.count,
-          p.list,
-          draft ? tiles : 0,
-          D,
-          scale,
-          p.scratch,
-        );
-        if (staging === "head") stageHead(asm.f32(p.out, N * D), result, spec, b, h, "out");
+        job.perm = this.#order(asm, a, count, work);
+        await phase(FLASH, count * nItems);
+        if (staging === "head") stageHead(asm.f32(p.out, N * D), result, spec, b, h0, "out");
       }
       if (staging === "batch") result.set(asm.f32(p.out, slice), b * slice);
     }
@@ -261,7 +481,30 @@ class WasmOp implements DraftKernelOp {
       this.#mask = masks;
       this.#kept = kept;
     }
+    stage?.done(due);
     return result;
+  }
+
+  /**
+   * Writes the claim order of the FLASH items of `count` slots: the costliest first (rows x
+   * key tiles of its list), so that no long item is left for the end of the phase.
+   */
+  #order(asm: AsmInstance, a: Allocation, count: number, work: Work): Int32Array {
+    const nItems = work.items.length / 3;
+    const n = count * nItems;
+    const perm = new Int32Array(n);
+    for (let i = 0; i < n; i++) perm[i] = i;
+    if (!this.draft || n < 2) return perm;
+    const cost = new Float64Array(n);
+    const { items } = work;
+    const tiles = this.plan.tiles;
+    for (let s = 0; s < count; s++) {
+      const counts = asm.i32(a.ptrs.count + s * a.strides.count, tiles);
+      for (let i = 0; i < nItems; i++) {
+        cost[s * nItems + i] = items[3 * i + 2] * counts[items[3 * i]];
+      }
+    }
+    return Int32Array.from(Array.from(perm).sort((u, w) => cost[w] - cost[u] || u - w));
   }
 
   lastMask(): Promise<MaskResult> {
@@ -284,29 +527,122 @@ class WasmOp implements DraftKernelOp {
 class WasmBackend implements Backend {
   readonly kind = "wasm" as const;
   #asm: AsmInstance | undefined;
+  #memory: WebAssembly.Memory | undefined;
+  #pool: WorkerPool | undefined;
+  #idle: ReturnType<typeof setTimeout> | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
+  /** Threads per run, the calling one included (1 when workers or shared memory are missing). */
+  threads: number;
+  memoryLimit: number;
 
   constructor(
     readonly reason: string,
-    readonly build: AsmBuild,
-    readonly memoryLimit: number,
-  ) {}
+    readonly build: Exclude<AsmBuild, "threads">,
+    memoryLimit: number,
+    threads: number,
+    readonly minParallelFlops: number,
+    readonly idleMs: number,
+  ) {
+    this.memoryLimit = memoryLimit;
+    this.threads = build === "debug" || !threadsAvailable() ? 1 : threads;
+  }
 
-  /** The module instance, created on first use (its memory grows to the largest run). */
-  instance(): AsmInstance {
+  #check(): void {
     if (this.#disposed) {
       throw new DraftAttentionError("DISPOSED", "op", "the backend was disposed");
+    }
+  }
+
+  /**
+   * The module instance, created on first use (its memory grows to the largest run): the
+   * `"threads"` build on a shared memory when runs may use workers, else the chosen build.
+   */
+  instance(): AsmInstance {
+    this.#check();
+    if (!this.#asm && this.threads > 1) {
+      const shared = sharedMemory();
+      if (shared) {
+        this.#memory = shared.memory;
+        this.memoryLimit = Math.min(this.memoryLimit, shared.bytes - RESERVED);
+        this.#asm = new AsmInstance("threads", this.#memory);
+      } else {
+        this.threads = 1;
+      }
     }
     if (!this.#asm) this.#asm = new AsmInstance(this.build);
     return this.#asm;
   }
 
+  /**
+   * The worker pool (threads - 1 workers), started on first use and again after a worker
+   * failed or the pool sat idle; undefined when runs stay on the calling thread.
+   */
+  pool(): WorkerPool | undefined {
+    this.instance();
+    if (this.threads < 2 || !this.#memory) return undefined;
+    if (this.#idle !== undefined) clearTimeout(this.#idle);
+    this.#idle = undefined;
+    if (this.#pool?.broken) {
+      this.#pool.terminate();
+      this.#pool = undefined;
+    }
+    if (!this.#pool) {
+      try {
+        this.#pool = new WorkerPool(asmModule("threads"), this.#memory, this.threads - 1);
+      } catch {
+        // Workers cannot be created here (a content security policy, say): one thread.
+        this.threads = 1;
+        return undefined;
+      }
+    }
+    return this.#pool;
+  }
+
+  /** Test hook: the live pool, if any. */
+  get livePool(): WorkerPool | undefined {
+    return this.#pool;
+  }
+
+  /**
+   * Runs `fn` after every run queued before it (runs share the instance's memory), then arms
+   * the idle timer that terminates the workers, so that an idle pool keeps no process alive.
+   */
+  enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(() => {
+      this.#check();
+      return fn();
+    });
+    this.#queue = run.catch(() => {}).then(() => this.#armIdle());
+    return run;
+  }
+
+  #armIdle(): void {
+    if (!this.#pool || this.#disposed) return;
+    if (this.#idle !== undefined) clearTimeout(this.#idle);
+    this.#idle = setTimeout(() => {
+      this.#idle = undefined;
+      this.#pool?.terminate();
+      this.#pool = undefined;
+    }, this.idleMs);
+    // Deno: the timer alone does not keep the process alive (browsers have no such notion).
+    const timer = this.#idle as unknown as { unref?(): void };
+    if (typeof timer.unref === "function") timer.unref();
+    else {
+      (globalThis as { Deno?: { unrefTimer?(id: number): void } }).Deno?.unrefTimer?.(
+        Number(this.#idle),
+      );
+    }
+  }
+
   info(): BackendInfo {
+    const threads = this.threads;
     return {
       backend: "wasm",
       adapter: "WebAssembly SIMD",
       reason: this.reason,
-      features: ["simd", "relaxed-simd"],
+      features: threads > 1 ? ["simd", "relaxed-simd", "threads"] : ["simd", "relaxed-simd"],
+      threads,
     };
   }
 
@@ -319,8 +655,16 @@ class WasmBackend implements Backend {
   }
 
   dispose(): void {
+    if (this.#disposed) return;
     this.#disposed = true;
+    if (this.#idle !== undefined) clearTimeout(this.#idle);
+    this.#idle = undefined;
+    this.#pool?.terminate(
+      new DraftAttentionError("DISPOSED", "op", "the backend was disposed during a run"),
+    );
+    this.#pool = undefined;
     this.#asm = undefined;
+    this.#memory = undefined;
   }
 }
 
@@ -342,5 +686,12 @@ class WasmBackend implements Backend {
  */
 export function createWasmBackend(reason: string, options: WasmBackendOptions = {}): Backend {
   const limit = Math.min(options.memoryLimit ?? Infinity, WASM_MEMORY - RESERVED);
-  return new WasmBackend(reason, options.build ?? "release", limit);
+  return new WasmBackend(
+    reason,
+    options.build ?? "release",
+    limit,
+    options.threads ?? defaultThreads(),
+    options.minParallelFlops ?? 2 ** 25,
+    options.idleMs ?? 2000,
+  );
 }

@@ -7,10 +7,14 @@
  */
 import { ASM_DEBUG } from "../generated/asm_debug.ts";
 import { ASM_RELEASE } from "../generated/asm_release.ts";
+import { ASM_THREADS } from "../generated/asm_threads.ts";
 import { DraftAttentionError } from "../errors.ts";
 
-/** Which build of asm/: `"release"` (-O3, no assertions) or `"debug"` (assertions, for tests). */
-export type AsmBuild = "release" | "debug";
+/**
+ * Which build of asm/: `"release"` (-O3, no assertions), `"debug"` (assertions, for tests) or
+ * `"threads"` (release importing a shared `env.memory`, for worker threads: see src/wasm/pool.ts).
+ */
+export type AsmBuild = "release" | "debug" | "threads";
 
 /** The exports of asm/index.ts. Pointers are byte offsets; the host reads them with `>>> 0`. */
 export interface AsmExports {
@@ -77,7 +81,49 @@ export interface AsmExports {
     kdT: number,
     p: number,
   ): void;
+  prepTiles(
+    q: number,
+    k: number,
+    v: number,
+    strideT: number,
+    headOffset: number,
+    order: number,
+    tileStart: number,
+    tileLen: number,
+    offsets: number,
+    t0: number,
+    t1: number,
+    g: number,
+    headDim: number,
+    qw: number,
+    kw: number,
+    vw: number,
+    kt: number,
+    qd: number,
+    kd: number,
+  ): void;
   flashScratchBytes(headDim: number): number;
+  flashBlock(
+    qw: number,
+    kt: number,
+    offsets: number,
+    vw: number,
+    out: number,
+    strideT: number,
+    headOffset: number,
+    order: number,
+    tileStart: number,
+    tileLen: number,
+    tile: number,
+    rowStart: number,
+    rows: number,
+    count: number,
+    list: number,
+    listStride: number,
+    headDim: number,
+    scale: number,
+    scratch: number,
+  ): void;
   flash(
     qw: number,
     kt: number,
@@ -112,20 +158,45 @@ function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
 export function asmModule(build: AsmBuild): WebAssembly.Module {
   let m = modules.get(build);
   if (!m) {
-    m = new WebAssembly.Module(decodeBase64(build === "release" ? ASM_RELEASE : ASM_DEBUG));
+    const text = build === "release" ? ASM_RELEASE : build === "threads" ? ASM_THREADS : ASM_DEBUG;
+    m = new WebAssembly.Module(decodeBase64(text));
     modules.set(build, m);
   }
   return m;
 }
 
-/** One instance of asm/ with its own memory. */
+/**
+ * The shared memory of the `"threads"` build and its largest size in bytes: 4 GiB (reserved, not
+ * committed), or less
+ * where the engine refuses that much address space; undefined where shared memory is
+ * unavailable (a browser page without cross-origin isolation).
+ */
+export function sharedMemory(): { memory: WebAssembly.Memory; bytes: number } | undefined {
+  for (const maximum of [65536, 32768, 16384]) {
+    try {
+      return {
+        memory: new WebAssembly.Memory({ initial: 1, maximum, shared: true }),
+        bytes: maximum * 65536,
+      };
+    } catch {
+      // try a smaller reservation
+    }
+  }
+  return undefined;
+}
+
+/** One instance of asm/: its own memory, or for `"threads"` the shared `memory` given. */
 export class AsmInstance {
   readonly x: AsmExports;
 
-  constructor(readonly build: AsmBuild = "release") {
+  constructor(readonly build: AsmBuild = "release", memory?: WebAssembly.Memory) {
     let x: AsmExports | undefined = undefined;
+    if ((build === "threads") !== (memory !== undefined)) {
+      throw new Error(`asm: the ${build} build ${memory ? "takes no" : "needs a"} memory`);
+    }
     const imports = {
       env: {
+        ...(memory ? { memory } : {}),
         // AssemblyScript's `assert` and `abort`: message and file are UTF-16 strings whose byte
         // length sits 4 bytes before the pointer.
         abort(msg: number, file: number, line: number, col: number): never {
@@ -133,7 +204,7 @@ export class AsmInstance {
             if (!x || p === 0) return "";
             p >>>= 0;
             const n = new Uint32Array(x.memory.buffer, p - 4, 1)[0] >>> 1;
-            return String.fromCharCode(...new Uint16Array(x.memory.buffer, p, n));
+            return String.fromCharCode(...new Uint16Array(x.memory.buffer, p, n).slice());
           };
           throw new Error(`asm abort: ${str(msg)} at ${str(file)}:${line}:${col}`);
         },
@@ -170,7 +241,10 @@ export class AsmInstance {
     return this.x.memory.buffer.byteLength;
   }
 
-  /** The memory's current buffer (replaced on every `memory.grow`). */
+  /**
+   * The memory's current buffer (replaced on every `memory.grow`; a SharedArrayBuffer for the
+   * `"threads"` build, typed here as ArrayBuffer since the views are used the same way).
+   */
   get buffer(): ArrayBuffer {
     return this.x.memory.buffer as ArrayBuffer;
   }
