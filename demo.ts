@@ -20,6 +20,8 @@ import { deflateSync } from "node:zlib";
 import { openRuntime } from "./mod.ts";
 import type { DraftAttentionOp, Runtime } from "./src/runtime.ts";
 import { getModel, MODELS } from "./src/models.ts";
+import { buildPlan } from "./src/plan.ts";
+import { sampleTable } from "./src/policy.ts";
 import {
   compareOutputs,
   type DenseStats,
@@ -39,10 +41,33 @@ import {
   resolveConcentration,
   type Workload,
 } from "./src/workload.ts";
-import type { BackendInfo, DType, Layout, TensorArray, TextPosition } from "./src/types.ts";
-import { DEFAULT_POOL } from "./src/validate.ts";
+import type {
+  BackendInfo,
+  DType,
+  Estimator,
+  GpuRunArgs,
+  Layout,
+  Policy,
+  TensorArray,
+  TextPosition,
+} from "./src/types.ts";
+import { DEFAULT_POOL, DEFAULT_SAMPLES, DEFAULT_TAU, MAX_SAMPLES } from "./src/validate.ts";
 
 const DEFAULT_SPARSITIES = [0.5, 0.75, 0.9];
+/** Mask reuse assumed for the amortised cost column unless `--mask-every` says otherwise. */
+const DEFAULT_MASK_EVERY = 10;
+const POLICY_NAMES: readonly Policy[] = ["percentile", "rowTopK", "rowMass"];
+const ESTIMATOR_NAMES: readonly Estimator[] = ["draft", "sampled", "hybrid"];
+/** `--policies all`: the reference, then every policy on the draft map and the sampled map. */
+const ALL_VARIANTS = [
+  "percentile/draft",
+  "rowTopK/draft",
+  "rowMass/draft",
+  "percentile/sampled",
+  "rowTopK/sampled",
+  "rowMass/sampled",
+  "percentile/hybrid",
+];
 /** `--model` without `--scale`: scale the latent grid down to about this many video tokens. */
 const AUTO_SCALE_TOKENS = 4800;
 /** Heads of a scaled-down profile unless `--heads` says otherwise. */
@@ -58,6 +83,17 @@ options:
   --json                   print one JSON object instead of the table
   --backend B              auto (default), webgpu or wasm
   --sparsity LIST          comma-separated sparsities in [0, 1) (default 0.5,0.75,0.9)
+  --policies LIST          block selections to compare, as policy/estimator (policy: ${
+  POLICY_NAMES.join(", ")
+};
+                           estimator: ${
+  ESTIMATOR_NAMES.join(", ")
+}), comma-separated, or "all"; default
+                           percentile/draft (the reference)
+  --tau T                  rowMass's share of each row's mass, in (0, 1] (default ${DEFAULT_TAU})
+  --samples S              query samples per block of the sampled and hybrid estimators
+                           (1..${MAX_SAMPLES}, default ${DEFAULT_SAMPLES})
+  --mask-every K           mask reuse assumed for the amortised mask cost (default ${DEFAULT_MASK_EVERY})
   --model NAME             a bundled profile: ${Object.keys(MODELS).join(", ")}
   --scale S                scale the profile's frames, height and width by S ("1" = full size;
                            default: down to about ${AUTO_SCALE_TOKENS} video tokens, ${SCALED_HEADS} heads)
@@ -100,6 +136,10 @@ interface DemoConfig {
   concentration: number;
   seed: number;
   sparsities: number[];
+  variants: { policy: Policy; estimator: Estimator }[];
+  tau: number;
+  samples: number;
+  maskEvery: number;
   runs: number;
   png?: string;
   reference: boolean;
@@ -108,10 +148,18 @@ interface DemoConfig {
 /** One row of the result table. */
 export interface DemoRow {
   sparsity: number;
+  policy: Policy;
+  estimator: Estimator;
   /** Kept video block pairs / all, over batch and heads. */
   density: number;
-  /** Median time of a run, ms. */
+  /** Median time of a run that computes its mask, ms. */
   ms: number;
+  /** Median time of a run that reuses its mask (`maskEvery`): the sparse attention alone, ms. */
+  attentionMs: number;
+  /** Mask cost over the sparse attention alone, `ms / attentionMs - 1`, mask every run. */
+  maskCost: number;
+  /** The same amortised over `maskEvery` runs (one computes the mask, the others reuse it). */
+  amortisedCost: number;
   /** Dense time / this time. */
   speedup: number;
   relL2: number;
@@ -124,6 +172,8 @@ export interface DemoRow {
   recallMin: number | null;
   /** Oracle recall at the same number of kept blocks per (batch, head). */
   oracleRecall: number | null;
+  /** `recall / oracleRecall` (means). */
+  recallRatio: number | null;
   oracleRecallMin: number | null;
   /** `[batch * heads]` mask and oracle recall per head. */
   recallPerHead: number[] | null;
@@ -156,6 +206,10 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
       json: { type: "boolean" },
       backend: { type: "string" },
       sparsity: { type: "string" },
+      policies: { type: "string" },
+      tau: { type: "string" },
+      samples: { type: "string" },
+      "mask-every": { type: "string" },
       model: { type: "string" },
       scale: { type: "string" },
       frames: { type: "string" },
@@ -243,6 +297,25 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
       }
       return s;
     });
+  const variants =
+    (values.policies === undefined
+      ? ["percentile/draft"]
+      : values.policies === "all"
+      ? ALL_VARIANTS
+      : values.policies.split(",")).map((x) => {
+        const [policy, estimator = "draft"] = x.trim().split("/");
+        if (
+          !(POLICY_NAMES as readonly string[]).includes(policy) ||
+          !(ESTIMATOR_NAMES as readonly string[]).includes(estimator)
+        ) {
+          usage(`--policies must list policy/estimator pairs or "all", got "${values.policies}"`);
+        }
+        return { policy: policy as Policy, estimator: estimator as Estimator };
+      });
+  const tau = values.tau === undefined ? DEFAULT_TAU : Number(values.tau);
+  if (!(tau > 0 && tau <= 1)) usage(`--tau must be in (0, 1], got "${values.tau}"`);
+  const samples = intFlag("samples", values.samples) ?? DEFAULT_SAMPLES;
+  if (samples > MAX_SAMPLES) usage(`--samples must be at most ${MAX_SAMPLES}, got ${samples}`);
   const textPosition = values["text-position"] ?? base.textPosition;
   if (textPosition !== "after" && textPosition !== "before") {
     usage(`--text-position must be after or before, got "${textPosition}"`);
@@ -280,6 +353,10 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
     concentration,
     seed,
     sparsities,
+    variants,
+    tau,
+    samples,
+    maskEvery: intFlag("mask-every", values["mask-every"]) ?? DEFAULT_MASK_EVERY,
     runs: intFlag("runs", values.runs) ?? (values.quick ? 2 : 3),
     png: values.png,
     reference: !values["no-reference"],
@@ -296,20 +373,81 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-/** One untimed warm-up run, then `runs` timed runs; returns the last output and the median. */
+/** Something that runs on typed arrays, and on GPU buffers with the webgpu backend. */
+interface Runnable {
+  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  run(buffers: GpuRunArgs): Promise<void>;
+}
+
+/**
+ * WebGPU: the workload in GPU buffers, so that timed runs measure the GPU's work rather than
+ * uploads and readbacks (which `run(q, k, v)` includes).
+ */
+interface GpuIo {
+  device: GPUDevice;
+  args: GpuRunArgs;
+}
+
+/** Runs per timing sample on the GPU: queued back to back, then one wait for the queue. */
+const GPU_REPS = 4;
+
+function gpuIo(rt: Runtime, w: Workload): GpuIo | undefined {
+  const device = rt.device;
+  if (!device) return undefined;
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const make = (x?: TensorArray) => {
+    const b = device.createBuffer({ size: Math.ceil(w.q.byteLength / 4) * 4, usage });
+    if (x) device.queue.writeBuffer(b, 0, x.buffer as ArrayBuffer, x.byteOffset, x.byteLength);
+    return b;
+  };
+  return { device, args: { q: make(w.q), k: make(w.k), v: make(w.v), out: make() } };
+}
+
+/** Milliseconds of one run: on the GPU, the mean of GPU_REPS queued runs. */
+async function timeOnce(op: Runnable, w: Workload, gpu: GpuIo | undefined): Promise<number> {
+  const t = performance.now();
+  if (!gpu) {
+    await op.run(w.q, w.k, w.v);
+    return performance.now() - t;
+  }
+  for (let i = 0; i < GPU_REPS; i++) await op.run(gpu.args);
+  await gpu.device.queue.onSubmittedWorkDone();
+  return (performance.now() - t) / GPU_REPS;
+}
+
+/** One untimed warm-up run, then `runs` timed runs; returns the warm-up's output and the median. */
 async function timeOp(
-  op: { run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> },
+  op: Runnable,
   w: Workload,
   runs: number,
+  gpu: GpuIo | undefined,
 ): Promise<{ out: TensorArray; ms: number; times: number[] }> {
-  let out = await op.run(w.q, w.k, w.v);
+  const out = await op.run(w.q, w.k, w.v);
   const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now();
-    out = await op.run(w.q, w.k, w.v);
-    times.push(performance.now() - t);
-  }
+  for (let i = 0; i < runs; i++) times.push(await timeOnce(op, w, gpu));
   return { out, ms: median(times), times };
+}
+
+/**
+ * Times two ops on the same inputs, their runs interleaved (one warm-up each, then `runs` rounds
+ * of one run of each) so that a load change on the machine hits both alike; returns the first
+ * op's warm-up output and the median times.
+ */
+async function timePair(
+  a: Runnable,
+  b: Runnable,
+  w: Workload,
+  runs: number,
+  gpu: GpuIo | undefined,
+): Promise<{ out: TensorArray; ms: number; otherMs: number }> {
+  const out = await a.run(w.q, w.k, w.v);
+  await b.run(w.q, w.k, w.v);
+  const ta: number[] = [], tb: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    ta.push(await timeOnce(a, w, gpu));
+    tb.push(await timeOnce(b, w, gpu));
+  }
+  return { out, ms: median(ta), otherMs: median(tb) };
 }
 
 /** The demo's result: what `--json` prints. */
@@ -336,6 +474,13 @@ export interface DemoResult {
     g: number;
     concentration: number;
     seed: number;
+    /**
+     * Sampled query rows of the sampled estimator over all query rows: its share of dense
+     * attention's `QK^T` work (null when no variant samples).
+     */
+    sampledQueryShare: number | null;
+    /** Runs per mask computation assumed by `amortisedCost`. */
+    maskEvery: number;
     /** Mean over (batch, head) of the mean `exp(row entropy)` of the dense video rows. */
     effectiveKeys: number | null;
     effectiveKeysPerHead: number[] | null;
@@ -344,6 +489,37 @@ export interface DemoResult {
   dense: { ms: number; times: number[] };
   rows: DemoRow[];
   seconds: { generate: number; reference: number; total: number };
+}
+
+/** One draft op's measurements. */
+interface Draft {
+  sparsity: number;
+  policy: Policy;
+  estimator: Estimator;
+  /** For file names: the sparsity, plus the variant unless it is the reference. */
+  label: string;
+  out: TensorArray;
+  ms: number;
+  attentionMs: number;
+  mask: Uint8Array;
+}
+
+/** Sampled query rows (over every batch element's tokens) / tokens; null when nothing samples. */
+function sampledShare(c: DemoConfig, tokens: number): number | null {
+  if (c.variants.every((v) => v.estimator === "draft")) return null;
+  const plan = buildPlan({
+    frames: c.frames,
+    height: c.height,
+    width: c.width,
+    textTokens: c.textTokens,
+    textPosition: c.textPosition,
+    poolH: c.pool[0],
+    poolW: c.pool[1],
+  });
+  const t = sampleTable(plan, c.samples);
+  let rows = 0;
+  for (let i = 0; i < plan.g; i++) rows += t.table[i * (c.samples + 1)];
+  return rows / tokens;
 }
 
 /** Runs the demo and returns its result; progress goes to stderr. */
@@ -382,35 +558,68 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
     layout: c.layout,
     dtype: c.dtype,
   });
-  const dense = await timeOp(denseOp, w, c.runs);
+  const gpu = gpuIo(rt, w);
+  const dense = await timeOp(denseOp, w, c.runs, gpu);
   denseOp.dispose();
   progress(`dense: ${dense.ms.toFixed(1)} ms`);
 
-  const drafts: { sparsity: number; out: TensorArray; ms: number; mask: Uint8Array }[] = [];
+  const drafts: Draft[] = [];
   let g = 0;
   for (const sparsity of c.sparsities) {
-    progress(`draft attention at sparsity ${sparsity}: 1 warm-up + ${c.runs} timed runs`);
-    const op: DraftAttentionOp = rt.draftAttention({
-      frames: c.frames,
-      height: c.height,
-      width: c.width,
-      textTokens: c.textTokens,
-      textPosition: c.textPosition,
-      heads: c.heads,
-      headDim: c.headDim,
-      batch: c.batch,
-      layout: c.layout,
-      dtype: c.dtype,
-      pool: c.pool,
-      sparsity,
-    });
-    const r = await timeOp(op, w, c.runs);
-    const m = await op.lastMask();
-    g = m.g;
-    op.dispose();
-    drafts.push({ sparsity, out: r.out, ms: r.ms, mask: m.mask });
-    progress(`draft ${sparsity}: ${r.ms.toFixed(1)} ms`);
+    for (const { policy, estimator } of c.variants) {
+      const reference = policy === "percentile" && estimator === "draft";
+      const name = reference ? "" : ` (${policy}/${estimator})`;
+      progress(
+        `draft attention at sparsity ${sparsity}${name}: 1 warm-up + ${c.runs} timed runs, ` +
+          `mask computed every run, then again with the mask reused`,
+      );
+      const options = {
+        frames: c.frames,
+        height: c.height,
+        width: c.width,
+        textTokens: c.textTokens,
+        textPosition: c.textPosition,
+        heads: c.heads,
+        headDim: c.headDim,
+        batch: c.batch,
+        layout: c.layout,
+        dtype: c.dtype,
+        pool: c.pool,
+        sparsity,
+        policy,
+        estimator,
+        ...(policy === "rowMass" ? { tau: c.tau } : {}),
+        ...(estimator === "draft" ? {} : { samples: c.samples }),
+      };
+      const op: DraftAttentionOp = rt.draftAttention(options);
+      // Its warm-up run computes the mask; its timed runs reuse it: the sparse attention alone.
+      const reuse = rt.draftAttention({ ...options, maskEvery: 2 ** 30 });
+      const r = await timePair(op, reuse, w, c.runs, gpu);
+      const a = { ms: r.otherMs };
+      const m = await op.lastMask();
+      g = m.g;
+      op.dispose();
+      reuse.dispose();
+      const label = reference ? `${sparsity}` : `${sparsity}_${policy}-${estimator}`;
+      drafts.push({
+        sparsity,
+        policy,
+        estimator,
+        label,
+        out: r.out,
+        ms: r.ms,
+        attentionMs: a.ms,
+        mask: m.mask,
+      });
+      progress(
+        `draft ${sparsity}${name}: ${r.ms.toFixed(1)} ms, ${
+          a.ms.toFixed(1)
+        } ms with the mask reused`,
+      );
+    }
   }
+
+  if (gpu) { for (const b of Object.values(gpu.args)) b.destroy(); }
 
   t = performance.now();
   const shape = { ...w, pool: c.pool };
@@ -436,10 +645,16 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
     const or = stats && mr ? oracleRecall(stats, mr.kept) : undefined;
     let kept = 0;
     for (const x of d.mask) kept += x;
+    const maskCost = d.ms / d.attentionMs - 1;
     return {
       sparsity: d.sparsity,
+      policy: d.policy,
+      estimator: d.estimator,
       density: kept / d.mask.length,
       ms: d.ms,
+      attentionMs: d.attentionMs,
+      maskCost,
+      amortisedCost: maskCost / c.maskEvery,
       speedup: dense.ms / d.ms,
       relL2: e.relL2,
       cosine: e.cosine,
@@ -448,6 +663,7 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       recall: mr?.mean ?? null,
       recallMin: mr?.min ?? null,
       oracleRecall: or?.mean ?? null,
+      recallRatio: mr && or ? mr.mean / or.mean : null,
       oracleRecallMin: or?.min ?? null,
       recallPerHead: mr ? Array.from(mr.perHead) : null,
       oracleRecallPerHead: or ? Array.from(or.perHead) : null,
@@ -483,6 +699,8 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       g,
       concentration: c.concentration,
       seed: c.seed,
+      sampledQueryShare: sampledShare(c, tokens),
+      maskEvery: c.maskEvery,
       effectiveKeys: eff ? eff.reduce((a, b) => a + b, 0) / eff.length : null,
       effectiveKeysPerHead: eff,
       archetypes: Array.from({ length: c.heads }, (_, h) => headArchetype(h)),
@@ -523,50 +741,80 @@ function formatTable(r: DemoResult): string {
     } -> g = ${w.g} blocks; concentration ${w.concentration}, ` +
     `seed ${w.seed}`,
     effectiveKeysLine(w.effectiveKeysPerHead, w.archetypes, w.tokens),
+    ...(w.sampledQueryShare === null ? [] : [
+      `          sampled estimator: ${(100 * w.sampledQueryShare).toFixed(1)}% of the query ` +
+      `rows attend to every key (that share of dense QK^T work)`,
+    ]),
     "",
-    [
-      pad("sparsity", 8),
-      pad("density", 8),
-      pad("time ms", 10),
-      pad("speedup", 8),
-      pad("rel-L2", 8),
-      pad("PSNR dB", 8),
-      pad("cosine", 8),
-      pad("recall", 7),
-      pad("oracle", 7),
-    ].join("  "),
+  ];
+  const header = [
+    pad("sparsity", 8),
+    pad("policy/estimator", 18),
+    pad("density", 7),
+    pad("time ms", 9),
+    pad("attn ms", 9),
+    pad("mask+", 7),
+    pad(`mask+/${w.maskEvery}`, 8),
+    pad("speedup", 7),
+    pad("rel-L2", 7),
+    pad("PSNR dB", 7),
+    pad("recall", 6),
+    pad("oracle", 6),
+    pad("rec/orc", 7),
+  ];
+  lines.push(header.join("  "));
+  lines.push(
     [
       pad("dense", 8),
-      pad("1.000", 8),
-      pad(r.dense.ms.toFixed(1), 10),
-      pad("1.00x", 8),
-      pad("-", 8),
-      pad("-", 8),
-      pad("-", 8),
+      pad("-", 18),
+      pad("1.000", 7),
+      pad(r.dense.ms.toFixed(1), 9),
+      pad("-", 9),
       pad("-", 7),
+      pad("-", 8),
+      pad("1.00x", 7),
+      pad("-", 7),
+      pad("-", 7),
+      pad("-", 6),
+      pad("-", 6),
       pad("-", 7),
     ].join("  "),
-  ];
+  );
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
   for (const row of r.rows) {
     lines.push(
       [
         pad(row.sparsity.toFixed(2), 8),
-        pad(row.density.toFixed(3), 8),
-        pad(row.ms.toFixed(1), 10),
-        pad(`${row.speedup.toFixed(2)}x`, 8),
-        pad(row.relL2.toFixed(4), 8),
-        pad(Number.isFinite(row.psnr) ? row.psnr.toFixed(1) : "inf", 8),
-        pad(row.cosine.toFixed(5), 8),
-        pad(row.recall?.toFixed(3) ?? "-", 7),
-        pad(row.oracleRecall?.toFixed(3) ?? "-", 7),
+        pad(`${row.policy}/${row.estimator}`, 18),
+        pad(row.density.toFixed(3), 7),
+        pad(row.ms.toFixed(1), 9),
+        pad(row.attentionMs.toFixed(1), 9),
+        pad(pct(row.maskCost), 7),
+        pad(pct(row.amortisedCost), 8),
+        pad(`${row.speedup.toFixed(2)}x`, 7),
+        pad(row.relL2.toFixed(4), 7),
+        pad(Number.isFinite(row.psnr) ? row.psnr.toFixed(1) : "inf", 7),
+        pad(row.recall?.toFixed(3) ?? "-", 6),
+        pad(row.oracleRecall?.toFixed(3) ?? "-", 6),
+        pad(row.recallRatio?.toFixed(3) ?? "-", 7),
       ].join("  "),
     );
   }
   lines.push(
     "",
-    "rel-L2, PSNR (peak = max |dense|), cosine: draft output vs dense output of the same backend.",
+    "time: a run that computes its mask; attn: a run that reuses it (the sparse attention alone);",
+    `mask+: time / attn - 1, the mask's extra cost; mask+/${w.maskEvery}: the same amortised ` +
+      `with the mask recomputed every ${w.maskEvery} runs (maskEvery).`,
+    "rel-L2, PSNR (peak = max |dense|): draft output vs dense output of the same backend.",
     "recall: share of the dense attention mass (video queries -> video keys) inside the kept",
-    "blocks, mean over heads; oracle: the same for the top blocks by true mass, as many blocks.",
+    "blocks, mean over heads; oracle: the same for the top blocks by true mass, as many blocks;",
+    "rec/orc: recall / oracle.",
+    ...(r.backend === "webgpu"
+      ? [
+        `webgpu times: runs on GPU buffers (no upload or readback), each sample the mean of ` +
+        `${GPU_REPS} queued runs.`,
+      ]
+      : []),
     `times: median of ${r.dense.times.length} runs after a warm-up; float64 reference ` +
       `${r.seconds.reference.toFixed(1)} s; total ${r.seconds.total.toFixed(1)} s.`,
   );
@@ -693,7 +941,7 @@ async function writePngs(
   shape: Workload & { pool: [number, number] },
   stats: DenseStats,
   dense: TensorArray,
-  drafts: { sparsity: number; out: TensorArray; mask: Uint8Array }[],
+  drafts: { label: string; out: TensorArray; mask: Uint8Array }[],
 ): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const gap = 2;
@@ -793,7 +1041,7 @@ async function writePngs(
         }
       }
     }
-    await Deno.writeFile(`${dir}/error_sparsity${d.sparsity}.png`, encodePng(img));
+    await Deno.writeFile(`${dir}/error_sparsity${d.label}.png`, encodePng(img));
   }
 }
 

@@ -33,6 +33,7 @@ export type {
   DraftAttentionOptions,
   DraftSpec,
   DType,
+  Estimator,
   GpuRunArgs,
   Layout,
   MaskResult,

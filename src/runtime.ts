@@ -7,7 +7,7 @@
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import { getModel } from "./models.ts";
 import { buildPlan } from "./plan.ts";
-import { resolveDense, resolveDraft, tensorElements } from "./validate.ts";
+import { positiveInt, resolveDense, resolveDraft, tensorElements } from "./validate.ts";
 import { createWasmBackend } from "./wasm/backend.ts";
 import { createWebGpuBackend } from "./webgpu/backend.ts";
 import type {
@@ -22,6 +22,7 @@ import type {
   GpuRunArgs,
   KernelOp,
   MaskResult,
+  Plan,
   TensorArray,
 } from "./types.ts";
 
@@ -40,6 +41,15 @@ export interface RuntimeOptions {
    * limits (16 KiB workgroup memory, 128 MiB bindings), as small and integrated GPUs give.
    */
   limits?: "adapter" | "default";
+  /**
+   * WebAssembly: threads per run, the calling thread included (an integer >= 1; default
+   * `navigator.hardwareConcurrency`, every core). More than 1 runs big ops on module workers
+   * sharing one WebAssembly memory (small ops stay on the calling thread); `1` never starts a
+   * worker. Without workers or shared memory (a page that is not cross-origin isolated) runs
+   * use one thread. Idle workers end after 2 s and never keep the process alive. WebGPU ignores
+   * it.
+   */
+  threads?: number;
 }
 
 /** Limits that the kernels use when the adapter offers more than the defaults. */
@@ -100,6 +110,32 @@ function isGpuBuffer(x: unknown): x is GPUBuffer {
   return typeof GPUBuffer !== "undefined" && x instanceof GPUBuffer;
 }
 
+/**
+ * Index of the first NaN or infinity of `x`, or -1. Reads the exponent bits through an integer
+ * view (no float compares): about 1 ns per element, far below the cost of the attention run.
+ */
+export function firstNonFinite(x: TensorArray): number {
+  if (x instanceof Float32Array) {
+    const u = new Int32Array(x.buffer, x.byteOffset, x.length);
+    for (let i = 0; i < u.length; i++) if ((u[i] & 0x7f800000) === 0x7f800000) return i;
+  } else {
+    const u = new Uint16Array(x.buffer, x.byteOffset, x.length);
+    for (let i = 0; i < u.length; i++) if ((u[i] & 0x7c00) === 0x7c00) return i;
+  }
+  return -1;
+}
+
+/** `(b, t, h, d)` of flat element `i` of a tensor of `spec`, for messages. */
+function coordsOf(i: number, spec: DenseSpec): string {
+  const { tokens: N, heads: H, headDim: D } = spec;
+  const d = i % D;
+  const r = Math.floor(i / D);
+  const [t, h] = spec.layout === "BSHD"
+    ? [Math.floor(r / H) % N, r % H]
+    : [r % N, Math.floor(r / N) % H];
+  return `(b=${Math.floor(i / (N * H * D))}, t=${t}, h=${h}, d=${d})`;
+}
+
 function checkArray(field: string, x: unknown, spec: DenseSpec): void {
   const want = spec.dtype === "f16" ? Float16Array : Float32Array;
   if (!(x instanceof want)) {
@@ -120,25 +156,65 @@ function checkArray(field: string, x: unknown, spec: DenseSpec): void {
       `must hold ${n} elements (${spec.layout} ${shape}), got ${x.length}`,
     );
   }
+  const bad = firstNonFinite(x);
+  if (bad >= 0) {
+    throw new DraftAttentionError(
+      "INVALID_INPUT",
+      field,
+      `holds ${x[bad]} at index ${bad} ${coordsOf(bad, spec)}; inputs must be finite`,
+    );
+  }
 }
 
 class Op implements DraftAttentionOp {
   #disposed = false;
+  #kernel: KernelOp | DraftKernelOp | undefined;
+  /** Backend generation `#kernel` was built on. */
+  #gen = -1;
   readonly g: number;
 
   constructor(
-    readonly kind: BackendKind,
+    readonly rt: RuntimeImpl,
     readonly spec: DraftSpec,
-    readonly kernel: KernelOp | DraftKernelOp,
-    g: number,
-    readonly alive: () => boolean,
+    /** The plan of a draft op; undefined for dense attention. */
+    readonly plan: Plan | undefined,
   ) {
-    this.g = g;
+    this.g = plan?.g ?? 0;
+  }
+
+  /** The kernel on `backend` (generation `gen`), built on first use and after a recovery. */
+  kernelOn(backend: Backend, gen: number): KernelOp | DraftKernelOp {
+    if (this.#kernel === undefined || this.#gen !== gen) {
+      // A kernel of an earlier device was disposed with its backend; disposing is idempotent.
+      this.#kernel?.dispose();
+      this.#kernel = undefined;
+      this.#kernel = this.plan ? backend.draft(this.spec, this.plan) : backend.dense(this.spec);
+      this.#gen = gen;
+    }
+    return this.#kernel;
   }
 
   #check(): void {
-    if (this.#disposed || !this.alive()) {
+    if (this.#disposed || this.rt.disposed) {
       throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
+    }
+  }
+
+  /** Runs `fn` on the current kernel; every failure leaves as a DraftAttentionError. */
+  async #call<T>(fn: (kernel: KernelOp | DraftKernelOp) => Promise<T>): Promise<T> {
+    let gen: number | undefined;
+    try {
+      const kernel = await this.rt.kernelFor(this);
+      gen = this.#gen;
+      return await fn(kernel);
+    } catch (e) {
+      if (this.#disposed || this.rt.disposed) {
+        // Disposed while the call was pending: whatever broke, the answer is DISPOSED.
+        throw e instanceof DraftAttentionError && e.code === "DISPOSED"
+          ? e
+          : new DraftAttentionError("DISPOSED", "op", "disposed during a run", { cause: e });
+      }
+      throw gen === undefined ? e : await this.rt.failed(e, gen);
     }
   }
 
@@ -153,11 +229,11 @@ class Op implements DraftAttentionOp {
       this.#check();
       if (!ArrayBuffer.isView(a) && typeof a === "object" && a !== null && k === undefined) {
         const args = a as GpuRunArgs;
-        if (!this.kernel.runBuffers) {
+        if (this.rt.backend !== "webgpu") {
           throw new DraftAttentionError(
             "UNSUPPORTED",
             "q",
-            `GPUBuffer inputs need the webgpu backend; this runtime uses ${this.kind}`,
+            `GPUBuffer inputs need the webgpu backend; this runtime uses ${this.rt.backend}`,
           );
         }
         for (const f of ["q", "k", "v", "out"] as const) {
@@ -169,12 +245,21 @@ class Op implements DraftAttentionOp {
             );
           }
         }
-        return this.kernel.runBuffers(args);
+        return this.#call((kernel) => {
+          if (!kernel.runBuffers) {
+            throw new DraftAttentionError(
+              "UNSUPPORTED",
+              "q",
+              `GPUBuffer inputs need the webgpu backend; this runtime uses ${this.rt.backend}`,
+            );
+          }
+          return kernel.runBuffers(args);
+        });
       }
       checkArray("q", a, this.spec);
       checkArray("k", k, this.spec);
       checkArray("v", v, this.spec);
-      return this.kernel.run(a as TensorArray, k!, v!);
+      return this.#call((kernel) => kernel.run(a as TensorArray, k!, v!));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -183,10 +268,10 @@ class Op implements DraftAttentionOp {
   lastMask(): Promise<MaskResult> {
     try {
       this.#check();
-      if (!("lastMask" in this.kernel)) {
+      if (!this.plan) {
         throw new DraftAttentionError("UNSUPPORTED", "op", "dense attention has no mask");
       }
-      return this.kernel.lastMask();
+      return this.#call((kernel) => (kernel as DraftKernelOp).lastMask());
     } catch (e) {
       return Promise.reject(e);
     }
@@ -195,7 +280,9 @@ class Op implements DraftAttentionOp {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.kernel.dispose();
+    this.#kernel?.dispose();
+    this.#kernel = undefined;
+    this.rt.forget(this);
   }
 }
 
@@ -222,22 +309,69 @@ function withModel(options: DraftAttentionOptions): DraftAttentionOptions {
   };
 }
 
+/** A backend with the device it runs on, and whether the runtime created that device. */
+interface Opened {
+  backend: Backend;
+  device: GPUDevice | undefined;
+  owned: boolean;
+}
+
+/**
+ * The runtime. It survives the loss of a device it created: it opens a new device (or
+ * WebAssembly when none can be had), the calls that meet the loss then reject with `DEVICE_LOST`
+ * (the caller's GPUBuffers died with the device) and every later call runs on the new backend,
+ * each op rebuilding its kernel on first use. A device the caller passed in cannot be replaced:
+ * after its loss every call rejects with `DEVICE_LOST`.
+ */
 class RuntimeImpl implements Runtime {
   #disposed = false;
   readonly #ops = new Set<Op>();
+  #current!: Opened;
+  /** Bumped on every recovery; ops rebuild kernels of an older generation. */
+  #gen = 0;
+  /** "lost": the device is gone and a recovery is due; "dead": a caller's device is gone. */
+  #state: "ok" | "lost" | "dead" = "ok";
+  /** Whether a call has already rejected with the loss of the current device. */
+  #reported = false;
+  #recovery: Promise<void> | undefined;
 
   constructor(
-    readonly impl: Backend,
-    readonly device: GPUDevice | undefined,
-    readonly ownedDevice: GPUDevice | undefined,
-  ) {}
+    opened: Opened,
+    /** How to open a replacement backend after a loss; undefined: not recoverable. */
+    readonly reopen: ((why: string) => Promise<Opened>) | undefined,
+  ) {
+    this.#install(opened);
+  }
+
+  #install(opened: Opened): void {
+    this.#current = opened;
+    this.#state = "ok";
+    this.#reported = false;
+    const device = opened.device;
+    device?.lost.then(() => {
+      if (this.#disposed || this.#current.device !== device) return;
+      this.#noteLost();
+    });
+  }
+
+  #noteLost(): void {
+    if (this.#state === "ok") this.#state = this.reopen ? "lost" : "dead";
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
 
   get backend(): BackendKind {
-    return this.impl.kind;
+    return this.#current.backend.kind;
+  }
+
+  get device(): GPUDevice | undefined {
+    return this.#current.device;
   }
 
   describe(): BackendInfo {
-    return this.impl.info();
+    return this.#current.backend.info();
   }
 
   #check(): void {
@@ -246,41 +380,155 @@ class RuntimeImpl implements Runtime {
     }
   }
 
-  #track(op: Op): Op {
+  #lostError(cause?: unknown): DraftAttentionError {
+    const detail = cause instanceof DraftAttentionError && cause.code === "DEVICE_LOST"
+      ? cause.message.replace(/^Invalid device: /, "")
+      : "the GPU device was lost";
+    return new DraftAttentionError(
+      "DEVICE_LOST",
+      "device",
+      this.reopen
+        ? `${detail}; the next call runs on a new device (or on WebAssembly when none opens)`
+        : `${detail}; it was the caller's GPUDevice, which draftattn cannot replace: open a ` +
+          `new runtime on a new device`,
+      cause === undefined ? undefined : { cause },
+    );
+  }
+
+  /** Builds the op's kernel now, unless the device is gone (then on its first run). */
+  #build(op: Op): Op {
+    if (this.#state === "dead") throw this.#lostError();
+    if (this.#state === "ok") {
+      try {
+        op.kernelOn(this.#current.backend, this.#gen);
+      } catch (e) {
+        if (!(e instanceof DraftAttentionError) || e.code !== "DEVICE_LOST") throw e;
+        this.#noteLost();
+        if (!this.reopen) throw this.#lostError(e);
+      }
+    }
     this.#ops.add(op);
     return op;
+  }
+
+  /**
+   * The kernel an op runs on now: reports a loss once (after the recovery, so that `device` is
+   * the new one when the caller hears of the loss), waits for a recovery, rebuilds.
+   */
+  async kernelFor(op: Op): Promise<KernelOp | DraftKernelOp> {
+    if (this.#state === "dead") throw this.#lostError();
+    if (this.#state === "lost") {
+      const recovery = this.#recover();
+      if (!this.#reported) {
+        this.#reported = true;
+        await recovery.catch(() => {});
+        throw this.#lostError();
+      }
+      await recovery;
+    }
+    return op.kernelOn(this.#current.backend, this.#gen);
+  }
+
+  /**
+   * The error a failed call rejects with: a raw WebGPU error becomes GPU_ERROR, or DEVICE_LOST
+   * when the device turns out lost. A DEVICE_LOST counts as the loss's report and is answered
+   * once the recovery has run (the caller's next `device` is the new one).
+   */
+  async failed(e: unknown, gen: number): Promise<unknown> {
+    let error: DraftAttentionError;
+    if (e instanceof DraftAttentionError) error = e;
+    else if (this.backend !== "webgpu") return e;
+    else {
+      // A raw WebGPU error (a mapped range of a device destroyed mid-run, say): the device's
+      // loss is announced a moment after such failures, so give it that moment.
+      const device = this.#current.device;
+      let lost = false;
+      if (device && gen === this.#gen) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        lost = await Promise.race([
+          device.lost.then(() => true),
+          new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 50))),
+        ]);
+        clearTimeout(timer);
+      }
+      const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      error = new DraftAttentionError(
+        lost ? "DEVICE_LOST" : "GPU_ERROR",
+        "device",
+        lost ? `the GPU device was lost (${message})` : `unexpected WebGPU failure: ${message}`,
+        { cause: e },
+      );
+    }
+    if (error.code !== "DEVICE_LOST" || this.#disposed) return error;
+    // A run of an earlier device failing late says nothing about the current one.
+    if (gen !== this.#gen) return this.#lostError(error);
+    if (this.#state === "ok") this.#noteLost();
+    if (this.#state === "lost") {
+      this.#reported = true;
+      await this.#recover().catch(() => {});
+    }
+    return this.#lostError(error);
+  }
+
+  /** Opens the replacement backend once, however many calls wait for it. */
+  #recover(): Promise<void> {
+    if (!this.#recovery) {
+      const recovery = (async () => {
+        const old = this.#current;
+        let next: Opened;
+        try {
+          next = await this.reopen!("the previous GPU device was lost");
+        } catch (e) {
+          const why = e instanceof Error ? e.message : String(e);
+          next = {
+            backend: createWasmBackend(
+              `the GPU device was lost and no new one could be opened (${why})`,
+            ),
+            device: undefined,
+            owned: false,
+          };
+        }
+        if (this.#disposed) {
+          next.backend.dispose();
+          if (next.owned) next.device?.destroy();
+          throw new DraftAttentionError("DISPOSED", "op", "the runtime was disposed");
+        }
+        old.backend.dispose();
+        if (old.owned) old.device?.destroy();
+        this.#gen++;
+        this.#install(next);
+      })();
+      this.#recovery = recovery;
+      recovery.catch(() => {}).finally(() => {
+        if (this.#recovery === recovery) this.#recovery = undefined;
+      });
+    }
+    return this.#recovery;
+  }
+
+  forget(op: Op): void {
+    this.#ops.delete(op);
   }
 
   attention(options: AttentionOptions): AttentionOp {
     this.#check();
     const spec = resolveDense(options);
-    return this.#track(
-      new Op(
-        this.impl.kind,
-        spec as DraftSpec,
-        this.impl.dense(spec),
-        0,
-        () => !this.#disposed,
-      ),
-    );
+    return this.#build(new Op(this, spec as DraftSpec, undefined));
   }
 
   draftAttention(options: DraftAttentionOptions): DraftAttentionOp {
     this.#check();
     const spec: DraftSpec = resolveDraft(withModel(options));
-    const plan = buildPlan(spec);
-    return this.#track(
-      new Op(this.impl.kind, spec, this.impl.draft(spec, plan), plan.g, () => !this.#disposed),
-    );
+    return this.#build(new Op(this, spec, buildPlan(spec)));
   }
 
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const op of this.#ops) op.dispose();
+    for (const op of [...this.#ops]) op.dispose();
     this.#ops.clear();
-    this.impl.dispose();
-    this.ownedDevice?.destroy();
+    this.#current.backend.dispose();
+    if (this.#current.owned) this.#current.device?.destroy();
   }
 }
 
@@ -325,7 +573,61 @@ async function requestDevice(
 }
 
 /**
+ * Opens the backend `want` asks for: WebAssembly, or a new WebGPU device of its own (`owned`).
+ * `note` is appended to the reason (a reopening after a device loss says so).
+ */
+async function openBackend(
+  want: "auto" | BackendKind,
+  limits: "adapter" | "default",
+  note = "",
+  threads?: number,
+): Promise<Opened> {
+  const wasm = (reason: string): Opened => ({
+    backend: createWasmBackend(reason + note, { threads }),
+    device: undefined,
+    owned: false,
+  });
+  if (want === "wasm") return wasm('backend "wasm" was requested');
+  const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) {
+    if (want === "webgpu") {
+      throw new DraftAttentionError(
+        "NO_BACKEND",
+        "backend",
+        `"webgpu" was requested but no WebGPU adapter was found`,
+      );
+    }
+    return wasm("no WebGPU adapter was found");
+  }
+  const info = adapter.info;
+  const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
+    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
+  const name = info.description || info.vendor || "unknown adapter";
+  if (want === "auto" && fallback) {
+    return wasm(
+      `the only WebGPU adapter (${name}) is a software fallback; WebAssembly SIMD is faster there`,
+    );
+  }
+  const { device, features } = await requestDevice(adapter, limits);
+  const reason = want === "webgpu"
+    ? `backend "webgpu" was requested${fallback ? " (software adapter)" : ""}`
+    : `hardware WebGPU adapter found`;
+  return {
+    backend: createWebGpuBackend({ device, adapterInfo: info, reason: reason + note, features }),
+    device,
+    owned: true,
+  };
+}
+
+/**
  * Opens a runtime on the best backend available, or on the one asked for.
+ *
+ * A runtime that opened its own GPU device survives the device's loss: the calls that meet the
+ * loss reject with `DEVICE_LOST` once the runtime has moved to a new device (or to WebAssembly
+ * when no device opens; `runtime.device` and `runtime.backend` tell which), and later calls run
+ * there, every op rebuilding itself on first use. GPUBuffers of the lost device are gone: make
+ * new ones on `runtime.device`. A `device` passed in by the caller cannot be replaced: after its
+ * loss every call rejects with `DEVICE_LOST`.
  *
  * @example
  * ```ts
@@ -362,6 +664,8 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
       `must be "adapter" or "default", got ${describeValue(limits)}`,
     );
   }
+  const threads = options.threads;
+  if (threads !== undefined) positiveInt("threads", threads, 1, 1024);
   if (options.device !== undefined) {
     if (want === "wasm") {
       throw new DraftAttentionError(
@@ -381,46 +685,17 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
     const features = [...device.features].filter((f) =>
       (WANTED_FEATURES as readonly string[]).includes(f)
     );
-    return new RuntimeImpl(
-      createWebGpuBackend({ device, reason: "the caller's GPUDevice", features }),
+    return new RuntimeImpl({
+      backend: createWebGpuBackend({ device, reason: "the caller's GPUDevice", features }),
       device,
-      undefined,
-    );
+      owned: false,
+    }, undefined);
   }
-  if (want === "wasm") {
-    return new RuntimeImpl(createWasmBackend('backend "wasm" was requested'), undefined, undefined);
-  }
-  const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
-  if (!adapter) {
-    if (want === "webgpu") {
-      throw new DraftAttentionError(
-        "NO_BACKEND",
-        "backend",
-        `"webgpu" was requested but no WebGPU adapter was found`,
-      );
-    }
-    return new RuntimeImpl(createWasmBackend("no WebGPU adapter was found"), undefined, undefined);
-  }
-  const info = adapter.info;
-  const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
-    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
-  const name = info.description || info.vendor || "unknown adapter";
-  if (want === "auto" && fallback) {
-    return new RuntimeImpl(
-      createWasmBackend(
-        `the only WebGPU adapter (${name}) is a software fallback; WebAssembly SIMD is faster there`,
-      ),
-      undefined,
-      undefined,
-    );
-  }
-  const { device, features } = await requestDevice(adapter, limits);
-  const reason = want === "webgpu"
-    ? `backend "webgpu" was requested${fallback ? " (software adapter)" : ""}`
-    : `hardware WebGPU adapter found`;
+  const opened = await openBackend(want as "auto" | BackendKind, limits, "", threads);
   return new RuntimeImpl(
-    createWebGpuBackend({ device, adapterInfo: info, reason, features }),
-    device,
-    device,
+    opened,
+    opened.owned
+      ? (why) => openBackend(want as "auto" | BackendKind, limits, `; reopened: ${why}`, threads)
+      : undefined,
   );
 }

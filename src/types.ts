@@ -10,8 +10,21 @@ export type Layout = "BSHD" | "BHSD";
 export type DType = "f32" | "f16";
 /** Where the text tokens sit on the token axis relative to the video tokens. */
 export type TextPosition = "after" | "before";
-/** Block-selection policy. `"percentile"` is the reference policy of SPEC.md. */
-export type Policy = "percentile";
+/**
+ * Block-selection policy (src/policy.ts has the exact definitions). `"percentile"` is the
+ * reference policy of SPEC.md: the `keep` largest entries of each (batch, head) map plus each
+ * row's largest. `"rowTopK"`: each query row keeps its `ceil((1 - sparsity) * g)` largest
+ * entries. `"rowMass"`: each query row keeps its largest entries until they hold `tau` of the
+ * row's mass, at most as many as rowTopK keeps. Ties at a threshold are kept by every policy.
+ */
+export type Policy = "percentile" | "rowTopK" | "rowMass";
+/**
+ * Block-importance estimator the policy selects from. `"draft"` (the reference): the draft map
+ * of mean-pooled q and k. `"sampled"`: exact attention of a few sampled queries per query block
+ * against every key, summed per key block. `"hybrid"`: the mean of the two, both as estimated
+ * block masses.
+ */
+export type Estimator = "draft" | "sampled" | "hybrid";
 /** Which backend computes. */
 export type BackendKind = "webgpu" | "wasm";
 
@@ -54,7 +67,19 @@ export interface DraftAttentionOptions {
   pool?: readonly [number, number];
   /** Share of video-video block pairs dropped, in `[0, 1)`; default 0.9. */
   sparsity?: number;
+  /** Block-selection policy; default `"percentile"` (the reference). */
   policy?: Policy;
+  /** `rowMass` only: share of each row's estimated mass to keep, in `(0, 1]`; default 0.9. */
+  tau?: number;
+  /** Block-importance estimator; default `"draft"` (the reference). */
+  estimator?: Estimator;
+  /** `sampled` and `hybrid` only: query samples per query block, 1 to 16; default 8. */
+  samples?: number;
+  /**
+   * Recompute the block mask on every `maskEvery`-th run and reuse it on the runs in between
+   * (denoising steps change the attention pattern slowly); default 1 (every run).
+   */
+  maskEvery?: number;
   scale?: number;
 }
 
@@ -86,6 +111,16 @@ export interface DraftSpec extends DenseSpec, Geometry {
   policy: Policy;
   /** Entries kept per (batch, head) by the percentile threshold: `keepCount(g, sparsity)`. */
   keep: number;
+  /** Entries kept per query row by rowTopK (rowMass's cap): `rowKeepCount(g, sparsity)`. */
+  rowKeep?: number;
+  /** rowMass's share of mass (default 0.9). */
+  tau?: number;
+  /** Default `"draft"`. */
+  estimator?: Estimator;
+  /** Query samples per query block of the sampled and hybrid estimators (default 8). */
+  samples?: number;
+  /** Runs per mask computation (default 1). */
+  maskEvery?: number;
 }
 
 /** The block mask of the last `run()`. */
@@ -140,6 +175,8 @@ export interface BackendInfo {
   reason: string;
   /** Features in use (`shader-f16`, `subgroups`, `timestamp-query`, `simd`, ...). */
   features: string[];
+  /** WebAssembly only: threads per run, the calling thread included. */
+  threads?: number;
   /** Device limits that matter for planning (WebGPU only). */
   limits?: Record<string, number>;
 }

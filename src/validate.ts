@@ -11,6 +11,7 @@ import type {
   DraftAttentionOptions,
   DraftSpec,
   DType,
+  Estimator,
   Layout,
   Policy,
   TextPosition,
@@ -28,7 +29,14 @@ export const DEFAULT_SPARSITY = 0.9;
 const LAYOUTS: readonly Layout[] = ["BSHD", "BHSD"];
 const DTYPES: readonly DType[] = ["f32", "f16"];
 const TEXT_POSITIONS: readonly TextPosition[] = ["after", "before"];
-const POLICIES: readonly Policy[] = ["percentile"];
+const POLICIES: readonly Policy[] = ["percentile", "rowTopK", "rowMass"];
+const ESTIMATORS: readonly Estimator[] = ["draft", "sampled", "hybrid"];
+/** Default `tau` of the rowMass policy. */
+export const DEFAULT_TAU = 0.9;
+/** Default query samples per block of the sampled and hybrid estimators. */
+export const DEFAULT_SAMPLES = 8;
+/** Most query samples per block. */
+export const MAX_SAMPLES = 16;
 
 /** Number of `g x g` entries the percentile policy keeps: `ceil((1 - sparsity) * g^2)`, >= 1.
  *
@@ -46,6 +54,21 @@ export function keepCount(g: number, sparsity: number): number {
   const n = g * g;
   const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
   return Math.min(n, Math.max(1, k));
+}
+
+/**
+ * Entries the rowTopK policy keeps per query row: `ceil((1 - sparsity) * g)`, in `[1, g]`
+ * (rounded like {@linkcode keepCount}).
+ *
+ * @example
+ * ```ts
+ * import { rowKeepCount } from "./validate.ts";
+ * console.assert(rowKeepCount(54, 0.75) === 14 && rowKeepCount(10, 0.9) === 1);
+ * ```
+ */
+export function rowKeepCount(g: number, sparsity: number): number {
+  const k = Math.ceil((1 - sparsity) * g - g * 1e-12);
+  return Math.min(g, Math.max(1, k));
 }
 
 /** Checks that `value` is an integer in `[min, max]`. */
@@ -144,6 +167,57 @@ export function resolveDense(options: AttentionOptions): DenseSpec {
   return spec;
 }
 
+/** The block-selection fields of a draft spec: policy, estimator and their parameters. */
+function policyOptions(
+  o: Record<string, unknown>,
+  g: number,
+  sparsity: number,
+): Pick<
+  DraftSpec,
+  "policy" | "keep" | "rowKeep" | "tau" | "estimator" | "samples" | "maskEvery"
+> {
+  const policy = oneOf("policy", o.policy, POLICIES, "percentile");
+  const estimator = oneOf("estimator", o.estimator, ESTIMATORS, "draft");
+  let tau = DEFAULT_TAU;
+  if (o.tau !== undefined) {
+    if (policy !== "rowMass") {
+      throw new DraftAttentionError(
+        "INVALID_OPTION",
+        "tau",
+        `applies to policy "rowMass" only; policy is "${policy}"`,
+      );
+    }
+    if (typeof o.tau !== "number" || !(o.tau > 0 && o.tau <= 1)) {
+      throw new DraftAttentionError(
+        "INVALID_OPTION",
+        "tau",
+        `must be a number in (0, 1], got ${describeValue(o.tau)}`,
+      );
+    }
+    tau = o.tau;
+  }
+  let samples = DEFAULT_SAMPLES;
+  if (o.samples !== undefined) {
+    if (estimator === "draft") {
+      throw new DraftAttentionError(
+        "INVALID_OPTION",
+        "samples",
+        `applies to estimator "sampled" or "hybrid" only; estimator is "draft"`,
+      );
+    }
+    samples = positiveInt("samples", o.samples, 1, MAX_SAMPLES);
+  }
+  return {
+    policy,
+    keep: keepCount(g, sparsity),
+    rowKeep: rowKeepCount(g, sparsity),
+    tau,
+    estimator,
+    samples,
+    maskEvery: o.maskEvery === undefined ? 1 : positiveInt("maskEvery", o.maskEvery, 1),
+  };
+}
+
 /** Resolves and validates `runtime.draftAttention()` options. */
 export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
   const o = optionsObject(options);
@@ -188,8 +262,7 @@ export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
     poolH,
     poolW,
     sparsity,
-    policy: oneOf("policy", o.policy, POLICIES, "percentile"),
-    keep: keepCount(g, sparsity),
+    ...policyOptions(o, g, sparsity),
   };
   if (videoTokens > 2 ** 31 - 1 || g > 65535) {
     throw new DraftAttentionError(

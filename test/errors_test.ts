@@ -5,11 +5,16 @@
  * `openRuntime()` reject. Calls that need a backend run on WebAssembly, and GPU-specific ones
  * (caller-owned `GPUBuffer`s) on WebGPU, under the same missing-GPU policy as the conformance
  * suite.
+ *
+ * Every case registers a row of `docs/errors.md` (input -> code, field); the last test checks the
+ * file is exactly that table, so the doc cannot drift from the tests.
  */
 import assert from "node:assert/strict";
 import {
+  type AttentionOp,
   DraftAttentionError,
   type DraftAttentionErrorCode,
+  type DraftAttentionOp,
   openRuntime,
   type Runtime,
 } from "../mod.ts";
@@ -22,6 +27,30 @@ interface Want {
   field: string;
   /** Text the message must contain (the value as the library prints it). */
   names: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catalogue: every case below registers its row here at load time, and the last test checks
+// that docs/errors.md is exactly the rendering of these rows (regenerate it with
+// `DRAFTATTN_WRITE_DOCS=1 deno test -A test/errors_test.ts`).
+// ---------------------------------------------------------------------------------------------
+
+/** One row of docs/errors.md. */
+interface Row {
+  call: string;
+  input: string;
+  code: DraftAttentionErrorCode;
+  field: string;
+  /** "any": run on WebAssembly (the checks are backend-independent); "webgpu": GPU only. */
+  backend: "any" | "webgpu" | "wasm";
+}
+
+const CATALOGUE: Row[] = [];
+
+/** Registers a row and returns what the test must see, so the doc and the test cannot differ. */
+function entry(call: string, input: string, want: Want, backend: Row["backend"] = "any"): Want {
+  CATALOGUE.push({ call, input, code: want.code, field: want.field, backend });
+  return want;
 }
 
 function check(e: unknown, want: Want, what: string): void {
@@ -107,6 +136,20 @@ const DENSE_OPTION_CASES: [
     "tokens",
     "256000000000000",
   ],
+  ["tokens NaN", { tokens: NaN }, "INVALID_OPTION", "tokens", "got NaN"],
+  ["batch Infinity", { batch: Infinity }, "INVALID_OPTION", "batch", "got Infinity"],
+  ["headDim NaN", { headDim: NaN }, "INVALID_OPTION", "headDim", "got NaN"],
+  ["scale Infinity", { scale: Infinity }, "INVALID_OPTION", "scale", "got Infinity"],
+  ["scale -Infinity", { scale: -Infinity }, "INVALID_OPTION", "scale", "got -Infinity"],
+  ["scale a string", { scale: "0.1" }, "INVALID_OPTION", "scale", `got "0.1"`],
+  ["layout null", { layout: null }, "INVALID_OPTION", "layout", "got null"],
+  [
+    "huge batch",
+    { batch: 2 ** 20, tokens: 2 ** 20, heads: 1, headDim: 4 },
+    "TOO_LARGE",
+    "tokens",
+    String(2 ** 42),
+  ],
 ];
 
 const DRAFT_OPTION_CASES: [
@@ -136,7 +179,7 @@ const DRAFT_OPTION_CASES: [
   ["pool not an array", { pool: 8 }, "INVALID_OPTION", "pool", "got 8"],
   ["pool height 0", { pool: [0, 16] }, "INVALID_OPTION", "pool[0]", "got 0"],
   ["pool width fractional", { pool: [8, 1.5] }, "INVALID_OPTION", "pool[1]", "got 1.5"],
-  ["policy topk", { policy: "topk" }, "UNSUPPORTED", "policy", `got "topk"`],
+  ["policy bogus", { policy: "bogus" }, "UNSUPPORTED", "policy", `got "bogus"`],
   ["headDim 260", { headDim: 260 }, "UNSUPPORTED", "headDim", "got 260"],
   ["dtype bf16", { dtype: "bf16" }, "UNSUPPORTED", "dtype", `got "bf16"`],
   ["layout BHDS", { layout: "BHDS" }, "UNSUPPORTED", "layout", `got "BHDS"`],
@@ -148,6 +191,29 @@ const DRAFT_OPTION_CASES: [
     "1000000000",
   ],
   ["unknown model", { model: "sora-9" }, "UNKNOWN_MODEL", "model", `"sora-9"`],
+  [
+    "model named after an Object member",
+    { model: "toString" },
+    "UNKNOWN_MODEL",
+    "model",
+    `"toString"`,
+  ],
+  ["model not a string", { model: 7 }, "UNKNOWN_MODEL", "model", "7"],
+  ["frames Infinity", { frames: Infinity }, "INVALID_OPTION", "frames", "got Infinity"],
+  ["textTokens Infinity", { textTokens: Infinity }, "INVALID_OPTION", "textTokens", "got Infinity"],
+  ["sparsity Infinity", { sparsity: Infinity }, "INVALID_OPTION", "sparsity", "got Infinity"],
+  ["scale NaN", { scale: NaN }, "INVALID_OPTION", "scale", "got NaN"],
+  ["pool height NaN", { pool: [NaN, 16] }, "INVALID_OPTION", "pool[0]", "got NaN"],
+  ["pool width above 4096", { pool: [8, 5000] }, "INVALID_OPTION", "pool[1]", "got 5000"],
+  ["pool a string", { pool: "8x16" }, "INVALID_OPTION", "pool", `got "8x16"`],
+  ["heads beyond int32", { heads: 2 ** 31 }, "INVALID_OPTION", "heads", `got ${2 ** 31}`],
+  [
+    "video tokens beyond int32",
+    { frames: 1, height: 65536, width: 65536, pool: [4096, 4096] },
+    "TOO_LARGE",
+    "frames",
+    String(2 ** 32),
+  ],
 ];
 
 let wasm: Runtime | undefined;
@@ -170,42 +236,62 @@ function wasmTest(name: string, fn: (rt: Runtime) => void | Promise<void>): void
   });
 }
 
+/** An option override as the doc shows it: `{ tokens: NaN }`. */
+function shown(override: Record<string, unknown>): string {
+  const value = (v: unknown): string =>
+    typeof v === "number"
+      ? String(v)
+      : Array.isArray(v)
+      ? `[${v.map(value).join(", ")}]`
+      : JSON.stringify(v);
+  return `\`{ ${Object.entries(override).map(([k, v]) => `${k}: ${value(v)}`).join(", ")} }\``;
+}
+
 for (const [what, override, code, field, names] of DENSE_OPTION_CASES) {
+  const want = entry("`attention()`", `${what}: ${shown(override)}`, { code, field, names });
   wasmTest(`attention() with ${what}`, (rt) => {
     const opts = { ...DENSE, ...override } as unknown as AttentionOptions;
-    expectThrow(() => rt.attention(opts), { code, field, names }, what);
+    expectThrow(() => rt.attention(opts), want, what);
   });
 }
 
 for (const [what, override, code, field, names] of DRAFT_OPTION_CASES) {
+  const want = entry("`draftAttention()`", `${what}: ${shown(override)}`, { code, field, names });
   wasmTest(`draftAttention() with ${what}`, (rt) => {
     const opts = { ...DRAFT, ...override } as unknown as DraftAttentionOptions;
-    expectThrow(() => rt.draftAttention(opts), { code, field, names }, what);
+    expectThrow(() => rt.draftAttention(opts), want, what);
   });
 }
 
-wasmTest("attention() without options, and with an array", (rt) => {
-  const call = rt.attention as (o: unknown) => unknown;
-  expectThrow(() => call.call(rt, undefined), {
+{
+  const noOptions = entry("`attention()`", "no options", {
     code: "INVALID_OPTION",
     field: "options",
     names: "undefined",
-  }, "no options");
-  expectThrow(() => call.call(rt, [1, 2]), {
+  });
+  const arrayOptions = entry("`attention()`", "an array as options", {
     code: "INVALID_OPTION",
     field: "options",
     names: "[1, 2]",
-  }, "array options");
-});
+  });
+  wasmTest("attention() without options, and with an array", (rt) => {
+    const call = rt.attention as (o: unknown) => unknown;
+    expectThrow(() => call.call(rt, undefined), noOptions, "no options");
+    expectThrow(() => call.call(rt, [1, 2]), arrayOptions, "array options");
+  });
+}
 
-wasmTest("draftAttention() without a required field", (rt) => {
-  const { heads: _, ...noHeads } = DRAFT;
-  expectThrow(() => rt.draftAttention(noHeads), {
+{
+  const want = entry("`draftAttention()`", "`heads` missing", {
     code: "INVALID_OPTION",
     field: "heads",
     names: "undefined",
-  }, "heads missing");
-});
+  });
+  wasmTest("draftAttention() without a required field", (rt) => {
+    const { heads: _, ...noHeads } = DRAFT;
+    expectThrow(() => rt.draftAttention(noHeads), want, "heads missing");
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // run(): inputs
@@ -213,113 +299,197 @@ wasmTest("draftAttention() without a required field", (rt) => {
 
 const N = 65 * 2 * 32;
 
-wasmTest("run() with a Float64Array", async (rt) => {
-  const op = rt.attention(DENSE);
-  const ok = new Float32Array(N);
-  await expectReject(() => op.run(new Float64Array(N) as unknown as Float32Array, ok, ok), {
-    code: "INVALID_INPUT",
-    field: "q",
-    names: `Float64Array(${N})`,
-  }, "Float64Array q");
-  op.dispose();
-});
+/** A `run()` case on typed arrays: the op, the arguments, what must come back. */
+function runCase(
+  input: string,
+  want: Want,
+  make: (rt: Runtime) => { op: AttentionOp; args: unknown[] },
+): void {
+  const w = entry("`op.run()`", input, want);
+  wasmTest(`run() with ${input.replace(/`/g, "")}`, async (rt) => {
+    const { op, args } = make(rt);
+    const run = op.run as (...a: unknown[]) => Promise<unknown>;
+    try {
+      await expectReject(() => run.apply(op, args), w, input);
+    } finally {
+      op.dispose();
+    }
+  });
+}
 
-wasmTest("run() of an f16 op with a Float32Array", async (rt) => {
-  const op = rt.attention({ ...DENSE, dtype: "f16" });
-  const ok = new Float16Array(N);
-  await expectReject(() => op.run(new Float32Array(N), ok, ok), {
-    code: "INVALID_INPUT",
-    field: "q",
-    names: `Float32Array(${N})`,
-  }, "Float32Array q for f16");
-  op.dispose();
-});
+const f32 = (n: number, at = -1, value = 0) => {
+  const x = new Float32Array(n).fill(0.25);
+  if (at >= 0) x[at] = value;
+  return x;
+};
+const f16 = (n: number, at = -1, value = 0) => {
+  const x = new Float16Array(n).fill(0.25);
+  if (at >= 0) x[at] = value;
+  return x;
+};
 
-wasmTest("run() with k of the wrong length", async (rt) => {
-  const op = rt.attention(DENSE);
-  const ok = new Float32Array(N);
-  await expectReject(() => op.run(ok, new Float32Array(N - 1), ok), {
+runCase("a `Float64Array` q", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: `Float64Array(${N})`,
+}, (rt) => ({ op: rt.attention(DENSE), args: [new Float64Array(N), f32(N), f32(N)] }));
+
+runCase("a `Float32Array` q for dtype f16", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: `Float32Array(${N})`,
+}, (rt) => ({ op: rt.attention({ ...DENSE, dtype: "f16" }), args: [f32(N), f16(N), f16(N)] }));
+
+runCase("k one element short", {
+  code: "INVALID_INPUT",
+  field: "k",
+  names: `got ${N - 1}`,
+}, (rt) => ({ op: rt.attention(DENSE), args: [f32(N), f32(N - 1), f32(N)] }));
+
+{
+  const n = (2 * 13 * 21 + 5) * 2 * 32;
+  const short = 2 * 13 * 21 * 2 * 32;
+  runCase("a draft op's v without the text tokens", {
+    code: "INVALID_INPUT",
+    field: "v",
+    names: `got ${short}`,
+  }, (rt) => ({
+    op: rt.draftAttention({ ...DRAFT, textTokens: 5 }),
+    args: [f32(n), f32(n), f32(short)],
+  }));
+}
+
+runCase("a plain array v", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: "[1, 2, 3, 4]",
+}, (rt) => ({
+  op: rt.attention({ tokens: 1, heads: 1, headDim: 4 }),
+  args: [f32(4), f32(4), [1, 2, 3, 4]],
+}));
+
+runCase("no arguments", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "undefined",
+}, (rt) => ({ op: rt.attention(DENSE), args: [] }));
+
+runCase("q and k only", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: "undefined",
+}, (rt) => ({ op: rt.attention(DENSE), args: [f32(N), f32(N)] }));
+
+// NaN and infinities are rejected, naming the tensor, the value and its (b, t, h, d).
+runCase("NaN in q (f32)", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "NaN at index 70 (b=0, t=1, h=0, d=6)",
+}, (rt) => ({ op: rt.attention(DENSE), args: [f32(N, 70, NaN), f32(N), f32(N)] }));
+
+runCase("Infinity in k (f32, BHSD)", {
+  code: "INVALID_INPUT",
+  field: "k",
+  names: "Infinity at index 2085 (b=0, t=0, h=1, d=5)",
+}, (rt) => ({
+  op: rt.attention({ ...DENSE, layout: "BHSD" }),
+  args: [f32(N), f32(N, 65 * 32 + 5, Infinity), f32(N)],
+}));
+
+runCase("-Infinity in v (f16)", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: "-Infinity at index 4159",
+}, (rt) => ({
+  op: rt.attention({ ...DENSE, dtype: "f16" }),
+  args: [f16(N), f16(N), f16(N, N - 1, -Infinity)],
+}));
+
+{
+  const n = 2 * 13 * 21 * 2 * 32;
+  runCase("NaN in a draft op's k (f16)", {
     code: "INVALID_INPUT",
     field: "k",
-    names: `got ${N - 1}`,
-  }, "short k");
-  op.dispose();
-});
+    names: "NaN at index 0",
+  }, (rt) => ({
+    op: rt.draftAttention({ ...DRAFT, dtype: "f16" }),
+    args: [f16(n), f16(n, 0, NaN), f16(n)],
+  }));
+}
 
-wasmTest("run() of a draft op with v of the wrong length", async (rt) => {
-  const op = rt.draftAttention({ ...DRAFT, textTokens: 5 });
-  const n = (2 * 13 * 21 + 5) * 2 * 32;
-  const ok = new Float32Array(n);
-  await expectReject(() => op.run(ok, ok, new Float32Array(2 * 13 * 21 * 2 * 32)), {
-    code: "INVALID_INPUT",
-    field: "v",
-    names: `got ${2 * 13 * 21 * 2 * 32}`,
-  }, "v without the text tokens");
-  op.dispose();
-});
-
-wasmTest("run() with a plain array", async (rt) => {
-  const op = rt.attention({ tokens: 1, heads: 1, headDim: 4 });
-  const ok = new Float32Array(4);
-  await expectReject(() => op.run(ok, ok, [1, 2, 3, 4] as unknown as Float32Array), {
-    code: "INVALID_INPUT",
-    field: "v",
-    names: "[1, 2, 3, 4]",
-  }, "array v");
-  op.dispose();
-});
-
-wasmTest("run() with GPUBuffer-style arguments on the wasm backend", async (rt) => {
-  const op = rt.attention(DENSE);
-  const run = op.run as (a: unknown) => Promise<void>;
-  await expectReject(() => run.call(op, { q: 1, k: 2, v: 3, out: 4 }), {
+{
+  const want = entry("`op.run()`", "GPUBuffer-style arguments on the wasm backend", {
     code: "UNSUPPORTED",
     field: "q",
     names: "wasm",
-  }, "buffers on wasm");
-  op.dispose();
-});
+  }, "wasm");
+  wasmTest("run() with GPUBuffer-style arguments on the wasm backend", async (rt) => {
+    const op = rt.attention(DENSE);
+    const run = op.run as (a: unknown) => Promise<void>;
+    await expectReject(() => run.call(op, { q: 1, k: 2, v: 3, out: 4 }), want, "buffers on wasm");
+    op.dispose();
+  });
+}
+
+{
+  const want = entry("`op.lastMask()`", "a dense op", {
+    code: "UNSUPPORTED",
+    field: "op",
+    names: "dense attention has no mask",
+  });
+  wasmTest("lastMask() of a dense op", async (rt) => {
+    const op = rt.attention(DENSE) as unknown as DraftAttentionOp;
+    await expectReject(() => op.lastMask(), want, "lastMask of dense");
+    op.dispose();
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Use after dispose
 // ---------------------------------------------------------------------------------------------
 
-wasmTest("run() and lastMask() after op.dispose()", async (rt) => {
-  const op = rt.draftAttention(DRAFT);
-  op.dispose();
-  op.dispose(); // idempotent
-  const x = new Float32Array(2 * 13 * 21 * 2 * 32);
-  const want: Want = { code: "DISPOSED", field: "op", names: "dispose()" };
-  await expectReject(() => op.run(x, x, x), want, "run after dispose");
-  await expectReject(() => op.lastMask(), want, "lastMask after dispose");
-});
+{
+  const runWant = entry("`op.run()`", "after `op.dispose()`", {
+    code: "DISPOSED",
+    field: "op",
+    names: "dispose()",
+  });
+  const maskWant = entry("`op.lastMask()`", "after `op.dispose()`", runWant);
+  wasmTest("run() and lastMask() after op.dispose()", async (rt) => {
+    const op = rt.draftAttention(DRAFT);
+    op.dispose();
+    op.dispose(); // idempotent
+    const x = new Float32Array(2 * 13 * 21 * 2 * 32);
+    await expectReject(() => op.run(x, x, x), runWant, "run after dispose");
+    await expectReject(() => op.lastMask(), maskWant, "lastMask after dispose");
+  });
+}
 
-Deno.test({
-  name: "errors (wasm): a disposed runtime refuses new ops and its ops refuse to run",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const rt = await openRuntime({ backend: "wasm" });
-    const op = rt.attention(DENSE);
-    rt.dispose();
-    expectThrow(() => rt.attention(DENSE), {
-      code: "DISPOSED",
-      field: "runtime",
-      names: "dispose()",
-    }, "attention after runtime dispose");
-    expectThrow(() => rt.draftAttention(DRAFT), {
-      code: "DISPOSED",
-      field: "runtime",
-      names: "dispose()",
-    }, "draftAttention after runtime dispose");
-    const x = new Float32Array(N);
-    await expectReject(() => op.run(x, x, x), {
-      code: "DISPOSED",
-      field: "op",
-      names: "dispose()",
-    }, "op of a disposed runtime");
-  },
-});
+{
+  const runtimeWant: Want = { code: "DISPOSED", field: "runtime", names: "dispose()" };
+  const attentionWant = entry("`attention()`", "after `rt.dispose()`", runtimeWant);
+  const draftWant = entry("`draftAttention()`", "after `rt.dispose()`", runtimeWant);
+  const opWant = entry("`op.run()`", "an op of a disposed runtime", {
+    code: "DISPOSED",
+    field: "op",
+    names: "dispose()",
+  });
+  Deno.test({
+    name: "errors (wasm): a disposed runtime refuses new ops and its ops refuse to run",
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      const rt = await openRuntime({ backend: "wasm" });
+      const op = rt.attention(DENSE);
+      rt.dispose();
+      rt.dispose(); // idempotent
+      expectThrow(() => rt.attention(DENSE), attentionWant, "attention after runtime dispose");
+      expectThrow(() => rt.draftAttention(DRAFT), draftWant, "draftAttention after dispose");
+      const x = new Float32Array(N);
+      await expectReject(() => op.run(x, x, x), opWant, "op of a disposed runtime");
+    },
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // openRuntime()
@@ -335,17 +505,23 @@ const OPEN_CASES: [string, unknown, Want][] = [
     { device: { label: "fake" } },
     { code: "INVALID_OPTION", field: "device", names: "Object" },
   ],
+  [
+    "a device with backend wasm",
+    { device: { label: "fake" }, backend: "wasm" },
+    { code: "INVALID_OPTION", field: "device", names: `backend "wasm"` },
+  ],
 ];
 
 for (const [what, options, want] of OPEN_CASES) {
+  const w = entry("`openRuntime()`", what, want);
   Deno.test(`errors: openRuntime() with ${what}`, async () => {
     const open = openRuntime as (o: unknown) => Promise<Runtime>;
-    await expectReject(() => open(options), want, what);
+    await expectReject(() => open(options), w, what);
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// WebGPU-specific: caller-owned buffers
+// WebGPU-specific: caller-owned buffers, device limits
 // ---------------------------------------------------------------------------------------------
 
 let gpu: Runtime | undefined;
@@ -370,67 +546,210 @@ function gpuTest(name: string, fn: (rt: Runtime) => Promise<void>): void {
   });
 }
 
-function storage(rt: Runtime, bytes: number): GPUBuffer {
-  return rt.device!.createBuffer({
+function storage(device: GPUDevice, bytes: number): GPUBuffer {
+  return device.createBuffer({
     size: bytes,
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
   });
 }
 
-gpuTest("run() with a GPUBuffer too small for q", async (rt) => {
-  const op = rt.attention(DENSE);
-  const bytes = N * 4;
-  const [q, k, v, out] = [
-    storage(rt, bytes - 256),
-    storage(rt, bytes),
-    storage(rt, bytes),
-    storage(rt, bytes),
-  ];
-  try {
-    await expectReject(() => op.run({ q, k, v, out }), {
-      code: "INVALID_BUFFER",
-      field: "q",
-      names: String(bytes - 256),
-    }, "small q buffer");
-  } finally {
-    op.dispose();
-    for (const b of [q, k, v, out]) b.destroy();
-  }
+/**
+ * A `run({ q, k, v, out })` case: four good buffers of the dense op's size, then `spoil` replaces
+ * or damages some (it returns clean-ups to run afterwards).
+ */
+function bufferCase(
+  input: string,
+  want: Want,
+  spoil: (
+    rt: Runtime,
+    b: Record<"q" | "k" | "v" | "out", GPUBuffer>,
+  ) => Promise<(() => void)[]>,
+): void {
+  const w = entry("`op.run({ q, k, v, out })`", input, want, "webgpu");
+  gpuTest(`run() with ${input.replace(/`/g, "")}`, async (rt) => {
+    const op = rt.attention(DENSE);
+    const bytes = N * 4;
+    const bufs = {
+      q: storage(rt.device!, bytes),
+      k: storage(rt.device!, bytes),
+      v: storage(rt.device!, bytes),
+      out: storage(rt.device!, bytes),
+    };
+    const extra: (() => void)[] = [];
+    try {
+      extra.push(...await spoil(rt, bufs));
+      await expectReject(() => op.run(bufs), w, input);
+      // The op stays usable after the rejection.
+      const x = new Float32Array(N).fill(0.5);
+      const out = await op.run(x, x, x);
+      assert.ok(out.every((y) => Math.abs(y - 0.5) < 1e-6), `${input}: op unusable afterwards`);
+    } finally {
+      op.dispose();
+      for (const b of Object.values(bufs)) if (b instanceof GPUBuffer) b.destroy();
+      for (const done of extra) done();
+    }
+  });
+}
+
+bufferCase("a q buffer 256 bytes too small", {
+  code: "INVALID_BUFFER",
+  field: "q",
+  names: String(N * 4 - 256),
+}, (rt, b) => {
+  b.q.destroy();
+  b.q = storage(rt.device!, N * 4 - 256);
+  return Promise.resolve([]);
 });
 
-gpuTest("run() with an output buffer lacking STORAGE usage", async (rt) => {
-  const op = rt.attention(DENSE);
-  const bytes = N * 4;
-  const [q, k, v] = [storage(rt, bytes), storage(rt, bytes), storage(rt, bytes)];
-  const out = rt.device!.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_DST });
-  try {
-    await expectReject(() => op.run({ q, k, v, out }), {
-      code: "INVALID_BUFFER",
-      field: "out",
-      names: "STORAGE",
-    }, "out without STORAGE");
-  } finally {
-    op.dispose();
-    for (const b of [q, k, v, out]) b.destroy();
-  }
+bufferCase("an out buffer one byte too small", {
+  code: "INVALID_BUFFER",
+  field: "out",
+  names: String(N * 4 - 4),
+}, (rt, b) => {
+  b.out.destroy();
+  b.out = storage(rt.device!, N * 4 - 4);
+  return Promise.resolve([]);
 });
 
-gpuTest("run() with a typed array where a GPUBuffer belongs", async (rt) => {
-  const op = rt.attention(DENSE);
-  const bytes = N * 4;
-  const [q, k, out] = [storage(rt, bytes), storage(rt, bytes), storage(rt, bytes)];
-  try {
-    const run = op.run as (a: unknown) => Promise<void>;
-    await expectReject(() => run.call(op, { q, k, v: new Float32Array(N), out }), {
-      code: "INVALID_INPUT",
-      field: "v",
-      names: `Float32Array(${N})`,
-    }, "typed array v among buffers");
-  } finally {
-    op.dispose();
-    for (const b of [q, k, out]) b.destroy();
-  }
+bufferCase("an out buffer lacking STORAGE usage", {
+  code: "INVALID_BUFFER",
+  field: "out",
+  names: "STORAGE",
+}, (rt, b) => {
+  b.out.destroy();
+  b.out = rt.device!.createBuffer({ size: N * 4, usage: GPUBufferUsage.COPY_DST });
+  return Promise.resolve([]);
 });
+
+bufferCase("a q buffer lacking STORAGE usage (MAP_READ)", {
+  code: "INVALID_BUFFER",
+  field: "q",
+  names: "STORAGE",
+}, (rt, b) => {
+  b.q.destroy();
+  b.q = rt.device!.createBuffer({
+    size: N * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  return Promise.resolve([]);
+});
+
+bufferCase("a destroyed q buffer", {
+  code: "INVALID_BUFFER",
+  field: "q",
+  names: "destroyed",
+}, (_rt, b) => {
+  b.q.destroy();
+  return Promise.resolve([]);
+});
+
+bufferCase("a k buffer of another device", {
+  code: "INVALID_BUFFER",
+  field: "k",
+  names: "another device",
+}, async (_rt, b) => {
+  const adapter = await navigator.gpu.requestAdapter();
+  const other = await adapter!.requestDevice();
+  b.k.destroy();
+  b.k = storage(other, N * 4);
+  return [() => other.destroy()];
+});
+
+bufferCase("a mapped v buffer", {
+  code: "INVALID_BUFFER",
+  field: "v",
+  names: "mapped",
+}, (rt, b) => {
+  b.v.destroy();
+  b.v = rt.device!.createBuffer({
+    size: N * 4,
+    usage: GPUBufferUsage.STORAGE,
+    mappedAtCreation: true,
+  });
+  return Promise.resolve([]);
+});
+
+bufferCase("out the same buffer as q", {
+  code: "INVALID_BUFFER",
+  field: "out",
+  names: "same GPUBuffer as q",
+}, (_rt, b) => {
+  b.out.destroy();
+  b.out = b.q;
+  return Promise.resolve([]);
+});
+
+bufferCase("a typed array v among the buffers", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: `Float32Array(${N})`,
+}, (_rt, b) => {
+  b.v.destroy();
+  (b as Record<string, unknown>).v = new Float32Array(N);
+  return Promise.resolve([]);
+});
+
+bufferCase("no out buffer", {
+  code: "INVALID_INPUT",
+  field: "out",
+  names: "undefined",
+}, (_rt, b) => {
+  b.out.destroy();
+  delete (b as Partial<typeof b>).out;
+  return Promise.resolve([]);
+});
+
+{
+  const want = entry("`attention()`", "one head beyond any binding: BHSD, 2^24 tokens x 256 f32", {
+    code: "TOO_LARGE",
+    field: "q",
+    names: String(2 ** 24 * 256 * 4),
+  }, "webgpu");
+  gpuTest("attention() with one head beyond any storage binding", (rt) => {
+    expectThrow(
+      () => rt.attention({ tokens: 2 ** 24, heads: 1, headDim: 256, layout: "BHSD" }),
+      want,
+      "head beyond binding",
+    );
+    return Promise.resolve();
+  });
+}
+
+{
+  const options = {
+    frames: 1,
+    height: 240,
+    width: 250,
+    pool: [1, 1] as [number, number],
+    heads: 1,
+    headDim: 4,
+  };
+  const gpuWant = entry(
+    "`draftAttention()`",
+    "a draft map beyond any binding: g = 60,000 (60,000^2 x 4 bytes)",
+    { code: "TOO_LARGE", field: "frames", names: String(60000 * 60000 * 4) },
+    "webgpu",
+  );
+  gpuTest("draftAttention() whose draft map exceeds any storage binding", (rt) => {
+    expectThrow(() => rt.draftAttention(options), gpuWant, "draft map beyond binding");
+    return Promise.resolve();
+  });
+  const wasmWant = entry(
+    "`op.run()`",
+    "a draft map beyond WebAssembly memory: g = 60,000",
+    { code: "TOO_LARGE", field: "tokens", names: "g = 60000" },
+    "wasm",
+  );
+  wasmTest("run() of a draft op whose draft map exceeds WebAssembly memory", async (rt) => {
+    const op = rt.draftAttention(options);
+    const x = new Float32Array(60000 * 4).fill(0.5);
+    try {
+      await expectReject(() => op.run(x, x, x), wasmWant, "draft map beyond wasm memory");
+    } finally {
+      op.dispose();
+    }
+  });
+}
 
 Deno.test({
   name: "errors: dispose the runtimes",
@@ -441,3 +760,106 @@ Deno.test({
     gpu?.dispose();
   },
 });
+
+// ---------------------------------------------------------------------------------------------
+// docs/errors.md
+// ---------------------------------------------------------------------------------------------
+
+const DOC = new URL("../docs/errors.md", import.meta.url);
+
+/** The codes of src/errors.ts with their doc comments, in declaration order. */
+function codesOf(source: string): [string, string][] {
+  const union = source.slice(source.indexOf("export type DraftAttentionErrorCode"));
+  return [...union.matchAll(/\/\*\*\s*([\s\S]*?)\s*\*\/\s*\|\s*"([A-Z_]+)"/g)].map((m) =>
+    [m[2], m[1].replace(/\s*\n\s*\*\s*/g, " ")] as [string, string]
+  );
+}
+
+/** HTTP status of each code in the edge handler (src/serve.ts `STATUS`). */
+function statusesOf(source: string): Map<string, string> {
+  const block = source.slice(
+    source.indexOf("const STATUS"),
+    source.indexOf("};", source.indexOf("const STATUS")),
+  );
+  return new Map([...block.matchAll(/([A-Z_]+): (\d{3})/g)].map((m) => [m[1], m[2]]));
+}
+
+function renderDoc(): string {
+  const errors = Deno.readTextFileSync(new URL("../src/errors.ts", import.meta.url));
+  const statuses = statusesOf(Deno.readTextFileSync(new URL("../src/serve.ts", import.meta.url)));
+  const codes = codesOf(errors);
+  const lines = [
+    "# Errors",
+    "",
+    "<!-- Generated by test/errors_test.ts from its cases; do not edit by hand. Regenerate with",
+    "     DRAFTATTN_WRITE_DOCS=1 deno test -A test/errors_test.ts -->",
+    "",
+    "Every failure a caller can cause is a `DraftAttentionError` with a stable `code` and the",
+    "`field` at fault; its message names the offending value. Building an op (`attention()`,",
+    "`draftAttention()`) throws synchronously; `run()`, `lastMask()` and `openRuntime()` reject.",
+    "The edge handler (`src/serve.ts`) answers `{ error: { code, field, message } }` with the",
+    "HTTP status below.",
+    "",
+    "| code | meaning | HTTP |",
+    "|---|---|---|",
+    ...codes.map(([code, doc]) => `| \`${code}\` | ${doc} | ${statuses.get(code) ?? "500"} |`),
+    "",
+    "Inputs are checked for NaN and infinities when they are typed arrays (a scan of the bits,",
+    "about 1 ns per element); `GPUBuffer` inputs are not read back for it, and a non-finite value",
+    "there gives undefined outputs for the rows it reaches (never a hang, and the op stays usable).",
+    "",
+    `## Catalogue (${CATALOGUE.length} malformed calls, each a test)`,
+    "",
+    'Backend "any": the check is the same on every backend (tested on WebAssembly);',
+    '"webgpu"/"wasm": that backend only.',
+    "",
+    "| # | call | input | code | field | backend |",
+    "|---|---|---|---|---|---|",
+    ...CATALOGUE.map((r, i) =>
+      `| ${i + 1} | ${r.call} | ${
+        r.input.replace(/\|/g, "\\|")
+      } | \`${r.code}\` | \`${r.field}\` | ${r.backend} |`
+    ),
+    "",
+  ];
+  return lines.join("\n");
+}
+
+Deno.test("errors: docs/errors.md is the catalogue of these cases", async () => {
+  const codes = codesOf(Deno.readTextFileSync(new URL("../src/errors.ts", import.meta.url)));
+  assert.ok(codes.length >= 10, `parsed ${codes.length} codes from src/errors.ts`);
+  for (const r of CATALOGUE) {
+    assert.ok(codes.some(([c]) => c === r.code), `${r.input}: ${r.code} is not in src/errors.ts`);
+  }
+  assert.ok(CATALOGUE.length >= 40, `only ${CATALOGUE.length} malformed calls`);
+  const want = renderDoc();
+  if (Deno.env.get("DRAFTATTN_WRITE_DOCS") === "1") {
+    Deno.mkdirSync(new URL("../docs/", import.meta.url), { recursive: true });
+    Deno.writeTextFileSync(DOC, want);
+    // Stored as `deno fmt` leaves it (aligned tables), so `deno fmt --check` passes.
+    await new Deno.Command(Deno.execPath(), { args: ["fmt", "-q", DOC.pathname] }).output();
+  }
+  let have = "";
+  try {
+    have = Deno.readTextFileSync(DOC);
+  } catch {
+    // compared below
+  }
+  assert.equal(
+    normalised(have),
+    normalised(want),
+    "docs/errors.md is out of date: run DRAFTATTN_WRITE_DOCS=1 deno test -A test/errors_test.ts",
+  );
+});
+
+/**
+ * A markdown text up to what `deno fmt` changes: table cells trimmed (it pads them) and every
+ * run of white space one space (it re-wraps prose).
+ */
+function normalised(text: string): string {
+  return text.split("\n").map((line) =>
+    line.startsWith("|")
+      ? line.split("|").map((c) => c.trim().replace(/^-+$/, "---")).join("|")
+      : line
+  ).join("\n").replace(/\s+/g, " ").trim();
+}

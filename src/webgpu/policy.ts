@@ -1,0 +1,293 @@
+/**
+ * The mask stage of the WebGPU backend for the policies and estimators beyond the reference
+ * (src/policy.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
+ * the row policies with their block lists (wgsl/select_row.wgsl), their buffers and bind
+ * groups, and the mask-reuse schedule (`maskEvery`). The reference path (pool -> draft map ->
+ * radix select -> block lists) stays in op.ts; this stage tells it which passes a run records.
+ *
+ * @module
+ */
+import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../policy.ts";
+import type { DraftSpec, DType, Plan } from "../types.ts";
+import type { GpuContext } from "./context.ts";
+import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
+import { specialize } from "./specialize.ts";
+
+/** Mirror of `Params` in wgsl/select_row.wgsl. */
+export const ROW_PARAMS: ParamLayout = [
+  ["nbh", "u32"],
+  ["g", "u32"],
+  ["tiles", "u32"],
+  ["k", "u32"],
+  ["mass", "u32"],
+  ["tau", "f32"],
+];
+
+/** Mirror of `Params` in wgsl/estimate_sampled.wgsl. */
+export const SAMPLED_PARAMS: ParamLayout = [
+  ["nbh", "u32"],
+  ["heads_per_row", "u32"],
+  ["g", "u32"],
+  ["tokens", "u32"],
+  ["s_b", "u32"],
+  ["s_t", "u32"],
+  ["s_h", "u32"],
+  ["base_q", "u32"],
+  ["base_k", "u32"],
+  ["stride", "u32"],
+  ["hybrid", "u32"],
+  ["scale", "f32"],
+];
+
+/** Invocations per workgroup of the sampled estimator. */
+export const SAMPLED_WG = 64;
+
+/** Floats of sample query rows the estimator keeps in workgroup memory (8 KiB). */
+const SAMPLED_ROW_FLOATS = 2048;
+/** Most sample rows per workgroup (per-thread arrays of that size). */
+const SAMPLED_MAX_ROWS = 16;
+
+/** Row policies and their block lists. */
+export function rowKernel(ctx: GpuContext): Kernel {
+  return ctx.kernel({
+    key: "select_row",
+    code: specialize("select_row"),
+    bindings: [
+      ["params", "uniform"],
+      ["p", "read"],
+      ["counts", "storage"],
+      ["lists", "storage"],
+    ],
+  });
+}
+
+/**
+ * Tuning of the estimator's grouping: workgroups wanted at least (more query tiles per
+ * workgroup share each key read, but fewer workgroups can leave a large GPU idle). Tests set 0
+ * to force the widest grouping on small problems.
+ */
+export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
+
+/**
+ * How the estimator groups its sample rows: `sg` samples of each of `qt` query tiles per
+ * workgroup, `qt * sg` rows in all (as many as fit `SAMPLED_ROW_FLOATS` at `headDim`, at most
+ * `SAMPLED_MAX_ROWS`), fewer tiles where that would leave fewer than
+ * `SAMPLED_TUNING.minWorkgroups` workgroups for `queryTiles` (batch x heads x g) tiles.
+ *
+ * @example
+ * ```ts
+ * import { sampleGroup } from "./policy.ts";
+ * console.assert(JSON.stringify(sampleGroup(8, 128, 4032)) === '{"sg":8,"qt":2}');
+ * console.assert(JSON.stringify(sampleGroup(2, 128, 4032)) === '{"sg":2,"qt":3}');
+ * console.assert(JSON.stringify(sampleGroup(16, 256, 4032)) === '{"sg":8,"qt":1}');
+ * ```
+ */
+export function sampleGroup(
+  samples: number,
+  headDim: number,
+  queryTiles: number,
+): { sg: number; qt: number } {
+  const rows = Math.max(1, Math.min(SAMPLED_MAX_ROWS, Math.floor(SAMPLED_ROW_FLOATS / headDim)));
+  const sg = Math.min(samples, rows);
+  const byRows = Math.max(1, Math.floor(rows / sg));
+  const byCount = Math.max(1, Math.floor(queryTiles / SAMPLED_TUNING.minWorkgroups));
+  return { sg, qt: Math.min(byRows, byCount) };
+}
+
+/** The sampled estimator for one head dim, dtype and sample grouping. */
+export function sampledKernel(
+  ctx: GpuContext,
+  headDim: number,
+  dtype: DType,
+  group: { sg: number; qt: number },
+): Kernel {
+  return ctx.kernel({
+    key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}`,
+    code: specialize("estimate_sampled", {
+      storage: dtype,
+      consts: { SG: group.sg, QT: group.qt },
+    }),
+    bindings: [
+      ["params", "uniform"],
+      ["q", "read"],
+      ["k", "read"],
+      ["order", "read"],
+      ["tiles", "read"],
+      ["samples", "read"],
+      ["coef", "read"],
+      ["p", "storage"],
+    ],
+    constants: { D: headDim, WG: SAMPLED_WG },
+  });
+}
+
+/** Makes a buffer owned by the op (destroyed with it). */
+export type BufferMaker = (
+  label: string,
+  size: number,
+  usage: GPUBufferUsageFlags,
+  data?: ArrayBufferView,
+) => GPUBuffer;
+
+/** The stage's state for one piece of the op. */
+export interface StagePiece {
+  nbh: number;
+  /** Row policies: the bind group of select_row. */
+  rowGroup?: GPUBindGroup;
+  /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
+  sampledParams?: GPUBuffer;
+  p: GPUBuffer;
+}
+
+/** Tensor strides and bases of one piece, as the pool kernel gets them. */
+export interface PieceAddressing {
+  nbh: number;
+  heads_per_row: number;
+  s_b: number;
+  s_t: number;
+  s_h: number;
+  base_q: number;
+  base_k: number;
+}
+
+/** Policy, estimator and mask reuse of one WebGPU draft op. */
+export class GpuMaskStage {
+  readonly config: MaskConfig;
+  readonly #ctx: GpuContext;
+  readonly #spec: DraftSpec;
+  readonly #plan: Plan;
+  readonly #buffer: BufferMaker;
+  #row?: Kernel;
+  #sampled?: Kernel;
+  #table?: SampleTable;
+  #samples?: GPUBuffer;
+  #coef?: GPUBuffer;
+  /** Query tiles per workgroup of the estimator. */
+  #qt = 1;
+  /** Successful runs since the mask was last computed; -1 before the first. */
+  #age = -1;
+
+  constructor(ctx: GpuContext, spec: DraftSpec, plan: Plan, buffer: BufferMaker) {
+    this.#ctx = ctx;
+    this.#spec = spec;
+    this.#plan = plan;
+    this.#buffer = buffer;
+    this.config = maskConfig(spec, plan.g);
+    const c = this.config;
+    if (c.policy !== "percentile") this.#row = rowKernel(ctx);
+    if (c.estimator !== "draft") {
+      const t = sampleTable(plan, c.samples);
+      this.#table = t;
+      const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+      this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
+      this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
+      const group = sampleGroup(c.samples, spec.headDim, spec.batch * spec.heads * plan.g);
+      this.#qt = group.qt;
+      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
+    }
+  }
+
+  /** Whether a computing run records pool and draft-map passes. */
+  get usesDraftMap(): boolean {
+    return this.config.estimator !== "sampled";
+  }
+
+  /** Whether a computing run selects with the reference passes (histogram, pick, lists). */
+  get usesPercentile(): boolean {
+    return this.config.policy === "percentile";
+  }
+
+  /** Whether the next run computes the mask; otherwise it reuses the block lists in place. */
+  due(): boolean {
+    return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
+  }
+
+  /** Records a successful run that did (`computed`) or did not compute the mask. */
+  done(computed: boolean): void {
+    this.#age = computed ? 0 : this.#age + 1;
+  }
+
+  /** The stage's buffers and bind groups of one piece, over the piece's map and lists. */
+  piece(nbh: number, d: { p: GPUBuffer; counts: GPUBuffer; lists: GPUBuffer }): StagePiece {
+    const U = GPUBufferUsage;
+    const { g, tiles } = this.#plan;
+    const c = this.config;
+    const out: StagePiece = { nbh, p: d.p };
+    if (this.#row) {
+      const params = this.#buffer(
+        "row params",
+        paramsBytes(ROW_PARAMS),
+        U.UNIFORM | U.COPY_DST,
+        new Uint8Array(packParams(ROW_PARAMS, {
+          nbh,
+          g,
+          tiles,
+          k: c.rowKeep,
+          mass: c.policy === "rowMass" ? 1 : 0,
+          tau: c.tau,
+        })),
+      );
+      out.rowGroup = this.#row.bind({ params, p: d.p, counts: d.counts, lists: d.lists });
+    }
+    if (this.#sampled) {
+      out.sampledParams = this.#buffer(
+        "sampled params",
+        paramsBytes(SAMPLED_PARAMS),
+        U.UNIFORM | U.COPY_DST,
+      );
+    }
+    return out;
+  }
+
+  /** The estimator's bind group over a piece's q and k (undefined without the estimator). */
+  ioGroup(
+    sp: StagePiece,
+    t: {
+      q: GPUBuffer | GPUBufferBinding;
+      k: GPUBuffer | GPUBufferBinding;
+      order: GPUBuffer;
+      tiles: GPUBuffer;
+    },
+  ): GPUBindGroup | undefined {
+    if (!this.#sampled) return undefined;
+    return this.#sampled.bind({
+      params: sp.sampledParams!,
+      q: t.q,
+      k: t.k,
+      order: t.order,
+      tiles: t.tiles,
+      samples: this.#samples!,
+      coef: this.#coef!,
+      p: sp.p,
+    });
+  }
+
+  /** Writes the per-run params of a piece (tensor bases depend on the caller's buffers). */
+  writeParams(sp: StagePiece, a: PieceAddressing): void {
+    if (!sp.sampledParams) return;
+    this.#ctx.device.queue.writeBuffer(
+      sp.sampledParams,
+      0,
+      packParams(SAMPLED_PARAMS, {
+        ...a,
+        g: this.#plan.g,
+        tokens: this.#plan.tokens,
+        stride: this.#table!.samples + 1,
+        hybrid: this.config.estimator === "hybrid" ? 1 : 0,
+        scale: this.#spec.scale,
+      }),
+    );
+  }
+
+  /** Records the sampled estimator (after the draft map, which "hybrid" mixes in). */
+  dispatchEstimate(pass: GPUComputePassEncoder, group: GPUBindGroup | undefined, nbh: number) {
+    if (this.#sampled && group) {
+      this.#sampled.dispatch(pass, group, nbh * Math.ceil(this.#plan.g / this.#qt));
+    }
+  }
+
+  /** Records the row policy's selection and block lists. */
+  dispatchSelect(pass: GPUComputePassEncoder, sp: StagePiece): void {
+    if (this.#row && sp.rowGroup) this.#row.dispatch(pass, sp.rowGroup, sp.nbh * this.#plan.g);
+  }
+}

@@ -1,0 +1,177 @@
+// Row policies (rowTopK, rowMass; definitions in src/policy.ts) and the block lists of their
+// mask, one workgroup per (batch, head, video query tile i). Exactly what asm/policy.ts
+// `selectRows` computes: every comparison is on the f32 bit patterns (P >= 0 orders like u32)
+// and every sum is of integers, so the summation order (atomics here) does not matter.
+// 1. rowTopK threshold t: the k-th largest bit pattern of the row (skipped when k == g), by MSD
+//    radix select, one 8-bit digit per pass, histogram in workgroup memory.
+// 2. rowMass threshold u (when `mass` != 0): masses w(x) = floor(min(x, 1) * 2^22) as u32,
+//    Z = sum of w, T = ceil(tau * f32(Z)); u = the largest value v whose cumulative mass
+//    (sum of w over the entries >= v) reaches T: radix select with a mass histogram beside the
+//    count histogram; per pass, the first digit from the top with a non-empty bucket whose mass
+//    plus the mass above reaches T.
+// 3. kept(i, j) = bits(P[i][j]) >= max(t, u); list row i = kept j ascending, then the text
+//    tiles; compaction as in select_lists.wgsl.
+
+/** Mirrored by ROW_PARAMS in src/webgpu/policy.ts. */
+struct Params {
+  nbh: u32,
+  g: u32,
+  tiles: u32,
+  /** rowTopK's entries per row (rowMass's cap). */
+  k: u32,
+  /** 1: apply the rowMass threshold too. */
+  mass: u32,
+  tau: f32,
+}
+
+const WG: u32 = 256u;
+const MASS_SCALE: f32 = 4194304.0;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> p: array<u32>;
+@group(0) @binding(2) var<storage, read_write> counts: array<u32>;
+@group(0) @binding(3) var<storage, read_write> lists: array<u32>;
+
+var<workgroup> hc: array<atomic<u32>, WG>;
+var<workgroup> hm: array<atomic<u32>, WG>;
+/** Inclusive scans from the top digit down: index x holds the sums over digits >= 255 - x. */
+var<workgroup> sc: array<u32, WG>;
+var<workgroup> sm: array<u32, WG>;
+var<workgroup> pick: atomic<u32>;
+var<workgroup> zsum: atomic<u32>;
+
+fn mass_of(bits: u32) -> u32 {
+  return u32(floor(min(bitcast<f32>(bits), 1.0) * MASS_SCALE));
+}
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let wg = wid.x + wid.y * nwg.x;
+  let g = params.g;
+  if (wg >= params.nbh * g) {
+    return;
+  }
+  let bh = wg / g;
+  let i = wg % g;
+  let row = (bh * g + i) * g;
+
+  var t = 0u;
+  for (var mode = 0u; mode < 2u; mode++) {
+    // Uniform: params only.
+    let on = (mode == 0u && params.k < g) || (mode == 1u && params.mass != 0u);
+    if (!on) {
+      continue;
+    }
+    var goal = 0u;
+    if (mode == 1u) {
+      if (lid == 0u) {
+        atomicStore(&zsum, 0u);
+      }
+      workgroupBarrier();
+      var z = 0u;
+      for (var j = lid; j < g; j += WG) {
+        z += mass_of(p[row + j]);
+      }
+      atomicAdd(&zsum, z);
+      workgroupBarrier();
+      goal = u32(ceil(params.tau * f32(atomicLoad(&zsum))));
+    }
+    var prefix = 0u;
+    var known = 0u;
+    var rank = params.k; // rowTopK: rank still wanted among the prefix group
+    var above = 0u; // rowMass: mass above the prefix group
+    for (var ps = 0u; ps < 4u; ps++) {
+      let shift = 24u - 8u * ps;
+      atomicStore(&hc[lid], 0u);
+      atomicStore(&hm[lid], 0u);
+      if (lid == 0u) {
+        atomicStore(&pick, WG);
+      }
+      workgroupBarrier();
+      for (var j = lid; j < g; j += WG) {
+        let x = p[row + j];
+        if ((x & known) == prefix) {
+          let d = (x >> shift) & 0xffu;
+          atomicAdd(&hc[d], 1u);
+          if (mode == 1u) {
+            atomicAdd(&hm[d], mass_of(x));
+          }
+        }
+      }
+      workgroupBarrier();
+      let c = atomicLoad(&hc[WG - 1u - lid]);
+      let m = atomicLoad(&hm[WG - 1u - lid]);
+      sc[lid] = c;
+      sm[lid] = m;
+      workgroupBarrier();
+      for (var stride = 1u; stride < WG; stride *= 2u) {
+        var xc = sc[lid];
+        var xm = sm[lid];
+        if (lid >= stride) {
+          xc += sc[lid - stride];
+          xm += sm[lid - stride];
+        }
+        workgroupBarrier();
+        sc[lid] = xc;
+        sm[lid] = xm;
+        workgroupBarrier();
+      }
+      var hit = false;
+      if (mode == 0u) {
+        hit = sc[lid] >= rank;
+      } else {
+        hit = c > 0u && above + sm[lid] >= goal;
+      }
+      if (hit) {
+        atomicMin(&pick, lid);
+      }
+      workgroupBarrier();
+      let x0 = min(atomicLoad(&pick), WG - 1u);
+      let digit = WG - 1u - x0;
+      // Counts and masses of the buckets above the chosen one.
+      rank -= sc[x0] - atomicLoad(&hc[digit]);
+      above += sm[x0] - atomicLoad(&hm[digit]);
+      prefix |= digit << shift;
+      known |= 0xffu << shift;
+      workgroupBarrier(); // everyone has read sc, sm, hc, hm before the next pass clears them
+    }
+    t = max(t, prefix);
+  }
+
+  let list_base = (bh * params.tiles + i) * params.tiles;
+  var off = 0u;
+  for (var c0 = 0u; c0 < g; c0 += WG) {
+    let j = c0 + lid;
+    var kept = false;
+    if (j < g) {
+      kept = p[row + j] >= t;
+    }
+    workgroupBarrier(); // everyone has read sc[WG - 1] of the previous chunk
+    sc[lid] = select(0u, 1u, kept);
+    workgroupBarrier();
+    for (var stride = 1u; stride < WG; stride *= 2u) {
+      var x = sc[lid];
+      if (lid >= stride) {
+        x += sc[lid - stride];
+      }
+      workgroupBarrier();
+      sc[lid] = x;
+      workgroupBarrier();
+    }
+    if (kept) {
+      lists[list_base + off + sc[lid] - 1u] = j;
+    }
+    off += workgroupUniformLoad(&sc[WG - 1u]);
+  }
+  let text_tiles = params.tiles - g;
+  for (var x = lid; x < text_tiles; x += WG) {
+    lists[list_base + off + x] = g + x;
+  }
+  if (lid == 0u) {
+    counts[bh * params.tiles + i] = off + text_tiles;
+  }
+}
