@@ -24,7 +24,7 @@ export { keepCount } from "./src/validate.ts";
 export { getModel, MODELS } from "./src/models.ts";
 export type { ModelProfile } from "./src/models.ts";
 export { createStepSchedule } from "./src/schedule.ts";
-export type { StepSchedule, StepScheduleOptions } from "./src/schedule.ts";
+export type { StepQuery, StepSchedule, StepScheduleOptions } from "./src/schedule.ts";
 export type {
   AttentionOptions,
   BackendInfo,
@@ -34,6 +34,7 @@ export type {
   DraftSpec,
   DType,
   Estimator,
+  Geometry,
   GpuRunArgs,
   Layout,
   MaskResult,
@@ -49,4 +50,10 @@ export type { Tensor } from "./src/_tensor.ts";
 export { CONCENTRATION_LEVELS, generateWorkload } from "./src/workload.ts";
 export type { ConcentrationLevel, Workload, WorkloadOptions } from "./src/workload.ts";
 export { compareOutputs, denseStats, maskRecall, oracleRecall } from "./src/metrics.ts";
-export type { AttentionShape, DenseStats, OutputError, Recall } from "./src/metrics.ts";
+export type {
+  AttentionShape,
+  DenseStats,
+  DenseStatsOptions,
+  OutputError,
+  Recall,
+} from "./src/metrics.ts";

@@ -6,12 +6,18 @@
  * TFLOP/s = dense FLOPs / draft time, so the column compares directly with the dense row.
  *
  * GPU rows are timed with many runs per synchronisation on caller-owned buffers (no readback),
- * since every `onSubmittedWorkDone` costs >= 10 ms in Deno.
+ * since every `onSubmittedWorkDone` costs >= 10 ms in Deno. Where the device has
+ * `timestamp-query`, draft rows also get per-stage GPU times of one extra (profiled) run:
+ * pool, map, select, lists (the draft overhead) and attention; the "overhead" column is the
+ * draft stages' share of that run, `--json` lists the stage times in ms.
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
 import type { Runtime } from "../mod.ts";
-import type { DraftAttentionOptions, DType, TensorArray } from "../src/types.ts";
+import { buildPlan } from "../src/plan.ts";
+import type { DraftAttentionOptions, DraftSpec, DType, TensorArray } from "../src/types.ts";
+import { GpuContext } from "../src/webgpu/context.ts";
+import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -24,6 +30,7 @@ const { values: args } = parseArgs({
     sparsity: { type: "string", default: "" },
     reps: { type: "string", default: "" },
     limits: { type: "string", default: "adapter" },
+    threads: { type: "string", default: "" },
     help: { type: "boolean", default: false },
   },
 });
@@ -31,6 +38,7 @@ const { values: args } = parseArgs({
 if (args.help) {
   console.log(`deno task bench [--backend auto|webgpu|wasm] [--quick] [--json]
   [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N] [--limits adapter|default]
+  [--threads N] (WebAssembly threads; default every core)
 shapes: ${Object.keys(SHAPES()).join(", ")}`);
   Deno.exit(0);
 }
@@ -79,11 +87,44 @@ interface Row {
   tflops: number;
   speedup: number;
   density?: number;
+  /** GPU ms per stage of one profiled run (WebGPU with timestamp-query). */
+  stages?: StageTimes;
+  /** Share of the draft stages (pool, map, select, lists) in the profiled run. */
+  overhead?: number;
+}
+
+/**
+ * Stage times of a draft op, median of 3 profiled runs: the same spec and plan built as a
+ * kernel op on the runtime's device (its own pipeline cache), since the runtime's op wraps its
+ * kernel. Undefined without `timestamp-query`.
+ */
+async function profileStages(
+  device: GPUDevice,
+  spec: DraftSpec,
+  bufs: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer },
+): Promise<StageTimes | undefined> {
+  if (!device.features.has("timestamp-query")) return undefined;
+  const op = new WebGpuOp(new GpuContext(device), spec, buildPlan(spec), () => {});
+  try {
+    await op.runBuffers(bufs);
+    const runs: StageTimes[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t = await op.profile(bufs);
+      if (t) runs.push(t);
+    }
+    if (!runs.length) return undefined;
+    const total = (t: StageTimes) => Object.values(t).reduce((a, b) => a + b, 0);
+    return runs.sort((a, b) => total(a) - total(b))[runs.length >> 1];
+  } finally {
+    op.dispose();
+  }
 }
 
 function random(n: number, seed: number, dtype: DType): TensorArray {
   // A repeated block of seeded values: fast to make for a billion elements, enough for timing.
-  const block = new Float32Array(Math.min(n, 1 << 16));
+  // Its length is prime so that rows and heads never line up with a repeat (repeated rows
+  // would tie in the draft map and inflate the kept density).
+  const block = new Float32Array(Math.min(n, 1_000_003));
   let s = seed >>> 0;
   for (let i = 0; i < block.length; i++) {
     s = (s * 1664525 + 1013904223) >>> 0;
@@ -117,6 +158,7 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
   const q = random(n, 1, dtype), k = random(n, 2, dtype), v = random(n, 3, dtype);
   let run: (op: { run: (...a: never[]) => Promise<unknown> }) => Promise<unknown>;
   let sync = () => Promise.resolve();
+  let profile: ((spec: DraftSpec) => Promise<StageTimes | undefined>) | undefined;
   const buffers: GPUBuffer[] = [];
   const device = rt.device;
   if (rt.backend === "webgpu" && device) {
@@ -132,6 +174,7 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
     const bufs = { q: make(q), k: make(k), v: make(v), out: make() };
     run = (op) => (op.run as unknown as (b: typeof bufs) => Promise<void>)(bufs);
     sync = () => device.queue.onSubmittedWorkDone();
+    profile = (spec) => profileStages(device, spec, bufs);
   } else {
     run = (op) => (op.run as unknown as (...a: TensorArray[]) => Promise<unknown>)(q, k, v);
   }
@@ -144,7 +187,10 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
     const op = rt.draftAttention({ ...shape.geometry, dtype, sparsity });
     const ms = await timeIt(() => run(op), reps, sync);
     const density = (await op.lastMask()).density;
+    const draftSpec = op.spec as DraftSpec;
     op.dispose();
+    const stages = await profile?.(draftSpec);
+    const total = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
     rows.push({
       ...base,
       sparsity,
@@ -152,6 +198,7 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
       tflops: flops / ms / 1e9,
       speedup: denseMs / ms,
       density,
+      ...(stages && total > 0 ? { stages, overhead: (total - stages.attention) / total } : {}),
     });
   }
   for (const b of buffers) b.destroy();
@@ -161,6 +208,7 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
 const rt = await openRuntime({
   backend: args.backend as "auto" | "webgpu" | "wasm",
   limits: args.limits as "adapter" | "default",
+  threads: args.threads ? Number(args.threads) : undefined,
 });
 const info = rt.describe();
 const gpu = rt.backend === "webgpu" && !/llvmpipe/i.test(info.adapter);
@@ -181,7 +229,10 @@ if (args.sparsity) {
 }
 if (!args.json) {
   console.log(`backend: ${info.backend} (${info.reason}); adapter: ${info.adapter}`);
-  console.log(`features: ${info.features.join(", ") || "none"}; limits: ${args.limits}`);
+  console.log(
+    `features: ${info.features.join(", ") || "none"}; limits: ${args.limits}` +
+      (info.threads ? `; threads: ${info.threads}` : ""),
+  );
 }
 const all: Row[] = [];
 for (const shape of shapes) {
@@ -201,6 +252,12 @@ for (const shape of shapes) {
             `${r.tflops.toFixed(3)} TFLOP/s`.padStart(16),
             `${r.speedup.toFixed(2)}x`.padStart(8),
             r.density === undefined ? "" : `density ${r.density.toFixed(3)}`,
+            r.overhead === undefined ? "" : `overhead ${(100 * r.overhead).toFixed(1)}%`,
+            r.stages === undefined
+              ? ""
+              : `(${
+                Object.entries(r.stages).map(([s, t]) => `${s} ${t.toFixed(2)}`).join(", ")
+              } ms)`,
           ].join(" "),
         );
       }

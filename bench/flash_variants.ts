@@ -33,7 +33,10 @@ const reps = Number(args.reps || (quick ? 1 : 3));
 const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
 if (!adapter) throw new Error("no WebGPU adapter");
 const lim = adapter.limits;
+const f16 = adapter.features.has("shader-f16");
+// `subgroups` is requestable in Deno although unlisted.
 const device = await adapter.requestDevice({
+  requiredFeatures: [...(f16 ? ["shader-f16"] : []), "subgroups"] as GPUFeatureName[],
   requiredLimits: {
     maxComputeWorkgroupStorageSize: lim.maxComputeWorkgroupStorageSize,
     maxComputeInvocationsPerWorkgroup: lim.maxComputeInvocationsPerWorkgroup,
@@ -45,7 +48,8 @@ const ctx = new GpuContext(device);
 console.log(
   `adapter: ${adapter.info.description || adapter.info.vendor} (${adapter.info.architecture}); ` +
     `workgroup memory ${lim.maxComputeWorkgroupStorageSize}, invocations ` +
-    `${lim.maxComputeInvocationsPerWorkgroup}`,
+    `${lim.maxComputeInvocationsPerWorkgroup}; shader-f16 ${f16}; subgroup size ` +
+    `${ctx.subgroupSize}`,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -239,7 +243,17 @@ const T = (
   cg: number,
   tn: number,
   td4: number,
-  opts: { tm4?: number; pf?: boolean; ve?: boolean; ud?: number; uj?: number } = {},
+  opts: {
+    tm4?: number;
+    pf?: boolean;
+    ve?: boolean;
+    ud?: number;
+    uj?: number;
+    hs?: boolean;
+    hq?: boolean;
+    hm?: boolean;
+    sg?: boolean;
+  } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
   kernel: "chunked",
@@ -251,7 +265,177 @@ const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashV
 });
 
 const BOTH: DType[] = ["f16", "f32"];
+const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
+const SG = { ...FAST, hs: true, hq: true, sg: true };
 const CASES: Case[] = [
+  // round 5: larger per-thread tiles in f16 memory with subgroup row groups (head dim 128)
+  {
+    name: "r5 32x32 tn1 256thr fast (run-3 pick)",
+    variant: T(8, 32, 1, 1, FAST),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r5 64x32 tm2 hs hq sg",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r5 64x32 tm2 hs hq sg no pf",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2, pf: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r5 64x32 tm2 hm sg",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r5 96x32 tm3 hs hq sg",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 3 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r5 96x32 tm3 hm sg",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 3, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r5 32x64 tn2 hs hq sg", variant: T(8, 32, 2, 1, SG), headDim: 128, dtypes: ["f16"] },
+  {
+    name: "r5 32x64 tn2 hm sg",
+    variant: T(8, 32, 2, 1, { ...SG, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r5 32x32 tm2 hs hq sg 128thr",
+    variant: T(4, 32, 1, 1, { ...SG, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r5 table pick", headDim: 128, dtypes: BOTH, draft: true },
+  // f16 workgroup memory (issue 4, round 4), head dim 128 then 64
+  {
+    name: "32x32 tn1 256thr fast (run-3 pick)",
+    variant: T(8, 32, 1, 1, FAST),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "32x32 tn1 256thr fast hs",
+    variant: T(8, 32, 1, 1, { ...FAST, hs: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "32x32 tn1 256thr fast hs hq",
+    variant: T(8, 32, 1, 1, { ...FAST, hs: true, hq: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "32x32 tn1 256thr fast hm",
+    variant: T(8, 32, 1, 1, { ...FAST, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "32x32 tn1 256thr fast hm ud2",
+    variant: T(8, 32, 1, 1, { ...FAST, ud: 2, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "32x32 tn1 256thr fast hs sg",
+    variant: T(8, 32, 1, 1, { ...FAST, hs: true, sg: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "32x32 tn1 256thr fast hm sg",
+    variant: T(8, 32, 1, 1, { ...FAST, hm: true, sg: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "32x32 tn1 256thr hs sg (no pf)",
+    variant: T(8, 32, 1, 1, { ud: 8, uj: 8, hs: true, sg: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tm2 256thr fast hs hq sg",
+    variant: T(8, 32, 1, 1, { ...FAST, tm4: 2, hs: true, hq: true, sg: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "32x32 tn1 256thr fast sg (f32: no fit at 48 KiB)",
+    variant: T(8, 32, 1, 1, { ...FAST, sg: true }),
+    headDim: 128,
+    dtypes: ["f32"],
+  },
+  {
+    name: "32x64 tn2 256thr fast hs",
+    variant: T(8, 32, 2, 1, { ...FAST, hs: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "32x64 tn2 256thr fast hm",
+    variant: T(8, 32, 2, 1, { ...FAST, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tm2 256thr fast hs hq",
+    variant: T(8, 32, 1, 1, { ...FAST, tm4: 2, hs: true, hq: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tm2 256thr fast hm",
+    variant: T(8, 32, 1, 1, { ...FAST, tm4: 2, hm: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "16x32 tn1 128thr hs (32 KiB tier)",
+    variant: T(4, 32, 1, 1, { hs: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tn2 256thr fast (run-3 pick)",
+    variant: T(16, 16, 2, 1, FAST),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tn2 256thr fast hs",
+    variant: T(16, 16, 2, 1, { ...FAST, hs: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "64x32 tn2 256thr fast hm",
+    variant: T(16, 16, 2, 1, { ...FAST, hm: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  // earlier rounds
   // head dim 128
   {
     name: "chunked 64x64 (old pick)",
@@ -320,19 +504,26 @@ const rows: string[] = [];
 const only = args.only ? new RegExp(args.only) : undefined;
 for (const c of CASES) {
   if (only && !only.test(`${c.name} d${c.headDim}`)) continue;
-  const config = c.variant
-    ? flashConfig(c.variant, c.headDim)
-    : pickFlashVariant(c.headDim, ctx.limits);
-  const label = `${c.name} [${config.kernel} ${config.br}x${config.bc} ${config.threads} thr ` +
-    `${config.smemBytes} B]`;
-  if (
-    config.smemBytes > ctx.limits.maxComputeWorkgroupStorageSize ||
-    config.threads > ctx.limits.maxComputeInvocationsPerWorkgroup
-  ) {
-    rows.push(`${label} d${c.headDim}: does not fit this device`);
-    continue;
-  }
   for (const dtype of c.dtypes) {
+    const config = c.variant
+      ? flashConfig(c.variant, c.headDim, dtype === "f16" && f16, ctx.subgroupSize)
+      : pickFlashVariant(c.headDim, ctx.limits, {
+        dtype,
+        shaderF16: f16,
+        subgroupSize: ctx.subgroupSize,
+      });
+    const h = config.kernel === "tiled"
+      ? ["hs", "hq", "hm", "sg"].filter((x) => config[x as "hs"]).join(" ")
+      : "";
+    const label = `${c.name} [${config.kernel} ${config.br}x${config.bc} ${config.threads} thr ` +
+      `${config.smemBytes} B${h ? ` ${h}` : ""}]`;
+    if (
+      config.smemBytes > ctx.limits.maxComputeWorkgroupStorageSize ||
+      config.threads > ctx.limits.maxComputeInvocationsPerWorkgroup
+    ) {
+      rows.push(`${label} d${c.headDim}: does not fit this device`);
+      continue;
+    }
     let errD: number, errS: number;
     try {
       errD = await checkDense(c.variant, c.headDim, dtype);

@@ -8,6 +8,7 @@ import type { DType, TensorArray } from "./types.ts";
 
 /** A dense C-order (row-major) tensor of f32 or f16 values. */
 export interface Tensor {
+  /** Element type: `"f32"` or `"f16"`. */
   dtype: DType;
   /** Dimensions, outermost first; `[]` is a scalar (one element). */
   shape: number[];

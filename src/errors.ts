@@ -46,6 +46,14 @@ export class DraftAttentionError extends Error {
   /** The option, input or resource at fault (e.g. `"heads"`, `"q"`, `"device"`). */
   readonly field: string;
 
+  /**
+   * Builds the error; the message reads `Invalid <field>: <detail>`.
+   *
+   * @param code Stable machine-readable code.
+   * @param field The option, input or resource at fault.
+   * @param detail What is wrong, e.g. `"must be a positive integer, got 0"`.
+   * @param options Standard `Error` options (`cause`).
+   */
   constructor(
     code: DraftAttentionErrorCode,
     field: string,

@@ -18,14 +18,23 @@ import { DEFAULT_POOL } from "./validate.ts";
 
 /** The geometry and tensor shape the metrics need. A `Workload` satisfies it. */
 export interface AttentionShape {
+  /** Batch elements; default 1. */
   batch?: number;
+  /** Attention heads. */
   heads: number;
+  /** Channels per head. */
   headDim: number;
+  /** Memory layout of the tensors; default `"BSHD"`. */
   layout?: Layout;
+  /** Latent frames. */
   frames: number;
+  /** Latent rows per frame. */
   height: number;
+  /** Latent columns per frame. */
   width: number;
+  /** Text tokens; default 0. */
   textTokens?: number;
+  /** Whether the text tokens come after (default) or before the video tokens. */
   textPosition?: TextPosition;
   /** Window `[poolH, poolW]`; default `[8, 16]`. */
   pool?: readonly [number, number];
@@ -198,7 +207,9 @@ export function compareOutputs(
 
 /** Dense attention statistics per (batch, head), from {@linkcode denseStats}. */
 export interface DenseStats {
+  /** Batch elements. */
   batch: number;
+  /** Attention heads. */
   heads: number;
   /** Video windows (draft tokens). */
   g: number;

@@ -21,16 +21,25 @@ export interface ModelProfile {
   name: string;
   /** Model and resolution, e.g. "Wan2.1 T2V 1.3B 480x832x81". */
   title: string;
+  /** Latent frames after patchify. */
   frames: number;
+  /** Latent rows per frame after patchify. */
   height: number;
+  /** Latent columns per frame after patchify. */
   width: number;
+  /** Text tokens in the joint sequence (0 when text enters by cross-attention only). */
   textTokens: number;
+  /** Whether the text tokens come after or before the video tokens. */
   textPosition: "after" | "before";
+  /** Attention heads. */
   heads: number;
+  /** Channels per head. */
   headDim: number;
   /** Transformer blocks with self-attention. */
   layers: number;
+  /** Draft window `[poolH, poolW]` in latent tokens. */
   pool: [number, number];
+  /** Default share of video-video block pairs dropped, in `[0, 1)`. */
   sparsity: number;
   /** Share of the first denoising steps run dense (see `createStepSchedule`). */
   denseStepFraction: number;
@@ -89,7 +98,17 @@ export function checkProfile(p: unknown): ModelProfile {
   return o as unknown as ModelProfile;
 }
 
-/** Every bundled profile by name. */
+/**
+ * Every bundled profile by name (frozen).
+ *
+ * @example
+ * ```ts
+ * import { MODELS } from "./models.ts";
+ * const names = Object.keys(MODELS);
+ * console.assert(names.includes("wan2.1-t2v-1.3b-480p"));
+ * console.assert(Object.values(MODELS).every((m) => m.headDim % 4 === 0));
+ * ```
+ */
 export const MODELS: Readonly<Record<string, ModelProfile>> = Object.freeze(
   Object.fromEntries(
     [m0, m1, m2, m3, m4, m5, m6, m7].map((m) => {

@@ -39,8 +39,11 @@ export interface StepQuery {
 
 /** Answers "dense or sparse" per (step, layer). */
 export interface StepSchedule {
+  /** Denoising steps of the sampler. */
   readonly steps: number;
+  /** Leading steps run dense: `round(denseStepFraction * steps)` (unused with a timestep rule). */
   readonly denseSteps: number;
+  /** Leading transformer layers always run dense. */
   readonly denseLayers: number;
   /** `"dense"` or `"sparse"` for one call of the operator. */
   mode(query: StepQuery): "dense" | "sparse";

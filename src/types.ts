@@ -33,11 +33,17 @@ export type TensorArray = Float32Array | Float16Array;
 
 /** Options of `runtime.attention()` (dense attention). */
 export interface AttentionOptions {
+  /** Batch elements; default 1. */
   batch?: number;
+  /** Sequence length (query and key tokens), any integer >= 1. */
   tokens: number;
+  /** Attention heads, >= 1. */
   heads: number;
+  /** Channels per head: a multiple of 4, at most 256. */
   headDim: number;
+  /** Memory layout of q, k, v and the output; default `"BSHD"`. */
   layout?: Layout;
+  /** Storage type of q, k, v and the output; default `"f32"`. */
   dtype?: DType;
   /** Softmax scale; defaults to `1 / sqrt(headDim)`. */
   scale?: number;
@@ -56,12 +62,19 @@ export interface DraftAttentionOptions {
   height?: number;
   /** Latent width (columns) after patchify. */
   width?: number;
+  /** Text tokens (never masked) next to the video tokens; default 0. */
   textTokens?: number;
+  /** Whether the text tokens come after (default) or before the video tokens. */
   textPosition?: TextPosition;
+  /** Attention heads, >= 1 (required unless `model` gives it). */
   heads?: number;
+  /** Channels per head: a multiple of 4, at most 256 (required unless `model` gives it). */
   headDim?: number;
+  /** Batch elements; default 1. */
   batch?: number;
+  /** Memory layout of q, k, v and the output; default `"BSHD"`. */
   layout?: Layout;
+  /** Storage type of q, k, v and the output; default `"f32"`. */
   dtype?: DType;
   /** Window size `[poolH, poolW]` in latent tokens; default `[8, 16]`. */
   pool?: readonly [number, number];
@@ -80,34 +93,51 @@ export interface DraftAttentionOptions {
    * (denoising steps change the attention pattern slowly); default 1 (every run).
    */
   maskEvery?: number;
+  /** Softmax scale; defaults to `1 / sqrt(headDim)`. */
   scale?: number;
 }
 
 /** Dense attention request with every default filled in and every field validated. */
 export interface DenseSpec {
+  /** Batch elements. */
   batch: number;
+  /** Tokens per sequence (video plus text). */
   tokens: number;
+  /** Attention heads. */
   heads: number;
+  /** Channels per head (a multiple of 4, at most 256). */
   headDim: number;
+  /** Memory layout of q, k, v and the output. */
   layout: Layout;
+  /** Storage type of q, k, v and the output. */
   dtype: DType;
+  /** Softmax scale applied to `q . k`. */
   scale: number;
 }
 
 /** Geometry of the video token grid: everything the token order and block tables depend on. */
 export interface Geometry {
+  /** Latent frames after patchify. */
   frames: number;
+  /** Latent rows per frame after patchify. */
   height: number;
+  /** Latent columns per frame after patchify. */
   width: number;
+  /** Text tokens (never masked); 0 for none. */
   textTokens: number;
+  /** Whether the text tokens come after or before the video tokens. */
   textPosition: TextPosition;
+  /** Window height in latent rows (8 by default). */
   poolH: number;
+  /** Window width in latent columns (16 by default). */
   poolW: number;
 }
 
 /** Draft attention request with every default filled in and every field validated. */
 export interface DraftSpec extends DenseSpec, Geometry {
+  /** Share of video-video block pairs dropped, in `[0, 1)`. */
   sparsity: number;
+  /** Block-selection policy. */
   policy: Policy;
   /** Entries kept per (batch, head) by the percentile threshold: `keepCount(g, sparsity)`. */
   keep: number;
@@ -168,6 +198,7 @@ export interface Plan {
 
 /** What a backend reports about itself. */
 export interface BackendInfo {
+  /** Which backend computes. */
   backend: BackendKind;
   /** Adapter description (WebGPU) or "WebAssembly SIMD". */
   adapter: string;
@@ -181,11 +212,15 @@ export interface BackendInfo {
   limits?: Record<string, number>;
 }
 
-/** Output of a WebGPU op run on caller-owned buffers. */
+/** Caller-owned GPU buffers for `op.runBuffers()` (WebGPU only); nothing is read back. */
 export interface GpuRunArgs {
+  /** Queries, same bytes as the typed-array input (the op's layout and dtype). */
   q: GPUBuffer;
+  /** Keys, same shape, layout and dtype as `q`. */
   k: GPUBuffer;
+  /** Values, same shape, layout and dtype as `q`. */
   v: GPUBuffer;
+  /** Output, written in raster order; same shape, layout and dtype as `q`. */
   out: GPUBuffer;
 }
 

@@ -43,6 +43,16 @@ const ROPE_THETA = 10000;
 /**
  * Named concentration levels (logit of a perfectly aligned q, k pair at the default scale).
  * `"moderate"` is the default; see {@linkcode DEFAULT_CONCENTRATION}.
+ *
+ * @example
+ * ```ts
+ * import { CONCENTRATION_LEVELS, generateWorkload } from "./workload.ts";
+ * console.assert(CONCENTRATION_LEVELS.sharp > CONCENTRATION_LEVELS.flat);
+ * const w = generateWorkload({
+ *   frames: 1, height: 2, width: 2, heads: 1, headDim: 8, concentration: "sharp",
+ * });
+ * console.assert(w.concentration === CONCENTRATION_LEVELS.sharp);
+ * ```
  */
 export const CONCENTRATION_LEVELS: Readonly<Record<ConcentrationLevel, number>> = Object.freeze({
   flat: 8,
@@ -81,6 +91,7 @@ export interface WorkloadOptions {
   height: number;
   /** Latent columns after patchify. */
   width: number;
+  /** Attention heads, >= 1. */
   heads: number;
   /** Multiple of 4, at most 256 (it is split into RoPE sections). */
   headDim: number;
@@ -102,25 +113,39 @@ export interface WorkloadOptions {
 
 /** What {@linkcode generateWorkload} returns. */
 export interface Workload {
+  /** Queries, `[batch, tokens, heads, headDim]` (BSHD) or `[batch, heads, tokens, headDim]`. */
   q: TensorArray;
+  /** Keys, same shape, layout and dtype as `q`. */
   k: TensorArray;
+  /** Values, same shape, layout and dtype as `q`. */
   v: TensorArray;
+  /** Batch elements. */
   batch: number;
   /** `frames * height * width + textTokens`. */
   tokens: number;
+  /** Attention heads. */
   heads: number;
+  /** Channels per head. */
   headDim: number;
+  /** Memory layout of q, k, v. */
   layout: Layout;
+  /** Storage type of q, k, v. */
   dtype: DType;
+  /** Latent frames. */
   frames: number;
+  /** Latent rows per frame. */
   height: number;
+  /** Latent columns per frame. */
   width: number;
+  /** Text tokens. */
   textTokens: number;
+  /** Whether the text tokens come after or before the video tokens. */
   textPosition: TextPosition;
   /** The softmax scale the concentration assumes: `1/sqrt(headDim)`. */
   scale: number;
   /** The numeric concentration used. */
   concentration: number;
+  /** The seed used. */
   seed: number;
   /**
    * The rendered latent, `[batch, frames, height * 2, width * 2, LATENT_CHANNELS]`, before noise:

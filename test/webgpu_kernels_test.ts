@@ -35,6 +35,7 @@ import {
   poolKernel,
 } from "../src/webgpu/kernels.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
+import type { TiledVariant } from "../src/webgpu/variants.ts";
 import { strides } from "../src/webgpu/pieces.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -657,6 +658,127 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
   }
 });
 
+// f16 workgroup memory (K/V, Q^T, f16 S products) and subgroup row groups: against float64 and
+// close to the plain variant of the same tile, dense and block-sparse, on a device with
+// shader-f16 and subgroups. Subgroup variants need cg = the adapter's subgroup size (8 on
+// llvmpipe, 32 on NVIDIA); off that size they run as the plain variant, which is checked too.
+gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => {
+  const a = adapter!;
+  const want = ["shader-f16", "subgroups"].filter((f) =>
+    a.features.has(f as GPUFeatureName) || f === "subgroups"
+  ) as GPUFeatureName[];
+  let dev: GPUDevice;
+  try {
+    dev = await a.requestDevice({ requiredFeatures: want });
+  } catch {
+    dev = await a.requestDevice({
+      requiredFeatures: want.filter((f) => a.features.has(f)),
+    });
+  }
+  const ctx = new GpuContext(dev);
+  const sg = ctx.subgroupSize || 8;
+  const geom = geometry({ frames: 2, height: 13, width: 21, textTokens: 5, textPosition: "after" });
+  const plan = buildPlan(geom);
+  const cases: [number, TiledVariant, string][] = [
+    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hs: true }, "hs"],
+    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hm: true, ud: 8 }, "hm"],
+    [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, hs: true, hq: true }, "hs hq"],
+    [
+      128,
+      { kernel: "tiled", tm4: 1, rg: 8, cg: sg, tn: 32 / sg, td4: 128 / (4 * sg), sg: true },
+      "sg",
+    ],
+    [
+      128,
+      {
+        kernel: "tiled",
+        tm4: 1,
+        rg: 8,
+        cg: sg,
+        tn: 32 / sg,
+        td4: 128 / (4 * sg),
+        sg: true,
+        hs: true,
+      },
+      "sg hs",
+    ],
+    [
+      32,
+      { kernel: "tiled", tm4: 1, rg: 16, cg: sg, tn: 32 / sg, td4: 1, sg: true, uj: 8 },
+      "sg d32",
+    ],
+    [
+      128,
+      {
+        kernel: "tiled",
+        tm4: 3,
+        rg: 4,
+        cg: sg,
+        tn: 32 / sg,
+        td4: 128 / (4 * sg),
+        sg: true,
+        hq: true,
+      },
+      "sg hq tm3",
+    ],
+  ];
+  for (const [D, variant, name] of cases) {
+    for (const dtype of ["f16", "f32"] as const) {
+      const plain = { ...variant, hs: false, hq: false, hm: false, sg: false };
+      for (const N of [1, 65, 129]) {
+        const spec: DenseSpec = {
+          batch: 1,
+          tokens: N,
+          heads: 2,
+          headDim: D,
+          layout: "BHSD",
+          dtype,
+          scale: 1 / Math.sqrt(D),
+        };
+        const rng = new Rng(N + D + 3);
+        const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, N * 2 * D, rng));
+        const op = new WebGpuOp(ctx, spec, undefined, () => {}, variant);
+        const ref = new WebGpuOp(ctx, spec, undefined, () => {}, plain);
+        const c = op.config as TiledVariant;
+        if (dtype === "f16" && dev.features.has("shader-f16")) {
+          assert.equal(!!c.hs, !!(variant.hs || variant.hm), `${name}: hs in use`);
+          assert.equal(!!c.hm, !!variant.hm, `${name}: hm in use`);
+        } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
+        assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
+        const out = await op.run(q, k, v), base = await ref.run(q, k, v);
+        const want = attention64(spec, q, k, v);
+        assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);
+        assertClose(out, base, TOL[dtype], `${name} ${dtype} dense N=${N} vs plain`);
+        op.dispose();
+        ref.dispose();
+      }
+      const spec: DraftSpec = {
+        batch: 1,
+        tokens: plan.tokens,
+        heads: 2,
+        headDim: D,
+        layout: "BSHD",
+        dtype,
+        scale: 1 / Math.sqrt(D),
+        ...geom,
+        sparsity: 0.5,
+        policy: "percentile",
+        keep: keepCount(plan.g, 0.5),
+      };
+      const rng = new Rng(9 + D);
+      const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, plan.tokens * 2 * D, rng));
+      const op = new WebGpuOp(ctx, spec, plan, () => {}, variant);
+      const ref = new WebGpuOp(ctx, spec, plan, () => {}, plain);
+      const out = await op.run(q, k, v), base = await ref.run(q, k, v);
+      assert.deepEqual((await op.lastMask()).mask, (await ref.lastMask()).mask);
+      assertClose(out, base, TOL[dtype], `${name} ${dtype} draft vs plain`);
+      op.dispose();
+      ref.dispose();
+    }
+  }
+  dev.destroy();
+});
+
 gpuTest("variants: default limits pick 16 KiB tiles, adapter limits larger ones", async () => {
   const small = createWebGpuBackend({ device: await device("small"), reason: "t", features: [] });
   const full = createWebGpuBackend({ device: await device("full"), reason: "t", features: [] });
@@ -834,3 +956,57 @@ for (
     },
   );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stage profiling (timestamp queries)
+// ---------------------------------------------------------------------------------------------
+
+// profile(): one timed pass per stage; every stage of a percentile draft run is present and
+// positive, their sum fits inside the wall time of that run, and the output equals a plain run's.
+gpuTest("profile: per-stage GPU times of a draft run", async () => {
+  const a = adapter!;
+  const dev = await a.requestDevice({
+    requiredFeatures: a.features.has("timestamp-query") ? ["timestamp-query"] : [],
+  });
+  const ctx = new GpuContext(dev);
+  const geom = geometry({ frames: 2, height: 16, width: 32, textTokens: 9 });
+  const plan = buildPlan(geom);
+  const D = 64, H = 2;
+  const spec: DraftSpec = {
+    batch: 1,
+    tokens: plan.tokens,
+    heads: H,
+    headDim: D,
+    layout: "BSHD",
+    dtype: "f32",
+    scale: 1 / Math.sqrt(D),
+    ...geom,
+    sparsity: 0.5,
+    policy: "percentile",
+    keep: keepCount(plan.g, 0.5),
+  };
+  const rng = new Rng(11);
+  const n = plan.tokens * H * D;
+  const [q, k, v] = [0, 1, 2].map(() => upload(dev, tensor("f32", n, rng)));
+  const out = storage(dev, n * 4), ref = storage(dev, n * 4);
+  const op = new WebGpuOp(ctx, spec, plan, () => {});
+  await op.runBuffers({ q, k, v, out: ref });
+  await dev.queue.onSubmittedWorkDone();
+  const t0 = performance.now();
+  const times = await op.profile({ q, k, v, out });
+  const wall = performance.now() - t0;
+  if (!a.features.has("timestamp-query")) {
+    assert.equal(times, undefined);
+  } else {
+    assert.ok(times, "profile() resolved no times");
+    for (const s of ["pool", "map", "select", "lists", "attention"] as const) {
+      assert.ok(times[s] > 0, `stage ${s}: ${times[s]} ms`);
+    }
+    const sum = Object.values(times).reduce((x, y) => x + y, 0);
+    assert.ok(sum <= wall + 1, `stages sum to ${sum} ms, the run took ${wall} ms`);
+  }
+  assert.deepEqual(await readBack(dev, out, n * 4), await readBack(dev, ref, n * 4));
+  op.dispose();
+  for (const b of [q, k, v, out, ref]) b.destroy();
+  dev.destroy();
+});

@@ -19,10 +19,15 @@
 // this file is a template, valid WGSL once expanded. Loop-indexed private arrays would leave
 // registers; named values stay in them.
 //
-// Workgroup memory (f32, whatever the storage type):
+// Workgroup memory (f32, except where HS / HQ ask for f16, see below):
 //   qt  Q^T of the tile, scaled by scale*log2(e): qt[d*BR4 + rq] = rows 4rq..4rq+3 at dim d.
 //   kv  the chunk's K rows (stride D4+1 vec4: conflict-free column reads), then its V rows
 //       (stride DP4) once S is done.
+// f16 inputs on a device with shader-f16 may keep kv in f16 (HS: the halves are stored as they
+// came, widened to f32 where read) and Q^T too (HQ: Q unscaled, so exactly the inputs, and S
+// scaled after the dot products instead), halving the workgroup memory of those tiles; both are
+// exact. With HM the S products are f16 too, summed in f16 over UD*4 dims, then into the f32
+// scores: faster, but its error grows with the logits (not in the table).
 //   pt  P^T of the chunk: pt[j*PSTR4 + rq] = p of rows 4rq..4rq+3 at key j.
 //   red per-row partials (max, then l) of the CG threads of a row group.
 // Per chunk: S = Q K^T as outer products (per dim: TM4 vec4 of Q^T, TN scalars of K, TM4*TN
@@ -36,6 +41,10 @@
 // Tensors are read through strides in vec4 units: element (b, t, h, 4*c) of the piece is at
 // base + b*s_b + t*s_t + h*s_h + c, where (b, h) = (bh / heads_per_row, bh % heads_per_row).
 // Query/key window-order position p maps to raster token order[p] (identity in dense mode).
+
+// @if H16
+enable f16;
+// @endif
 
 // @storage-begin
 alias Store4 = vec4<f32>;
@@ -86,6 +95,39 @@ const PF: u32 = 0u;
 /** 1: load the chunk's V before S (in flight during S); 0: right before staging it. */
 const VE: u32 = 0u;
 
+/** 1: K/V chunk in f16 workgroup memory (f16 storage only). */
+const HS: u32 = 0u;
+/** 1: Q^T in f16 workgroup memory. */
+const HQ: u32 = 0u;
+/** 1: S in f16 arithmetic over UD*4 dims, summed into f32 (needs HS and HQ). */
+const HM: u32 = 0u;
+/**
+ * 1: a row group is one subgroup (CG = the subgroup size, consecutive invocations): row max and
+ * l by subgroup reductions, P passed by subgroupShuffle, V in its own buffer `vs` staged with K,
+ * two barriers per chunk; no pt, no red.
+ */
+const SG: u32 = 0u;
+/** 1: any of HS, HQ, HM (the module enables f16). */
+const H16: u32 = 0u;
+
+// @if HS
+alias Kv4 = vec4<f16>;
+fn kv_in(x: Store4) -> Kv4 {
+  // Exact (the values are f16); naga mistypes bitcast<vec2<f16>>(u32), so no bit copy.
+  return vec4<f16>(load4(x));
+}
+// @else
+alias Kv4 = vec4<f32>;
+fn kv_in(x: Store4) -> Kv4 {
+  return load4(x);
+}
+// @endif
+// @if HQ
+alias Qt4 = vec4<f16>;
+// @else
+alias Qt4 = vec4<f32>;
+// @endif
+
 /** Masked score: finite so that exp2(NEG - m) = 0 and NEG - NEG never makes NaN. */
 const NEG: f32 = -3.0e38;
 
@@ -115,10 +157,14 @@ override KV4: u32 = max(BC * KSTR4, BC * DP4);
 @group(0) @binding(6) var<storage, read> counts: array<u32>;
 @group(0) @binding(7) var<storage, read> lists: array<u32>;
 
-var<workgroup> qt: array<vec4<f32>, D * BR4>;
-var<workgroup> kv: array<vec4<f32>, KV4>;
+var<workgroup> qt: array<Qt4, D * BR4>;
+var<workgroup> kv: array<Kv4, KV4>;
+// @if SG
+var<workgroup> vs: array<Kv4, BC * DP4>;
+// @else
 var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
 var<workgroup> red: array<vec4<f32>, BR4 * CG>;
+// @endif
 
 fn token_of(p: u32) -> u32 {
   if (params.dense != 0u) {
@@ -192,12 +238,19 @@ fn fetch_v(c: Chunk, e: u32, head_off: u32) -> Store4 {
   return x;
 }
 
-/** Q row `r` of the item at column `col`, scaled to the log2 domain; zero past `rows`. */
+/**
+ * Q row `r` of the item at column `col`, scaled to the log2 domain (unscaled with HQ: f16 Q^T
+ * then holds the inputs exactly and S is scaled instead); zero past `rows`.
+ */
 fn q_row(r: u32, col: u32, rows: u32, row_start: u32, head_off: u32) -> vec4<f32> {
   var x = vec4<f32>(0.0);
   if (r < rows) {
+    // @if HQ
+    x = load4(q[params.base_q + token_of(row_start + r) * params.s_t + head_off + col]);
+    // @else
     x = load4(q[params.base_q + token_of(row_start + r) * params.s_t + head_off + col]) *
       params.scale_log2;
+    // @endif
   }
   return x;
 }
@@ -242,10 +295,10 @@ fn main(
       let x2 = q_row(4u * rq + 2u, col, rows, row_start, head_off);
       let x3 = q_row(4u * rq + 3u, col, rows, row_start, head_off);
       let at = 4u * col * BR4 + rq;
-      qt[at] = vec4<f32>(x0.x, x1.x, x2.x, x3.x);
-      qt[at + BR4] = vec4<f32>(x0.y, x1.y, x2.y, x3.y);
-      qt[at + 2u * BR4] = vec4<f32>(x0.z, x1.z, x2.z, x3.z);
-      qt[at + 3u * BR4] = vec4<f32>(x0.w, x1.w, x2.w, x3.w);
+      qt[at] = Qt4(vec4<f32>(x0.x, x1.x, x2.x, x3.x));
+      qt[at + BR4] = Qt4(vec4<f32>(x0.y, x1.y, x2.y, x3.y));
+      qt[at + 2u * BR4] = Qt4(vec4<f32>(x0.z, x1.z, x2.z, x3.z));
+      qt[at + 3u * BR4] = Qt4(vec4<f32>(x0.w, x1.w, x2.w, x3.w));
     }
   }
   // @end
@@ -297,16 +350,27 @@ fn main(
     {
       let e = lid + NT * I;
       if (e < BC * D4) {
-        kv[(e / D4) * KSTR4 + e % D4] = load4(kp_I);
+        kv[(e / D4) * KSTR4 + e % D4] = kv_in(kp_I);
       }
     }
     // @end
+    // @if SG
+    // @unroll I VPT
+    {
+      let e = lid + NT * I;
+      if (e < BC * DP4) {
+        vs[e] = kv_in(fetch_v(cur, e, head_off));
+      }
+    }
+    // @end
+    // @else
     if (VE != 0u) {
       // @unroll I VPT
       vp_I = fetch_v(cur, lid + NT * I, head_off);
       // @end
     }
-    workgroupBarrier(); // B2: K staged
+    // @endif
+    workgroupBarrier(); // B2: K staged (and V with SG)
 
     // S = Q K^T (log2 domain): per dim, outer products of Q^T quads and key scalars.
     // Explicit initialisers in loops: naga does not re-zero an uninitialised `var` there.
@@ -316,27 +380,114 @@ fn main(
     // @end
     // @end
     for (var d0 = 0u; d0 < D4; d0 += UD) {
+      // @if HM
+      // @unroll R TM4
+      // @unroll N TN
+      var h_R_N = vec4<f16>(0.0);
+      // @end
+      // @end
+      // @endif
       // @unroll U UD
       {
         let d4 = d0 + U;
         // @unroll N TN
+        // @if HM
         let k_N = kv[key_N * KSTR4 + d4];
+        // @else
+        let k_N = vec4<f32>(kv[key_N * KSTR4 + d4]);
+        // @endif
         // @end
         // @unroll I 4
         // @unroll R TM4
         {
+          // @if HM
           let qv = qt[(4u * d4 + I) * BR4 + rq_R];
+          // @unroll N TN
+          h_R_N = fma(qv, vec4<f16>(k_N[I]), h_R_N);
+          // @end
+          // @else
+          let qv = vec4<f32>(qt[(4u * d4 + I) * BR4 + rq_R]);
           // @unroll N TN
           s_R_N = fma(qv, vec4<f32>(k_N[I]), s_R_N);
           // @end
+          // @endif
         }
         // @end
         // @end
       }
       // @end
+      // @if HM
+      // @unroll R TM4
+      // @unroll N TN
+      s_R_N += vec4<f32>(h_R_N);
+      // @end
+      // @end
+      // @endif
     }
 
+    // @if HQ
+    // @unroll R TM4
+    // @unroll N TN
+    s_R_N *= params.scale_log2;
+    // @end
+    // @end
+    // @endif
+
     // Online softmax: chunk row max across the CG threads of a row group, then rescale.
+    // @if SG
+    // @unroll R TM4
+    {
+      var mx = vec4<f32>(NEG);
+      // @unroll N TN
+      s_R_N = select(s_R_N, vec4<f32>(NEG), key_N >= cur.kc);
+      mx = max(mx, s_R_N);
+      // @end
+      let m_new = max(m_R, subgroupMax(mx));
+      let alpha = exp2(m_R - m_new);
+      m_R = m_new;
+      var sum = vec4<f32>(0.0);
+      // @unroll N TN
+      s_R_N = exp2(s_R_N - m_new);
+      sum += s_R_N;
+      // @end
+      l_R = l_R * alpha + sum;
+      // @unroll C 4
+      // @unroll T TD4
+      o_R_C_T *= alpha[C];
+      // @end
+      // @end
+    }
+    // @end
+    let nxt = next_chunk(cur, count, list_base);
+    if (PF != 0u) {
+      // @unroll I KPT
+      kp_I = fetch_k(nxt, lid + NT * I, head_off);
+      // @end
+    }
+    // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V).
+    // @unroll N TN
+    for (var c0 = 0u; c0 < CG; c0 += UJ) {
+      // @unroll U UJ
+      {
+        let c = c0 + U;
+        // @unroll T TD4
+        let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + cg + CG * T]);
+        // @end
+        // @unroll R TM4
+        {
+          let p = subgroupShuffle(s_R_N, c);
+          // @unroll C 4
+          // @unroll T TD4
+          o_R_C_T = fma(vec4<f32>(p[C]), v_T, o_R_C_T);
+          // @end
+          // @end
+        }
+        // @end
+      }
+      // @end
+    }
+    // @end
+    // @else
     // @unroll R TM4
     {
       var mx = vec4<f32>(NEG);
@@ -380,7 +531,7 @@ fn main(
     {
       let e = lid + NT * I;
       if (e < BC * DP4) {
-        kv[e] = load4(vp_I);
+        kv[e] = kv_in(vp_I);
       }
     }
     // @end
@@ -399,7 +550,7 @@ fn main(
       {
         let j = j0 + U;
         // @unroll T TD4
-        let v_T = kv[j * DP4 + cg + CG * T];
+        let v_T = vec4<f32>(kv[j * DP4 + cg + CG * T]);
         // @end
         // @unroll R TM4
         {
@@ -414,10 +565,24 @@ fn main(
       }
       // @end
     }
+    // @endif
     cur = nxt;
   }
 
   // l = sum of the CG per-thread partials; O / l to the raster position of each row.
+  // @if SG
+  // @unroll R TM4
+  {
+    let l = subgroupAdd(l_R);
+    let inv = select(vec4<f32>(0.0), 1.0 / l, l > vec4<f32>(0.0));
+    // @unroll C 4
+    // @unroll T TD4
+    store_row(4u * rq_R + C, cg + CG * T, o_R_C_T, inv[C], rows, row_start, head_off);
+    // @end
+    // @end
+  }
+  // @end
+  // @else
   workgroupBarrier();
   // @unroll R TM4
   red[rq_R * CG + cg] = l_R;
@@ -437,4 +602,5 @@ fn main(
     // @end
   }
   // @end
+  // @endif
 }

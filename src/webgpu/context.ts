@@ -51,6 +51,19 @@ export class GpuContext {
     });
   }
 
+  /**
+   * The subgroup size of the device's kernels where `subgroups` is enabled and the adapter
+   * reports a single size (`device.adapterInfo`), else 0.
+   */
+  get subgroupSize(): number {
+    if (!this.device.features.has("subgroups" as GPUFeatureName)) return 0;
+    const info =
+      (this.device as { adapterInfo?: { subgroupMinSize?: number; subgroupMaxSize?: number } })
+        .adapterInfo;
+    const min = info?.subgroupMinSize ?? 0;
+    return min > 0 && min === info?.subgroupMaxSize ? min : 0;
+  }
+
   /** Whether the device was lost (or destroyed). */
   get lost(): boolean {
     return this.#lost !== undefined;
@@ -161,10 +174,24 @@ export class GpuContext {
     return this.gpuError(what, e);
   }
 
-  /** Maps a WebGPU error (or a failed promise) to `GPU_ERROR`, or `DEVICE_LOST` after a loss. */
+  /**
+   * Maps a WebGPU error (or a failed promise) to `GPU_ERROR`, `TOO_LARGE` for out-of-memory, or
+   * `DEVICE_LOST` after a loss.
+   */
   gpuError(what: string, e: unknown): DraftAttentionError {
     if (e instanceof DraftAttentionError) return e;
     if (this.lost) return this.lostError(e);
+    if (typeof GPUOutOfMemoryError !== "undefined" && e instanceof GPUOutOfMemoryError) {
+      // The sizes fit every limit (those are checked before allocating), but not the memory
+      // the device has left: the request is too large for it now.
+      return new DraftAttentionError(
+        "TOO_LARGE",
+        "device",
+        `the GPU ran out of memory in ${what} (${e.message}); free other GPU memory or use ` +
+          `a smaller batch, fewer tokens or heads`,
+        { cause: e },
+      );
+    }
     const kind = typeof GPUOutOfMemoryError !== "undefined" && e instanceof GPUOutOfMemoryError
       ? "out of memory"
       : typeof GPUValidationError !== "undefined" && e instanceof GPUValidationError

@@ -38,7 +38,8 @@ import {
   poolKernel,
 } from "./kernels.ts";
 import { type Piece, splitPieces, type Strides, strides } from "./pieces.ts";
-import { type FlashConfig, pickFlashVariant } from "./variants.ts";
+import { GpuMaskStage, type StagePiece } from "./policy.ts";
+import { type FlashConfig, flashConfig, type FlashVariant, pickFlashVariant } from "./variants.ts";
 
 const TENSORS = ["q", "k", "v", "out"] as const;
 type TensorName = typeof TENSORS[number];
@@ -67,6 +68,8 @@ interface DraftPiece {
   listsGroup: GPUBindGroup;
   poolQParams: GPUBuffer;
   poolKParams: GPUBuffer;
+  /** Policies and estimators beyond the reference (src/webgpu/policy.ts). */
+  stage: StagePiece;
   /** Readback of counts and lists for lastMask(), made on first use. */
   maskRead?: { counts: GPUBuffer; lists: GPUBuffer };
 }
@@ -86,6 +89,29 @@ interface IoGroups {
   flash: GPUBindGroup;
   poolQ?: GPUBindGroup;
   poolK?: GPUBindGroup;
+  sampled?: GPUBindGroup;
+}
+
+/** Stages of a run, in recording order (see {@linkcode StageTimes}). */
+export const STAGES = ["pool", "map", "select", "lists", "attention"] as const;
+/** One stage of a run. */
+export type Stage = typeof STAGES[number];
+
+/**
+ * GPU time of each stage of one run in milliseconds, from `timestamp-query` (summed over
+ * pieces; 0 for a stage the run did not record): `pool` the window means of Q and K, `map` the
+ * draft map (or the sampled estimator), `select` the radix select (or a row policy, lists
+ * included), `lists` the block lists, `attention` flash attention.
+ */
+export type StageTimes = Record<Stage, number>;
+
+/** Timestamp queries of a profiled run: two per recorded pass. */
+interface Profiler {
+  set: GPUQuerySet;
+  resolve: GPUBuffer;
+  read: GPUBuffer;
+  /** The stage of each recorded pass. */
+  stages: Stage[];
 }
 
 /** A dense or draft attention op on one GPU device. */
@@ -104,6 +130,10 @@ export class WebGpuOp implements DraftKernelOp {
   #hist?: Kernel;
   #pick?: Kernel;
   #lists?: Kernel;
+  /** Policy, estimator and mask reuse of a draft op. */
+  #stage?: GpuMaskStage;
+  /** Whether the run being recorded computes the mask (else it reuses the block lists). */
+  #due = false;
   #order!: GPUBuffer;
   #tiles!: GPUBuffer;
   /** order, tile table and work items of the flash kernel, concatenated (u32). */
@@ -118,12 +148,20 @@ export class WebGpuOp implements DraftKernelOp {
   #tail: Promise<unknown> = Promise.resolve();
   #disposed = false;
   #hasRun = false;
+  /** Query set and buffers of {@linkcode WebGpuOp.profile}, made on first use. */
+  #profiler?: Profiler;
 
+  /**
+   * @param variant Flash-attention variant to use instead of the table's pick (benchmarks and
+   *   tests; it must fit the device; its f16 workgroup-memory options apply only to f16 inputs
+   *   on a device with `shader-f16`).
+   */
   constructor(
     ctx: GpuContext,
     spec: DenseSpec | DraftSpec,
     plan: Plan | undefined,
     onDispose: (op: WebGpuOp) => void,
+    variant?: FlashVariant,
   ) {
     this.#ctx = ctx;
     this.spec = spec;
@@ -131,7 +169,15 @@ export class WebGpuOp implements DraftKernelOp {
     this.#onDispose = onDispose;
     this.#eb = spec.dtype === "f16" ? 2 : 4;
     this.#strides = strides(spec);
-    this.config = pickFlashVariant(spec.headDim, ctx.limits);
+    const shaderF16 = ctx.device.features.has("shader-f16");
+    const subgroupSize = ctx.subgroupSize;
+    this.config = variant
+      ? flashConfig(variant, spec.headDim, spec.dtype === "f16" && shaderF16, subgroupSize)
+      : pickFlashVariant(spec.headDim, ctx.limits, {
+        dtype: spec.dtype,
+        shaderF16,
+        subgroupSize,
+      });
     const g = plan?.g ?? 0;
     const tiles = plan?.tiles ?? 0;
     const lim = ctx.limits;
@@ -185,6 +231,12 @@ export class WebGpuOp implements DraftKernelOp {
       this.#hist = histKernel(ctx);
       this.#pick = pickKernel(ctx);
       this.#lists = listsKernel(ctx);
+      this.#stage = new GpuMaskStage(
+        ctx,
+        spec as DraftSpec,
+        plan,
+        (label, size, usage, data) => this.#buffer(label, size, usage, data),
+      );
     } else {
       // Dense: queries in runs of BR rows; order, tiles and lists are not read.
       const n = Math.ceil(spec.tokens / this.config.br);
@@ -301,6 +353,7 @@ export class WebGpuOp implements DraftKernelOp {
       listsGroup: this.#lists!.bind({ params: listsParams, p, state, counts, lists }),
       poolQParams: this.#buffer("pool params", paramsBytes(POOL_PARAMS), U.UNIFORM | U.COPY_DST),
       poolKParams: this.#buffer("pool params", paramsBytes(POOL_PARAMS), U.UNIFORM | U.COPY_DST),
+      stage: this.#stage!.piece(nbh, { p, counts, lists }),
     };
   }
 
@@ -338,6 +391,7 @@ export class WebGpuOp implements DraftKernelOp {
       });
       await errors;
       this.#hasRun = true;
+      this.#stage?.done(this.#due);
       const reads = this.#pieces.map((ps) => ps.io!.read);
       await this.#mapAll(reads);
       const out = this.spec.dtype === "f16"
@@ -357,6 +411,48 @@ export class WebGpuOp implements DraftKernelOp {
   }
 
   runBuffers(args: GpuRunArgs): Promise<void> {
+    return this.#runBuffers(args);
+  }
+
+  /**
+   * Runs on caller buffers like `runBuffers` and measures each stage on the GPU with timestamp
+   * queries (one compute pass per stage instead of one per piece). Waits for the run and reads
+   * the timestamps back, so it is for benchmarks, not the hot path; ordinary runs record no
+   * query and pay nothing. Resolves `undefined` when the device lacks `timestamp-query`. Ticks
+   * are taken as nanoseconds (WebGPU's unit; NVIDIA and llvmpipe count in ns).
+   */
+  profile(args: GpuRunArgs): Promise<StageTimes | undefined> {
+    if (!this.#ctx.device.features.has("timestamp-query")) return Promise.resolve(undefined);
+    let times: StageTimes | undefined;
+    return this.#runBuffers(args, async (prof) => {
+      await this.#mapAll([prof.read]);
+      const ticks = new BigInt64Array(prof.read.getMappedRange(0, prof.stages.length * 16));
+      times = { pool: 0, map: 0, select: 0, lists: 0, attention: 0 };
+      prof.stages.forEach((stage, i) => {
+        times![stage] += Math.max(0, Number(ticks[2 * i + 1] - ticks[2 * i])) / 1e6;
+      });
+      prof.read.unmap();
+    }).then(() => times);
+  }
+
+  /** The profiler's query set and buffers, sized for every pass of every piece. */
+  #makeProfiler(): Profiler {
+    if (!this.#profiler) {
+      const count = 2 * STAGES.length * this.#pieces.length;
+      const U = GPUBufferUsage;
+      const set = this.#ctx.device.createQuerySet({ type: "timestamp", count });
+      this.#profiler = {
+        set,
+        resolve: this.#buffer("timestamps", count * 8, U.QUERY_RESOLVE | U.COPY_SRC),
+        read: this.#buffer("timestamps read", count * 8, U.MAP_READ | U.COPY_DST),
+        stages: [],
+      };
+    }
+    this.#profiler.stages = [];
+    return this.#profiler;
+  }
+
+  #runBuffers(args: GpuRunArgs, after?: (prof: Profiler) => Promise<void>): Promise<void> {
     try {
       this.#check();
       this.#checkBuffers(args);
@@ -367,6 +463,7 @@ export class WebGpuOp implements DraftKernelOp {
       this.#check();
       await this.#ready;
       const ctx = this.#ctx;
+      let prof: Profiler | undefined;
       const [, errors] = ctx.scoped("run({ q, k, v, out })", () => {
         const slices = this.#pieces.map((ps) => {
           const s = {} as Record<TensorName, Slice>;
@@ -387,7 +484,8 @@ export class WebGpuOp implements DraftKernelOp {
           v: s.v.base4,
           out: s.out.base4,
         }));
-        this.#submit(groups, bases, false);
+        prof = after ? this.#makeProfiler() : undefined;
+        this.#submit(groups, bases, false, prof);
       });
       try {
         await errors;
@@ -396,6 +494,8 @@ export class WebGpuOp implements DraftKernelOp {
       }
       this.#ctx.assertAlive();
       this.#hasRun = true;
+      this.#stage?.done(this.#due);
+      if (after && prof) await after(prof);
     });
   }
 
@@ -464,6 +564,7 @@ export class WebGpuOp implements DraftKernelOp {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#profiler?.set.destroy();
     for (const b of this.#owned) b.destroy();
     this.#owned.length = 0;
     this.#onDispose(this);
@@ -491,7 +592,13 @@ export class WebGpuOp implements DraftKernelOp {
       // A destroyed device may still resolve maps; its loss is known by now.
       if (this.#ctx.lost) throw this.#ctx.lostError();
     } catch (e) {
-      for (const b of buffers) if (b.mapState === "mapped") b.unmap();
+      for (const b of buffers) {
+        try {
+          if (b.mapState === "mapped") b.unmap();
+        } catch {
+          // A buffer of a lost device may refuse to unmap; it is destroyed with the op.
+        }
+      }
       if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "disposed during a run");
       throw await this.#ctx.failure("reading back", e);
     }
@@ -537,18 +644,35 @@ export class WebGpuOp implements DraftKernelOp {
       const common = { order: this.#order, tiles: this.#tiles, inv_len: this.#invLen! };
       groups.poolQ = this.#pool!.bind({ params: d.poolQParams, x: t.q, ...common, pooled: d.qd });
       groups.poolK = this.#pool!.bind({ params: d.poolKParams, x: t.k, ...common, pooled: d.kd });
+      groups.sampled = this.#stage!.ioGroup(d.stage, {
+        q: t.q,
+        k: t.k,
+        order: this.#order,
+        tiles: this.#tiles,
+      });
     }
     return groups;
   }
 
-  /** Writes the per-run params, records every pass of every piece, submits once. */
-  #submit(groups: IoGroups[], bases: Record<TensorName, number>[], readback: boolean): void {
+  /**
+   * Writes the per-run params, records every pass of every piece, submits once. One compute
+   * pass per piece; with `prof`, one per stage instead, each with timestamp writes.
+   */
+  #submit(
+    groups: IoGroups[],
+    bases: Record<TensorName, number>[],
+    readback: boolean,
+    prof?: Profiler,
+  ): void {
     const ctx = this.#ctx;
     const queue = ctx.device.queue;
     const spec = this.spec;
     const { sB, sT, sH } = this.#strides;
     const plan = this.plan;
     const enc = ctx.device.createCommandEncoder({ label: "draftattn run" });
+    const stage = this.#stage;
+    // maskEvery: a run that reuses the mask records no pass before flash attention.
+    const due = this.#due = stage?.due() ?? false;
     this.#pieces.forEach((ps, i) => {
       const { nbh, headsPerRow } = ps.piece;
       const base = bases[i];
@@ -574,7 +698,7 @@ export class WebGpuOp implements DraftKernelOp {
           items_at: this.#itemsAt,
         }),
       );
-      const d = ps.draft;
+      const d = due ? ps.draft : undefined;
       if (d && plan) {
         const pool = {
           nbh,
@@ -586,29 +710,62 @@ export class WebGpuOp implements DraftKernelOp {
         };
         queue.writeBuffer(d.poolQParams, 0, packParams(POOL_PARAMS, { ...pool, base: base.q }));
         queue.writeBuffer(d.poolKParams, 0, packParams(POOL_PARAMS, { ...pool, base: base.k }));
-        enc.clearBuffer(d.hist);
+        stage!.writeParams(d.stage, { ...pool, base_q: base.q, base_k: base.k });
+        if (stage!.usesPercentile) enc.clearBuffer(d.hist);
       }
-      const pass = enc.beginComputePass({ label: "draftattn" });
+      // The pass of a stage: the piece's one pass, or (profiling) a timed pass per stage.
+      let open: GPUComputePassEncoder | undefined;
+      let openStage: Stage | undefined;
+      const pass = (s: Stage): GPUComputePassEncoder => {
+        if (!prof) return open ??= enc.beginComputePass({ label: "draftattn" });
+        if (openStage !== s || !open) {
+          open?.end();
+          const at = 2 * prof.stages.length;
+          prof.stages.push(s);
+          openStage = s;
+          open = enc.beginComputePass({
+            label: `draftattn ${s}`,
+            timestampWrites: {
+              querySet: prof.set,
+              beginningOfPassWriteIndex: at,
+              endOfPassWriteIndex: at + 1,
+            },
+          });
+        }
+        return open;
+      };
       if (d && plan) {
         const g = plan.g;
-        const poolGroups = Math.ceil((nbh * g * (spec.headDim / 4)) / POOL_WG);
-        this.#pool!.dispatch(pass, groups[i].poolQ!, poolGroups);
-        this.#pool!.dispatch(pass, groups[i].poolK!, poolGroups);
-        this.#map!.dispatch(pass, d.mapGroup, nbh * Math.ceil(g / MAP_ROWS));
-        const chunks = Math.ceil((g * g) / HIST_CHUNK);
-        for (let s = 0; s < SHIFTS.length; s++) {
-          this.#hist!.dispatch(pass, d.histGroups[s], nbh * chunks);
-          this.#pick!.dispatch(pass, d.pickGroups[s], nbh);
+        if (stage!.usesDraftMap) {
+          const poolGroups = Math.ceil((nbh * g * (spec.headDim / 4)) / POOL_WG);
+          this.#pool!.dispatch(pass("pool"), groups[i].poolQ!, poolGroups);
+          this.#pool!.dispatch(pass("pool"), groups[i].poolK!, poolGroups);
+          this.#map!.dispatch(pass("map"), d.mapGroup, nbh * Math.ceil(g / MAP_ROWS));
         }
-        this.#lists!.dispatch(pass, d.listsGroup, nbh * g);
+        if (groups[i].sampled) stage!.dispatchEstimate(pass("map"), groups[i].sampled, nbh);
+        if (stage!.usesPercentile) {
+          const chunks = Math.ceil((g * g) / HIST_CHUNK);
+          for (let s = 0; s < SHIFTS.length; s++) {
+            this.#hist!.dispatch(pass("select"), d.histGroups[s], nbh * chunks);
+            this.#pick!.dispatch(pass("select"), d.pickGroups[s], nbh);
+          }
+          this.#lists!.dispatch(pass("lists"), d.listsGroup, nbh * g);
+        } else {
+          stage!.dispatchSelect(pass("select"), d.stage);
+        }
       }
-      this.#flash.dispatch(pass, groups[i].flash, this.#itemCount * nbh);
-      pass.end();
+      this.#flash.dispatch(pass("attention"), groups[i].flash, this.#itemCount * nbh);
+      open!.end();
       if (readback) {
         const io = ps.io!;
         enc.copyBufferToBuffer(io.out, 0, io.read, 0, ps.piece.elems * this.#eb);
       }
     });
+    if (prof && prof.stages.length) {
+      const n = 2 * prof.stages.length;
+      enc.resolveQuerySet(prof.set, 0, n, prof.resolve, 0);
+      enc.copyBufferToBuffer(prof.resolve, 0, prof.read, 0, n * 8);
+    }
     queue.submit([enc.finish()]);
   }
 

@@ -5,6 +5,10 @@
  *   the block of wgsl/storage_f16.wgsl replaces it.
  * - Sizes of per-thread register arrays (function-scope arrays need const sizes): a line
  *   `const NAME: u32 = <n>u;` is rewritten with the host's value.
+ * - Code for one setting only: the lines between `// @if NAME` and `// @endif` (with an optional
+ *   `// @else`) are kept when the `const NAME: u32 = <n>u;` of the (specialised) source is
+ *   non-zero, else the `// @else` part; resolved before unrolling, so the dropped part need not
+ *   type-check (e.g. `enable f16;` and f16 types only where a setting asks for them).
  * - Register tiles as named variables: the lines between `// @unroll X COUNT` and its
  *   `// @end` are repeated for X = 0..COUNT-1, COUNT a literal or the value of a
  *   `const COUNT: u32 = <n>u;` of the (specialised) source. In copy i, an identifier suffix `_X`
@@ -60,7 +64,39 @@ export function specialize(name: string, options: Specialization = {}): string {
     if (!re.test(code)) throw new Error(`WGSL ${name} has no placeholder const ${key}`);
     code = code.replace(re, `const ${key}: u32 = ${value >>> 0}u;`);
   }
+  if (code.includes("// @if ")) code = conditionals(code, name);
   return code.includes("// @unroll ") ? unroll(code, name) : code;
+}
+
+const IF = /^\s*\/\/ @if ([A-Za-z]\w*)\s*$/;
+const ELSE = /^\s*\/\/ @else\s*$/;
+const ENDIF = /^\s*\/\/ @endif\s*$/;
+
+/** Resolves the `// @if` blocks of `code` (see the module doc). */
+function conditionals(code: string, name: string): string {
+  const consts = new Map<string, number>();
+  for (const m of code.matchAll(/^const (\w+): u32 = (\d+)u;$/gm)) consts.set(m[1], Number(m[2]));
+  const out: string[] = [];
+  /** Per open block: whether its condition holds, whether we are past its `@else`. */
+  const stack: { cond: boolean; inElse: boolean }[] = [];
+  const keeping = () => stack.every((b) => b.cond !== b.inElse);
+  for (const line of code.split("\n")) {
+    const head = IF.exec(line);
+    if (head) {
+      const value = consts.get(head[1]);
+      if (value === undefined) throw new Error(`WGSL ${name}: @if ${head[1]} is no u32 const`);
+      stack.push({ cond: value !== 0, inElse: false });
+    } else if (ELSE.test(line)) {
+      if (!stack.length || stack.at(-1)!.inElse) throw new Error(`WGSL ${name}: stray // @else`);
+      stack.at(-1)!.inElse = true;
+    } else if (ENDIF.test(line)) {
+      if (!stack.pop()) throw new Error(`WGSL ${name}: unmatched // @endif`);
+    } else if (keeping()) {
+      out.push(line);
+    }
+  }
+  if (stack.length) throw new Error(`WGSL ${name}: // @if without // @endif`);
+  return out.join("\n");
 }
 
 const UNROLL = /^\s*\/\/ @unroll ([A-Za-z]\w*) (\w+)\s*$/;

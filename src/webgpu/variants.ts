@@ -9,6 +9,12 @@
  *     16 * (D*BR4 + max(BC*(D4+1), BC*DP4) + BC*(BR4+1) + BR4*CG)
  *   (Q^T, K or V chunk, P^T, row partials; BR4 = BR/4, D4 = D/4). Worked example, D 128 on a
  *   48 KiB device: 32 x 32 tile, 256 threads: 16 * (1024 + 1056 + 288 + 256) = 41984 bytes.
+ *   For f16 inputs on a `shader-f16` device, `hs` keeps the K/V chunk in f16 (8 bytes per vec4:
+ *   33536 bytes for the same tile) and `hq` Q^T too (25344 bytes); both hold the inputs
+ *   exactly. With `sg` (a row group is one subgroup) P^T and the row partials leave workgroup
+ *   memory and V gets its own buffer: qb*D*BR4 + kb*(BC*(D4+1) + BC*DP4) bytes (qb, kb = 8 in
+ *   f16, else 16). `hm` (f16 S arithmetic) is an A/B option only: its error grows with the
+ *   logits (4.7e-3 against 2.4e-4 at logits of std 3), beyond the conformance rule.
  *   On an H100 (bench/RESULTS.md) threads per workgroup matter most: 256 threads with small
  *   per-thread tiles beat 64 threads with 4 x 4 tiles by 1.8x at the same tile and memory.
  * - `chunked` (wgsl/flash_chunked.wgsl): Q and K staged in head-dim chunks of DK, V in
@@ -18,11 +24,13 @@
  *   with BR = 4*RG, BC = 4*CG, KSTR4 = DK/4 + 1.
  *
  * Ordered per DP from the preferred variant down; the first one that fits the device's
- * maxComputeWorkgroupStorageSize and maxComputeInvocationsPerWorkgroup wins. The last of each DP
- * fits WebGPU's default 16 KiB / 256 invocations.
+ * maxComputeWorkgroupStorageSize and maxComputeInvocationsPerWorkgroup, and gets every option
+ * it asks for (f16 workgroup memory: f16 inputs and `shader-f16`; `sg`: subgroups of size cg),
+ * wins. The last of each DP fits WebGPU's default 16 KiB / 256 invocations.
  *
  * @module
  */
+import type { DType } from "../types.ts";
 
 /** A row of the table for the register-tiled kernel. */
 export interface TiledVariant {
@@ -45,6 +53,22 @@ export interface TiledVariant {
   ud?: number;
   /** Source unroll of the P V loop (default 4; must divide BC). */
   uj?: number;
+  /**
+   * K/V chunk in f16 workgroup memory (default false). Only for f16 inputs on a device with
+   * `shader-f16`; elsewhere the variant runs as if it were false.
+   */
+  hs?: boolean;
+  /** Q^T in f16 workgroup memory too (same condition; default false). */
+  hq?: boolean;
+  /** S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies hs, hq). */
+  hm?: boolean;
+  /**
+   * A row group is one subgroup: row max and l by subgroup reductions, P by subgroupShuffle, V
+   * in its own buffer; 2 barriers per chunk instead of 4, no P^T or partials in workgroup
+   * memory. Only where the device has `subgroups` with one subgroup size equal to cg; elsewhere
+   * the variant runs as if it were false.
+   */
+  sg?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -80,6 +104,21 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
+    // f16 inputs, shader-f16 and subgroups of 32: 64 x 32, 256 threads, 32.3 KiB (H200: 16.1
+    // TFLOP/s dense f16 vs 11.1 for the next row; 96 x 32 reached 16.8 dense, but 96-row items
+    // split the draft's 128-token tiles unevenly)
+    {
+      kernel: "tiled",
+      tm4: 2,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      hs: true,
+      hq: true,
+      sg: true,
+    },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
@@ -108,15 +147,35 @@ export type FlashConfig = FlashVariant & {
   overrides: Record<string, number>;
 };
 
-/** Resolves a variant for `headDim` (derived sizes, consts and overrides). */
-export function flashConfig(v: FlashVariant, headDim: number): FlashConfig {
+/**
+ * Resolves a variant for `headDim` (derived sizes, consts and overrides). `f16Smem`: the
+ * inputs are f16 and the device has `shader-f16`; without it the f16 workgroup-memory options
+ * (hs, hq, hm) are dropped.
+ */
+export function flashConfig(
+  v: FlashVariant,
+  headDim: number,
+  f16Smem = false,
+  subgroupSize = 0,
+): FlashConfig {
+  if (v.kernel === "tiled") {
+    const { hs, hq, hm, sg, ...plain } = v;
+    v = f16Smem && (hs || hq || hm)
+      ? { ...plain, hs: !!(hs || hm), hq: !!(hq || hm), ...(hm ? { hm: true } : {}) }
+      : plain;
+    if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
+  }
   const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg, dp = 4 * v.cg * v.td4;
   const threads = v.rg * v.cg;
   if (dp < headDim) throw new Error(`flash variant ${JSON.stringify(v)} covers ${dp} < ${headDim}`);
   if (v.kernel === "tiled") {
     const br4 = v.tm4 * v.rg, d4 = headDim / 4, dp4 = dp / 4;
     const kv4 = Math.max(bc * (d4 + 1), bc * dp4);
-    const smemBytes = 16 * (headDim * br4 + kv4 + bc * (br4 + 1) + br4 * v.cg);
+    const qb = v.hq ? 8 : 16, kb = v.hs ? 8 : 16;
+    const smemBytes = v.sg
+      ? qb * headDim * br4 + kb * (bc * (d4 + 1) + bc * dp4)
+      : qb * headDim * br4 + kb * kv4 + 16 * (bc * (br4 + 1) + br4 * v.cg);
+    const uj = v.uj ?? 4;
     const per = (n: number) => Math.ceil(n / threads);
     return {
       ...v,
@@ -134,9 +193,14 @@ export function flashConfig(v: FlashVariant, headDim: number): FlashConfig {
         KPT: per(bc * d4),
         VPT: per(bc * dp4),
         UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
-        UJ: bc % (v.uj ?? 4) === 0 ? v.uj ?? 4 : 1,
+        UJ: (v.sg ? v.cg : bc) % uj === 0 ? uj : 1,
         PF: v.pf ? 1 : 0,
         VE: v.ve ? 1 : 0,
+        HS: v.hs ? 1 : 0,
+        HQ: v.hq ? 1 : 0,
+        HM: v.hm ? 1 : 0,
+        H16: v.hs || v.hq || v.hm ? 1 : 0,
+        SG: v.sg ? 1 : 0,
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
@@ -166,6 +230,16 @@ export interface VariantLimits {
   maxComputeInvocationsPerWorkgroup: number;
 }
 
+/** What else decides the variant: f16 workgroup memory needs f16 inputs and `shader-f16`. */
+export interface VariantOptions {
+  dtype?: DType;
+  /** Whether the device has `shader-f16` enabled. */
+  shaderF16?: boolean;
+  /** The subgroup size where `subgroups` is enabled and the adapter has one size, else 0. */
+  subgroupSize?: number;
+  table?: Readonly<Record<number, readonly FlashVariant[]>>;
+}
+
 /**
  * The variant for `headDim` on a device: the smallest DP >= headDim, then the first variant
  * that fits the limits.
@@ -181,13 +255,17 @@ export interface VariantLimits {
 export function pickFlashVariant(
   headDim: number,
   limits: VariantLimits,
-  table: Readonly<Record<number, readonly FlashVariant[]>> = FLASH_VARIANTS,
+  options: VariantOptions = {},
 ): FlashConfig {
+  const table = options.table ?? FLASH_VARIANTS;
+  const f16Smem = options.dtype === "f16" && !!options.shaderF16;
   const dps = Object.keys(table).map(Number).sort((a, b) => a - b);
   const dp = dps.find((x) => x >= headDim);
   if (dp === undefined) throw new Error(`no flash variant for headDim ${headDim}`);
   for (const v of table[dp]) {
-    const c = flashConfig(v, headDim);
+    const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
+    const options16 = ["hs", "hq", "hm", "sg"] as const;
+    if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
       c.threads <= limits.maxComputeInvocationsPerWorkgroup
