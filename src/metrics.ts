@@ -132,6 +132,19 @@ function checkLength(field: string, x: ArrayLike<number>, want: number): void {
   }
 }
 
+/** Elements of one `[batch, tokens, heads, headDim]` tensor of `r`. */
+function elements(r: Resolved): number {
+  return r.batch * r.tokens * r.heads * r.headDim;
+}
+
+/** `resolve(shape)`, after which q and k must hold a tensor of that shape each. */
+function resolveQk(q: ArrayLike<number>, k: ArrayLike<number>, shape: AttentionShape): Resolved {
+  const r = resolve(shape);
+  checkLength("q", q, elements(r));
+  checkLength("k", k, elements(r));
+  return r;
+}
+
 /** Copies head `(b, h)` of a tensor into a `[tokens, headDim]` float64 array times `mul`. */
 function gatherHead(
   x: ArrayLike<number>,
@@ -256,16 +269,13 @@ export function denseStats(
   shape: AttentionShape,
   options: DenseStatsOptions = {},
 ): DenseStats {
-  const r = resolve(shape);
-  const n = r.batch * r.tokens * r.heads * r.headDim;
-  checkLength("q", q, n);
-  checkLength("k", k, n);
-  if (options.v !== undefined) checkLength("v", options.v, n);
+  const r = resolveQk(q, k, shape);
+  if (options.v !== undefined) checkLength("v", options.v, elements(r));
   const { tokens: N, headDim: D, g } = r;
   const blockMass = new Float64Array(r.batch * r.heads * g * g);
   const textMass = new Float64Array(r.batch * r.heads * g);
   const effectiveKeys = new Float64Array(r.batch * r.heads);
-  const output = options.v !== undefined ? new Float64Array(n) : undefined;
+  const output = options.v !== undefined ? new Float64Array(elements(r)) : undefined;
   // Rows to compute: all of them for the output, else the video rows only.
   const rows: number[] = [];
   for (let t = 0; t < N; t++) if (output || r.window[t] < g) rows.push(t);
@@ -481,10 +491,7 @@ export function effectiveKeys(
   shape: AttentionShape,
   options: EffectiveKeysOptions = {},
 ): number {
-  const r = resolve(shape);
-  const n = r.batch * r.tokens * r.heads * r.headDim;
-  checkLength("q", q, n);
-  checkLength("k", k, n);
+  const r = resolveQk(q, k, shape);
   const samples = Math.min(options.samples ?? 256, r.videoTokens);
   // A deterministic stride sample of video rows (a fixed odd step modulo the count).
   let seed = (options.seed ?? 1) >>> 0;
@@ -537,10 +544,7 @@ export function draftMap(
   k: ArrayLike<number>,
   shape: AttentionShape,
 ): Float64Array {
-  const r = resolve(shape);
-  const n = r.batch * r.tokens * r.heads * r.headDim;
-  checkLength("q", q, n);
-  checkLength("k", k, n);
+  const r = resolveQk(q, k, shape);
   const { g, headDim: D } = r;
   const out = new Float64Array(r.batch * r.heads * g * g);
   const qd = new Float64Array(g * D), kd = new Float64Array(g * D);

@@ -1,16 +1,5 @@
 import assert from "node:assert/strict";
-
-const DEMO = new URL("../demo.ts", import.meta.url);
-
-async function demo(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", DEMO.href, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { demo } from "./_demo.ts";
 
 Deno.test("demo: --quick --json on wasm reports finite, sensible numbers and writes PNGs", async () => {
   const dir = await Deno.makeTempDir();

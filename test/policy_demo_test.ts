@@ -3,18 +3,7 @@
  * sparsity and policy/estimator with its costs and recall, and the flags' usage errors.
  */
 import assert from "node:assert/strict";
-
-const DEMO = new URL("../demo.ts", import.meta.url);
-
-async function demo(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", DEMO.href, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { demo } from "./_demo.ts";
 
 Deno.test("demo: --policies all compares every selection against the oracle", async () => {
   const r = await demo([

@@ -14,12 +14,9 @@ import { keepCount } from "../src/validate.ts";
 import { createWebGpuBackend } from "../src/webgpu/backend.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
+import { gpuSuite } from "./_gpu.ts";
 
 const adapter = await navigator.gpu?.requestAdapter();
-const missing = adapter ? "" : "navigator.gpu.requestAdapter() returned no adapter";
-const skip = missing && Deno.env.get("CI") !== "true" && Deno.env.get("DRAFTATTN_SKIP_GPU") === "1"
-  ? `DRAFTATTN_SKIP_GPU=1 and ${missing}`
-  : "";
 
 let shared: GPUDevice | undefined;
 async function device(): Promise<GPUDevice> {
@@ -27,24 +24,7 @@ async function device(): Promise<GPUDevice> {
   return shared;
 }
 
-function gpuTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({
-    name: `webgpu backend: ${name}${skip ? ` [skipped: ${skip}]` : ""}`,
-    ignore: skip !== "",
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn: () => {
-      if (missing) {
-        throw new Error(
-          `no WebGPU adapter (${missing})${
-            Deno.env.get("CI") === "true" ? " under CI=true" : "; set DRAFTATTN_SKIP_GPU=1 to skip"
-          }`,
-        );
-      }
-      return fn();
-    },
-  });
-}
+const gpuTest = gpuSuite("webgpu backend", adapter);
 
 class Rng {
   #s: number;

@@ -35,6 +35,7 @@ import {
   poolKernel,
 } from "../src/webgpu/kernels.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
+import { gpuSuite } from "./_gpu.ts";
 import type { TiledVariant } from "../src/webgpu/variants.ts";
 import { strides } from "../src/webgpu/pieces.ts";
 
@@ -43,10 +44,6 @@ import { strides } from "../src/webgpu/pieces.ts";
 // ---------------------------------------------------------------------------------------------
 
 const adapter = await navigator.gpu?.requestAdapter();
-const missing = adapter ? "" : "navigator.gpu.requestAdapter() returned no adapter";
-const skip = missing && Deno.env.get("CI") !== "true" && Deno.env.get("DRAFTATTN_SKIP_GPU") === "1"
-  ? `DRAFTATTN_SKIP_GPU=1 and ${missing}`
-  : "";
 
 /** The device the runtime would request: the adapter's limits. */
 async function fullDevice(): Promise<GPUDevice> {
@@ -67,24 +64,7 @@ async function device(kind: "full" | "small" = "full"): Promise<GPUDevice> {
   return devices[kind];
 }
 
-function gpuTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({
-    name: `webgpu kernels: ${name}${skip ? ` [skipped: ${skip}]` : ""}`,
-    ignore: skip !== "",
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn: () => {
-      if (missing) {
-        throw new Error(
-          `no WebGPU adapter (${missing})${
-            Deno.env.get("CI") === "true" ? " under CI=true" : "; set DRAFTATTN_SKIP_GPU=1 to skip"
-          }`,
-        );
-      }
-      return fn();
-    },
-  });
-}
+const gpuTest = gpuSuite("webgpu kernels", adapter);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: deterministic data, buffers, readback
@@ -160,6 +140,29 @@ async function dispatch(dev: GPUDevice, record: (pass: GPUComputePassEncoder) =>
 
 function geometry(g: Partial<Geometry> & Pick<Geometry, "frames" | "height" | "width">): Geometry {
   return { textTokens: 0, textPosition: "after", poolH: 8, poolW: 16, ...g };
+}
+
+/** A dense spec: batch 1 and 2 heads unless given, scale 1 / sqrt(headDim). */
+function denseSpec(
+  s: Pick<DenseSpec, "tokens" | "headDim" | "layout" | "dtype"> & Partial<DenseSpec>,
+): DenseSpec {
+  return { batch: 1, heads: 2, scale: 1 / Math.sqrt(s.headDim), ...s };
+}
+
+/** A percentile draft spec over `geom` (its plan `plan`), sparsity 0.5 unless given. */
+function draftSpec(
+  geom: Geometry,
+  plan: Plan,
+  s: Pick<DraftSpec, "headDim" | "layout" | "dtype"> & Partial<DraftSpec>,
+): DraftSpec {
+  const sparsity = s.sparsity ?? 0.5;
+  return {
+    ...denseSpec({ tokens: plan.tokens, ...s }),
+    ...geom,
+    sparsity,
+    policy: "percentile",
+    keep: keepCount(plan.g, sparsity),
+  };
 }
 
 /** Index of element (b, t, h, 0) in a tensor of `spec`'s layout. */
@@ -528,15 +531,7 @@ for (const kind of ["full", "small"] as const) {
             ? COMBOS
             : [[y % 2 ? "BHSD" : "BSHD", x % 2 ? "f16" : "f32"] as const];
           for (const [layout, dtype] of combos) {
-            const spec: DenseSpec = {
-              batch: 2,
-              tokens: N,
-              heads: 2,
-              headDim: D,
-              layout,
-              dtype,
-              scale: 1 / Math.sqrt(D),
-            };
+            const spec = denseSpec({ batch: 2, tokens: N, headDim: D, layout, dtype });
             const rng = new Rng(N * 7 + D);
             const size = 2 * N * 2 * D;
             const [q, k, v] = [
@@ -571,15 +566,7 @@ gpuTest("dense flash with head dims 12, 36, 100", async () => {
   const backend = createWebGpuBackend({ device: await device(), reason: "test", features: [] });
   for (const [x, D] of [12, 36, 100].entries()) {
     const [layout, dtype] = COMBOS[x];
-    const spec: DenseSpec = {
-      batch: 1,
-      tokens: 97,
-      heads: 2,
-      headDim: D,
-      layout,
-      dtype,
-      scale: 1 / Math.sqrt(D),
-    };
+    const spec = denseSpec({ tokens: 97, headDim: D, layout, dtype });
     const rng = new Rng(D);
     const size = 97 * 2 * D;
     const [q, k, v] = [
@@ -614,15 +601,7 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
     const fast = { ...plain, pf: true, ve: true, ud: 8, uj: 8 };
     const [layout, dtype] = COMBOS[x];
     for (const N of [1, 65, 129]) {
-      const spec: DenseSpec = {
-        batch: 1,
-        tokens: N,
-        heads: 2,
-        headDim: D,
-        layout,
-        dtype,
-        scale: 1 / Math.sqrt(D),
-      };
+      const spec = denseSpec({ tokens: N, headDim: D, layout, dtype });
       const rng = new Rng(N + D);
       const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, N * 2 * D, rng));
       const a = new WebGpuOp(ctx, spec, undefined, () => {}, plain);
@@ -633,19 +612,7 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
       a.dispose();
       b.dispose();
     }
-    const spec: DraftSpec = {
-      batch: 1,
-      tokens: plan.tokens,
-      heads: 2,
-      headDim: D,
-      layout,
-      dtype,
-      scale: 1 / Math.sqrt(D),
-      ...geom,
-      sparsity: 0.5,
-      policy: "percentile",
-      keep: keepCount(plan.g, 0.5),
-    };
+    const spec = draftSpec(geom, plan, { headDim: D, layout, dtype });
     const rng = new Rng(7 + D);
     const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, plan.tokens * 2 * D, rng));
     const a = new WebGpuOp(ctx, spec, plan, () => {}, plain);
@@ -726,15 +693,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
     for (const dtype of ["f16", "f32"] as const) {
       const plain = { ...variant, hs: false, hq: false, hm: false, sg: false };
       for (const N of [1, 65, 129]) {
-        const spec: DenseSpec = {
-          batch: 1,
-          tokens: N,
-          heads: 2,
-          headDim: D,
-          layout: "BHSD",
-          dtype,
-          scale: 1 / Math.sqrt(D),
-        };
+        const spec = denseSpec({ tokens: N, headDim: D, layout: "BHSD", dtype });
         const rng = new Rng(N + D + 3);
         const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, N * 2 * D, rng));
         const op = new WebGpuOp(ctx, spec, undefined, () => {}, variant);
@@ -752,19 +711,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         op.dispose();
         ref.dispose();
       }
-      const spec: DraftSpec = {
-        batch: 1,
-        tokens: plan.tokens,
-        heads: 2,
-        headDim: D,
-        layout: "BSHD",
-        dtype,
-        scale: 1 / Math.sqrt(D),
-        ...geom,
-        sparsity: 0.5,
-        policy: "percentile",
-        keep: keepCount(plan.g, 0.5),
-      };
+      const spec = draftSpec(geom, plan, { headDim: D, layout: "BSHD", dtype });
       const rng = new Rng(9 + D);
       const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, plan.tokens * 2 * D, rng));
       const op = new WebGpuOp(ctx, spec, plan, () => {}, variant);
@@ -892,19 +839,13 @@ for (
         textPosition: c.position,
       });
       const plan = buildPlan(geom);
-      const spec: DraftSpec = {
+      const spec = draftSpec(geom, plan, {
         batch: 2,
-        tokens: plan.tokens,
-        heads: 2,
         headDim: 32,
         layout: c.layout,
         dtype: c.dtype,
-        scale: 1 / Math.sqrt(32),
-        ...geom,
         sparsity: c.sparsity,
-        policy: "percentile",
-        keep: keepCount(plan.g, c.sparsity),
-      };
+      });
       const size = 2 * plan.tokens * 2 * 32;
       // The mask is compared exactly with the float64 map's: advance the seed until no entry sits
       // within 1e-4 (relative) of the threshold or of its row maximum, where f32 may flip it.
@@ -972,19 +913,7 @@ gpuTest("profile: per-stage GPU times of a draft run", async () => {
   const geom = geometry({ frames: 2, height: 16, width: 32, textTokens: 9 });
   const plan = buildPlan(geom);
   const D = 64, H = 2;
-  const spec: DraftSpec = {
-    batch: 1,
-    tokens: plan.tokens,
-    heads: H,
-    headDim: D,
-    layout: "BSHD",
-    dtype: "f32",
-    scale: 1 / Math.sqrt(D),
-    ...geom,
-    sparsity: 0.5,
-    policy: "percentile",
-    keep: keepCount(plan.g, 0.5),
-  };
+  const spec = draftSpec(geom, plan, { heads: H, headDim: D, layout: "BSHD", dtype: "f32" });
   const rng = new Rng(11);
   const n = plan.tokens * H * D;
   const [q, k, v] = [0, 1, 2].map(() => upload(dev, tensor("f32", n, rng)));

@@ -11,15 +11,7 @@
 // The WebAssembly backend computes the same map (asm/policy.ts `sampledMap`) in another order of
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
 
-// @storage-begin
-alias Store4 = vec4<f32>;
-fn load4(x: Store4) -> vec4<f32> {
-  return x;
-}
-fn store4(x: vec4<f32>) -> Store4 {
-  return x;
-}
-// @storage-end
+// @include storage
 
 /** Mirrored by SAMPLED_PARAMS in src/webgpu/policy.ts. */
 struct Params {

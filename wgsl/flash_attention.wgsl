@@ -46,35 +46,8 @@
 enable f16;
 // @endif
 
-// @storage-begin
-alias Store4 = vec4<f32>;
-fn load4(x: Store4) -> vec4<f32> {
-  return x;
-}
-fn store4(x: vec4<f32>) -> Store4 {
-  return x;
-}
-// @storage-end
-
-/** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts (shared with wgsl/flash_chunked.wgsl). */
-struct Params {
-  items: u32,
-  nbh: u32,
-  heads_per_row: u32,
-  tokens: u32,
-  s_b: u32,
-  s_t: u32,
-  s_h: u32,
-  base_q: u32,
-  base_k: u32,
-  base_v: u32,
-  base_o: u32,
-  tiles: u32,
-  dense: u32,
-  scale_log2: f32,
-  tiles_at: u32,
-  items_at: u32,
-}
+// @include storage
+// @include flash_io
 
 // Register-shape placeholders (set by the host, see src/webgpu/variants.ts).
 /** Row quads per thread (TM = 4*TM4 query rows). */
@@ -143,20 +116,6 @@ override KSTR4: u32 = D4 + 1u;
 override PSTR4: u32 = BR4 + 1u;
 override KV4: u32 = max(BC * KSTR4, BC * DP4);
 
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<Store4>;
-@group(0) @binding(2) var<storage, read> k: array<Store4>;
-@group(0) @binding(3) var<storage, read> v: array<Store4>;
-@group(0) @binding(4) var<storage, read_write> out: array<Store4>;
-/**
- * Static tables of the op in one buffer (WebGPU's default limit is 8 storage buffers per
- * stage): order[tokens] at 0 (sparse mode only), the tile table (start, len) pairs at tiles_at,
- * the work items (tile, rowStart, rows) at items_at.
- */
-@group(0) @binding(5) var<storage, read> table: array<u32>;
-@group(0) @binding(6) var<storage, read> counts: array<u32>;
-@group(0) @binding(7) var<storage, read> lists: array<u32>;
-
 var<workgroup> qt: array<Qt4, D * BR4>;
 var<workgroup> kv: array<Kv4, KV4>;
 // @if SG
@@ -165,17 +124,6 @@ var<workgroup> vs: array<Kv4, BC * DP4>;
 var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
 var<workgroup> red: array<vec4<f32>, BR4 * CG>;
 // @endif
-
-fn token_of(p: u32) -> u32 {
-  if (params.dense != 0u) {
-    return p;
-  }
-  return table[p];
-}
-
-fn tile_of(t: u32) -> vec2<u32> {
-  return vec2<u32>(table[params.tiles_at + 2u * t], table[params.tiles_at + 2u * t + 1u]);
-}
 
 /** A chunk of keys [c0, c0 + kc) of the run ending at run_e; li = next block-list index. */
 struct Chunk {

@@ -23,35 +23,8 @@
 // base + b*s_b + t*s_t + h*s_h + c, where (b, h) = (bh / heads_per_row, bh % heads_per_row).
 // Query/key window-order position p maps to raster token order[p] (identity in dense mode).
 
-// @storage-begin
-alias Store4 = vec4<f32>;
-fn load4(x: Store4) -> vec4<f32> {
-  return x;
-}
-fn store4(x: vec4<f32>) -> Store4 {
-  return x;
-}
-// @storage-end
-
-/** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts (shared with wgsl/flash_attention.wgsl). */
-struct Params {
-  items: u32,
-  nbh: u32,
-  heads_per_row: u32,
-  tokens: u32,
-  s_b: u32,
-  s_t: u32,
-  s_h: u32,
-  base_q: u32,
-  base_k: u32,
-  base_v: u32,
-  base_o: u32,
-  tiles: u32,
-  dense: u32,
-  scale_log2: f32,
-  tiles_at: u32,
-  items_at: u32,
-}
+// @include storage
+// @include flash_io
 
 /** Output vec4 per row and thread: the one register-shape placeholder (set by the host). */
 const TD4: u32 = 2u;
@@ -78,20 +51,6 @@ override KSTR4: u32 = DK4 + 1u;
 override KOFF: u32 = BR * KSTR4;
 override STAGE4: u32 = KOFF + max(BC * KSTR4, VK * DP4);
 
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<Store4>;
-@group(0) @binding(2) var<storage, read> k: array<Store4>;
-@group(0) @binding(3) var<storage, read> v: array<Store4>;
-@group(0) @binding(4) var<storage, read_write> out: array<Store4>;
-/**
- * Static tables of the op in one buffer (WebGPU's default limit is 8 storage buffers per
- * stage): order[tokens] at 0 (sparse mode only), the tile table (start, len) pairs at tiles_at,
- * the work items (tile, rowStart, rows) at items_at.
- */
-@group(0) @binding(5) var<storage, read> table: array<u32>;
-@group(0) @binding(6) var<storage, read> counts: array<u32>;
-@group(0) @binding(7) var<storage, read> lists: array<u32>;
-
 /** [0, KOFF): Q chunk (BR rows); [KOFF, STAGE4): K chunk (BC rows) or V sub-chunk (VK rows). */
 var<workgroup> stage: array<vec4<f32>, STAGE4>;
 /** P tile, BR x BC, row-major. */
@@ -101,17 +60,6 @@ var<workgroup> red: array<f32, BR * CG>;
 /** vec4 offset of each query row / key of the chunk, INVALID when out of range. */
 var<workgroup> row_off: array<u32, BR>;
 var<workgroup> key_off: array<u32, BC>;
-
-fn token_of(p: u32) -> u32 {
-  if (params.dense != 0u) {
-    return p;
-  }
-  return table[p];
-}
-
-fn tile_of(t: u32) -> vec2<u32> {
-  return vec2<u32>(table[params.tiles_at + 2u * t], table[params.tiles_at + 2u * t + 1u]);
-}
 
 fn stage_q(dc: u32, lid: u32) {
   for (var idx = lid; idx < BR * DK4; idx += NT) {

@@ -4,15 +4,7 @@
 // (correctly rounded, like the f32 division of WebAssembly; WGSL's f32 division is not).
 // One invocation per (bh, tile, vec4 of head dims).
 
-// @storage-begin
-alias Store4 = vec4<f32>;
-fn load4(x: Store4) -> vec4<f32> {
-  return x;
-}
-fn store4(x: vec4<f32>) -> Store4 {
-  return x;
-}
-// @storage-end
+// @include storage
 
 /** Mirrored by POOL_PARAMS in src/webgpu/kernels.ts. */
 struct Params {

@@ -3,7 +3,7 @@
 // list row i = kept j ascending, then the text tiles g .. tiles-1; counts[i] = its length.
 // Text query rows (all tiles) are constant and written by the host once per op.
 // One workgroup per (batch, head, video query tile): row max by tree reduction, then
-// stream compaction in chunks of WG with a workgroup prefix sum.
+// stream compaction in chunks of WG with a workgroup prefix sum (wgsl/list_compact.wgsl).
 
 /** Mirrored by LISTS_PARAMS in src/webgpu/kernels.ts. */
 struct Params {
@@ -21,7 +21,8 @@ const WG: u32 = 256u;
 @group(0) @binding(4) var<storage, read_write> lists: array<u32>;
 
 var<workgroup> red: array<f32, WG>;
-var<workgroup> scan: array<u32, WG>;
+
+// @include list_compact
 
 @compute @workgroup_size(WG)
 fn main(
@@ -53,7 +54,7 @@ fn main(
   }
   let row_max = red[0];
 
-  let list_base = (bh * params.tiles + i) * params.tiles;
+  let list_row = bh * params.tiles + i;
   var off = 0u;
   for (var c0 = 0u; c0 < g; c0 += WG) {
     let j = c0 + lid;
@@ -62,28 +63,7 @@ fn main(
       let x = p[row + j];
       kept = x >= t || x == row_max;
     }
-    workgroupBarrier(); // everyone has read scan[WG - 1] of the previous chunk
-    scan[lid] = select(0u, 1u, kept);
-    workgroupBarrier();
-    for (var stride = 1u; stride < WG; stride *= 2u) {
-      var x = scan[lid];
-      if (lid >= stride) {
-        x += scan[lid - stride];
-      }
-      workgroupBarrier();
-      scan[lid] = x;
-      workgroupBarrier();
-    }
-    if (kept) {
-      lists[list_base + off + scan[lid] - 1u] = j;
-    }
-    off += workgroupUniformLoad(&scan[WG - 1u]);
+    off += compact(lid, kept, j, list_row * params.tiles + off);
   }
-  let text_tiles = params.tiles - g;
-  for (var x = lid; x < text_tiles; x += WG) {
-    lists[list_base + off + x] = g + x;
-  }
-  if (lid == 0u) {
-    counts[bh * params.tiles + i] = off + text_tiles;
-  }
+  finish_list(lid, list_row, off, g, params.tiles);
 }

@@ -17,8 +17,9 @@ const WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read_write> hist: array<u32>;
 @group(0) @binding(2) var<storage, read_write> state: array<vec2<u32>>;
 
-/** Inclusive scan of the histogram from the top digit down: scan[x] = sum of bins >= 255 - x. */
-var<workgroup> scan: array<u32, WG>;
+// `scan` (wgsl/prefix_sum.wgsl): the histogram scanned from the top digit down,
+// scan[x] = sum of bins >= 255 - x.
+// @include prefix_sum
 var<workgroup> old: vec2<u32>;
 
 @compute @workgroup_size(WG)
@@ -40,15 +41,7 @@ fn main(
   hist[bh * WG + d] = 0u;
   scan[lid] = c;
   workgroupBarrier();
-  for (var stride = 1u; stride < WG; stride *= 2u) {
-    var x = scan[lid];
-    if (lid >= stride) {
-      x += scan[lid - stride];
-    }
-    workgroupBarrier();
-    scan[lid] = x;
-    workgroupBarrier();
-  }
+  prefix_sum(lid);
   storageBarrier();
   let k = old.y;
   let incl = scan[lid];

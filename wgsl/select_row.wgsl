@@ -10,7 +10,7 @@
 //    count histogram; per pass, the first digit from the top with a non-empty bucket whose mass
 //    plus the mass above reaches T.
 // 3. kept(i, j) = bits(P[i][j]) >= max(t, u); list row i = kept j ascending, then the text
-//    tiles; compaction as in select_lists.wgsl.
+//    tiles; compaction by wgsl/list_compact.wgsl.
 
 /** Mirrored by ROW_PARAMS in src/webgpu/policy.ts. */
 struct Params {
@@ -34,11 +34,16 @@ const MASS_SCALE: f32 = 4194304.0;
 
 var<workgroup> hc: array<atomic<u32>, WG>;
 var<workgroup> hm: array<atomic<u32>, WG>;
-/** Inclusive scans from the top digit down: index x holds the sums over digits >= 255 - x. */
-var<workgroup> sc: array<u32, WG>;
+/**
+ * Inclusive scans from the top digit down: index x holds the sums over digits >= 255 - x, of
+ * the counts in `scan` (declared by wgsl/prefix_sum.wgsl, reused for the compaction) and of the
+ * masses in `sm`.
+ */
 var<workgroup> sm: array<u32, WG>;
 var<workgroup> pick: atomic<u32>;
 var<workgroup> zsum: atomic<u32>;
+
+// @include list_compact
 
 fn mass_of(bits: u32) -> u32 {
   return u32(floor(min(bitcast<f32>(bits), 1.0) * MASS_SCALE));
@@ -105,24 +110,24 @@ fn main(
       workgroupBarrier();
       let c = atomicLoad(&hc[WG - 1u - lid]);
       let m = atomicLoad(&hm[WG - 1u - lid]);
-      sc[lid] = c;
+      scan[lid] = c;
       sm[lid] = m;
       workgroupBarrier();
       for (var stride = 1u; stride < WG; stride *= 2u) {
-        var xc = sc[lid];
+        var xc = scan[lid];
         var xm = sm[lid];
         if (lid >= stride) {
-          xc += sc[lid - stride];
+          xc += scan[lid - stride];
           xm += sm[lid - stride];
         }
         workgroupBarrier();
-        sc[lid] = xc;
+        scan[lid] = xc;
         sm[lid] = xm;
         workgroupBarrier();
       }
       var hit = false;
       if (mode == 0u) {
-        hit = sc[lid] >= rank;
+        hit = scan[lid] >= rank;
       } else {
         hit = c > 0u && above + sm[lid] >= goal;
       }
@@ -133,16 +138,16 @@ fn main(
       let x0 = min(atomicLoad(&pick), WG - 1u);
       let digit = WG - 1u - x0;
       // Counts and masses of the buckets above the chosen one.
-      rank -= sc[x0] - atomicLoad(&hc[digit]);
+      rank -= scan[x0] - atomicLoad(&hc[digit]);
       above += sm[x0] - atomicLoad(&hm[digit]);
       prefix |= digit << shift;
       known |= 0xffu << shift;
-      workgroupBarrier(); // everyone has read sc, sm, hc, hm before the next pass clears them
+      workgroupBarrier(); // everyone has read scan, sm, hc, hm before the next pass clears them
     }
     t = max(t, prefix);
   }
 
-  let list_base = (bh * params.tiles + i) * params.tiles;
+  let list_row = bh * params.tiles + i;
   var off = 0u;
   for (var c0 = 0u; c0 < g; c0 += WG) {
     let j = c0 + lid;
@@ -150,28 +155,7 @@ fn main(
     if (j < g) {
       kept = p[row + j] >= t;
     }
-    workgroupBarrier(); // everyone has read sc[WG - 1] of the previous chunk
-    sc[lid] = select(0u, 1u, kept);
-    workgroupBarrier();
-    for (var stride = 1u; stride < WG; stride *= 2u) {
-      var x = sc[lid];
-      if (lid >= stride) {
-        x += sc[lid - stride];
-      }
-      workgroupBarrier();
-      sc[lid] = x;
-      workgroupBarrier();
-    }
-    if (kept) {
-      lists[list_base + off + sc[lid] - 1u] = j;
-    }
-    off += workgroupUniformLoad(&sc[WG - 1u]);
+    off += compact(lid, kept, j, list_row * params.tiles + off);
   }
-  let text_tiles = params.tiles - g;
-  for (var x = lid; x < text_tiles; x += WG) {
-    lists[list_base + off + x] = g + x;
-  }
-  if (lid == 0u) {
-    counts[bh * params.tiles + i] = off + text_tiles;
-  }
+  finish_list(lid, list_row, off, g, params.tiles);
 }

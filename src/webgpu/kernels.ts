@@ -10,7 +10,7 @@ import type { Kernel, ParamLayout } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
 import { type FlashConfig, flashKey } from "./variants.ts";
 
-/** Mirror of `Params` in wgsl/flash_attention.wgsl and wgsl/flash_chunked.wgsl. */
+/** Mirror of `Params` in wgsl/flash_io.wgsl (flash_attention and flash_chunked). */
 export const FLASH_PARAMS: ParamLayout = [
   ["items", "u32"],
   ["nbh", "u32"],

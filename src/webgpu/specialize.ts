@@ -1,8 +1,11 @@
 /**
- * WGSL specialisation beyond `override` constants: the two things an override cannot express.
- * - The storage type: every kernel that touches q, k, v or out carries the f32 block between
- *   `// @storage-begin` and `// @storage-end` (so each file is valid WGSL as it stands); for f16
- *   the block of wgsl/storage_f16.wgsl replaces it.
+ * WGSL specialisation beyond `override` constants: the things an override cannot express.
+ * - Shared pieces: a line `// @include NAME` is replaced by the text of wgsl/NAME.wgsl (once per
+ *   line, includes inside an included file expanded too), so helpers that several kernels need
+ *   (the flash kernels' bindings, block-list compaction) are written once.
+ * - The storage type: every kernel that touches q, k, v or out has the line
+ *   `// @include storage`, which takes wgsl/storage_f32.wgsl, or wgsl/storage_f16.wgsl when
+ *   `storage` is "f16" (`Store4`, `load4`, `store4`).
  * - Sizes of per-thread register arrays (function-scope arrays need const sizes): a line
  *   `const NAME: u32 = <n>u;` is rewritten with the host's value.
  * - Code for one setting only: the lines between `// @if NAME` and `// @endif` (with an optional
@@ -20,20 +23,22 @@
 import { WGSL } from "../generated/wgsl.ts";
 import type { DType } from "../types.ts";
 
-const BEGIN = "// @storage-begin";
-const END = "// @storage-end";
+const INCLUDE = /^\s*\/\/ @include (\w+)\s*$/gm;
 
-/** The marked block: each marker alone on its line. */
-function storageBlock(source: string, name: string): { start: number; end: number } {
-  const start = source.search(new RegExp(`^${BEGIN}$`, "m"));
-  const end = source.search(new RegExp(`^${END}$`, "m"));
-  if (start < 0 || end < start) throw new Error(`WGSL ${name} has no storage block`);
-  return { start, end: end + END.length };
+/** `code` with its `// @include` lines expanded (see the module doc). */
+function includes(code: string, name: string, storage: DType, depth = 0): string {
+  if (depth > 8) throw new Error(`WGSL ${name}: // @include nested too deep`);
+  return code.replace(INCLUDE, (_, what: string) => {
+    const file = what === "storage" ? `storage_${storage}` : what;
+    const text = WGSL[file];
+    if (text === undefined) throw new Error(`WGSL ${name}: no WGSL file ${file} to include`);
+    return includes(text.replace(/\n$/, ""), name, storage, depth + 1);
+  });
 }
 
 /** Options of {@linkcode specialize}. */
 export interface Specialization {
-  /** Storage type of the tensors; leaves the source alone when omitted. */
+  /** Storage type of the tensors (`// @include storage`); f32 when omitted. */
   storage?: DType;
   /** Values of `const NAME: u32 = ...u;` placeholders. */
   consts?: Record<string, number>;
@@ -51,14 +56,9 @@ export interface Specialization {
  * ```
  */
 export function specialize(name: string, options: Specialization = {}): string {
-  let code = WGSL[name];
-  if (code === undefined) throw new Error(`no WGSL kernel named ${name}`);
-  if (options.storage === "f16") {
-    const at = storageBlock(code, name);
-    const f16 = WGSL["storage_f16"];
-    const block = storageBlock(f16, "storage_f16");
-    code = code.slice(0, at.start) + f16.slice(block.start, block.end) + code.slice(at.end);
-  }
+  const source = WGSL[name];
+  if (source === undefined) throw new Error(`no WGSL kernel named ${name}`);
+  let code = includes(source, name, options.storage ?? "f32");
   for (const [key, value] of Object.entries(options.consts ?? {})) {
     const re = new RegExp(`^const ${key}: u32 = \\d+u;$`, "m");
     if (!re.test(code)) throw new Error(`WGSL ${name} has no placeholder const ${key}`);

@@ -1,0 +1,50 @@
+// Interface of the flash kernels (wgsl/flash_attention.wgsl, wgsl/flash_chunked.wgsl), included
+// by `// @include flash_io` (see src/webgpu/specialize.ts): parameters, bindings and the table
+// lookups. Needs `Store4` (`// @include storage`).
+
+/** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts. */
+struct Params {
+  items: u32,
+  nbh: u32,
+  heads_per_row: u32,
+  tokens: u32,
+  s_b: u32,
+  s_t: u32,
+  s_h: u32,
+  base_q: u32,
+  base_k: u32,
+  base_v: u32,
+  base_o: u32,
+  tiles: u32,
+  dense: u32,
+  scale_log2: f32,
+  tiles_at: u32,
+  items_at: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<Store4>;
+@group(0) @binding(2) var<storage, read> k: array<Store4>;
+@group(0) @binding(3) var<storage, read> v: array<Store4>;
+@group(0) @binding(4) var<storage, read_write> out: array<Store4>;
+/**
+ * Static tables of the op in one buffer (WebGPU's default limit is 8 storage buffers per
+ * stage): order[tokens] at 0 (sparse mode only), the tile table (start, len) pairs at tiles_at,
+ * the work items (tile, rowStart, rows) at items_at.
+ */
+@group(0) @binding(5) var<storage, read> table: array<u32>;
+@group(0) @binding(6) var<storage, read> counts: array<u32>;
+@group(0) @binding(7) var<storage, read> lists: array<u32>;
+
+/** Raster token of window-order position `p` (identity in dense mode). */
+fn token_of(p: u32) -> u32 {
+  if (params.dense != 0u) {
+    return p;
+  }
+  return table[p];
+}
+
+/** (start, len) of tile `t`, in window-order positions. */
+fn tile_of(t: u32) -> vec2<u32> {
+  return vec2<u32>(table[params.tiles_at + 2u * t], table[params.tiles_at + 2u * t + 1u]);
+}
