@@ -178,6 +178,20 @@ export class WebGpuOp implements DraftKernelOp {
         shaderF16,
         subgroupSize,
       });
+    if (
+      this.config.smemBytes > ctx.limits.maxComputeWorkgroupStorageSize ||
+      this.config.threads > ctx.limits.maxComputeInvocationsPerWorkgroup
+    ) {
+      // An explicit variant (benchmarks, tests) that the device cannot run: say so here rather
+      // than dispatch an invalid pipeline.
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "variant",
+        `needs ${this.config.smemBytes} B of workgroup memory and ${this.config.threads} ` +
+          `invocations; the device allows ${ctx.limits.maxComputeWorkgroupStorageSize} B and ` +
+          `${ctx.limits.maxComputeInvocationsPerWorkgroup}`,
+      );
+    }
     const g = plan?.g ?? 0;
     const tiles = plan?.tiles ?? 0;
     const lim = ctx.limits;
