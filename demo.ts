@@ -240,16 +240,10 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
     usage("--png needs the float64 reference; drop --no-reference");
   }
   // Base geometry: the profile (scaled), the quick size or the default.
-  let base: {
-    frames: number;
-    height: number;
-    width: number;
-    heads: number;
-    headDim: number;
-    textTokens: number;
-    textPosition: TextPosition;
-    pool: [number, number];
-  } = {
+  let base: Pick<
+    DemoConfig,
+    "frames" | "height" | "width" | "heads" | "headDim" | "textTokens" | "textPosition" | "pool"
+  > = {
     ...(values.quick ? QUICK_GEOMETRY : DEFAULT_GEOMETRY),
     textTokens: 0,
     textPosition: "after",
