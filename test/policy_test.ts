@@ -19,7 +19,14 @@ import assert from "node:assert/strict";
 import { DraftAttentionError, openRuntime, type Runtime } from "../mod.ts";
 import { sampleTable, selectRowMask } from "../src/policy.ts";
 import { buildPlan } from "../src/plan.ts";
-import type { DType, Estimator, Layout, Policy, TensorArray } from "../src/types.ts";
+import type {
+  DraftAttentionOptions,
+  DType,
+  Estimator,
+  Layout,
+  Policy,
+  TensorArray,
+} from "../src/types.ts";
 import { keepCount, resolveDraft, rowKeepCount } from "../src/validate.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { packParams } from "../src/webgpu/kernel.ts";
@@ -633,6 +640,31 @@ function prepare(c: OpCase, combo: typeof COMBOS[number]): Prepared {
   throw new Error(`${c.name} ${JSON.stringify(combo)}: no seed clears the near-tie margins`);
 }
 
+/**
+ * The op options of one case and one policy/estimator combination (batch, layout and dtype
+ * included, so the case's generated inputs always match the op).
+ */
+function draftOptions(c: OpCase, combo: typeof COMBOS[number]): DraftAttentionOptions {
+  return {
+    frames: c.geom.frames,
+    height: c.geom.height,
+    width: c.geom.width,
+    textTokens: c.geom.textTokens,
+    textPosition: c.geom.textPosition,
+    pool: [c.geom.poolH, c.geom.poolW],
+    batch: c.batch,
+    heads: c.heads,
+    headDim: c.headDim,
+    layout: c.layout,
+    dtype: c.dtype,
+    sparsity: c.sparsity,
+    policy: combo.policy,
+    estimator: combo.estimator,
+    ...(combo.tau ? { tau: combo.tau } : {}),
+    ...(combo.estimator === "draft" ? {} : { samples: c.samples }),
+  };
+}
+
 for (const c of OP_CASES) {
   for (const combo of COMBOS) {
     const label = `${combo.policy}/${combo.estimator}${combo.tau ? ` tau ${combo.tau}` : ""}, ` +
@@ -646,24 +678,7 @@ for (const c of OP_CASES) {
       if (combo.estimator !== "draft") runs.push(["webgpu", 0]);
       for (const [name, minWorkgroups] of runs) {
         SAMPLED_TUNING.minWorkgroups = minWorkgroups;
-        const op = runtimes.get(name)!.draftAttention({
-          frames: c.geom.frames,
-          height: c.geom.height,
-          width: c.geom.width,
-          textTokens: c.geom.textTokens,
-          textPosition: c.geom.textPosition,
-          pool: [c.geom.poolH, c.geom.poolW],
-          batch: c.batch,
-          heads: c.heads,
-          headDim: c.headDim,
-          layout: c.layout,
-          dtype: c.dtype,
-          sparsity: c.sparsity,
-          policy: combo.policy,
-          estimator: combo.estimator,
-          ...(combo.tau ? { tau: combo.tau } : {}),
-          ...(combo.estimator === "draft" ? {} : { samples: c.samples }),
-        });
+        const op = runtimes.get(name)!.draftAttention(draftOptions(c, combo));
         try {
           const out = await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
           const m = await op.lastMask();
@@ -700,21 +715,7 @@ test("WebGPU default limits (16 KiB workgroup memory): every combination, wasm's
       const prep = prepare(c, combo);
       const masks: Uint8Array[] = [];
       for (const rt of [runtimes.get("wasm")!, small]) {
-        const op = rt.draftAttention({
-          frames: c.geom.frames,
-          height: c.geom.height,
-          width: c.geom.width,
-          textTokens: c.geom.textTokens,
-          textPosition: c.geom.textPosition,
-          pool: [c.geom.poolH, c.geom.poolW],
-          heads: c.heads,
-          headDim: c.headDim,
-          sparsity: c.sparsity,
-          policy: combo.policy,
-          estimator: combo.estimator,
-          ...(combo.tau ? { tau: combo.tau } : {}),
-          ...(combo.estimator === "draft" ? {} : { samples: c.samples }),
-        });
+        const op = rt.draftAttention(draftOptions(c, combo));
         try {
           await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
           masks.push((await op.lastMask()).mask);
