@@ -253,6 +253,7 @@ const T = (
     hq?: boolean;
     hm?: boolean;
     sg?: boolean;
+    kx?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -268,6 +269,41 @@ const BOTH: DType[] = ["f16", "f32"];
 const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
 const SG = { ...FAST, hs: true, hq: true, sg: true };
 const CASES: Case[] = [
+  // round 6: f32 Q^T (no f16->f32 conversion per Q load in S) made to fit 48 KiB by an unpadded,
+  // swizzled K chunk; and f32 inputs with subgroup rows, which did not fit before
+  { name: "r6 table pick", headDim: 128, dtypes: BOTH, draft: true },
+  {
+    name: "r6 64x32 tm2 hs sg kx (f32 Q^T)",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2, hq: false, kx: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r6 64x32 tm2 hs hq sg kx",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2, kx: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r6 96x32 tm3 hs hq sg kx",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 3, kx: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r6 32x32 sg kx (f32 everything)",
+    variant: T(8, 32, 1, 1, { ...FAST, sg: true, kx: true }),
+    headDim: 128,
+    dtypes: BOTH,
+    draft: true,
+  },
+  {
+    name: "r6 64x32 tn1 d64 tm2 sg kx",
+    variant: T(8, 32, 1, 1, { ...SG, tm4: 2, hq: false, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
   // round 5: larger per-thread tiles in f16 memory with subgroup row groups (head dim 128)
   {
     name: "r5 32x32 tn1 256thr fast (run-3 pick)",

@@ -698,6 +698,22 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       },
       "sg hq tm3",
     ],
+    [
+      64,
+      {
+        kernel: "tiled",
+        tm4: 1,
+        rg: 4,
+        cg: sg,
+        tn: 32 / sg,
+        td4: Math.ceil(16 / sg),
+        sg: true,
+        hs: true,
+        kx: true,
+      },
+      "sg hs kx",
+    ],
+    [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, kx: true }, "kx"],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -708,7 +724,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
   for (const [D, variant, name] of cases) {
     let ran = 0;
     for (const dtype of ["f16", "f32"] as const) {
-      const plain = { ...variant, hs: false, hq: false, hm: false, sg: false };
+      const plain = { ...variant, hs: false, hq: false, hm: false, sg: false, kx: false };
       // A variant the device cannot hold is refused at op creation (TOO_LARGE "variant");
       // run only the combinations that fit, and at least one per case.
       if (!fits(variant, D, dtype) || !fits(plain, D, dtype)) continue;
@@ -725,6 +741,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
           assert.equal(!!c.hm, !!variant.hm, `${name}: hm in use`);
         } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
         assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
+        assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);

@@ -21,8 +21,9 @@
 //
 // Workgroup memory (f32, except where HS / HQ ask for f16, see below):
 //   qt  Q^T of the tile, scaled by scale*log2(e): qt[d*BR4 + rq] = rows 4rq..4rq+3 at dim d.
-//   kv  the chunk's K rows (stride D4+1 vec4: conflict-free column reads), then its V rows
-//       (stride DP4) once S is done.
+//   kv  the chunk's K rows (stride D4+1 vec4: conflict-free column reads; with KX stride D4 and
+//       columns XOR-swizzled by row, as conflict-free), then its V rows (stride DP4) once S is
+//       done.
 // f16 inputs on a device with shader-f16 may keep kv in f16 (HS: the halves are stored as they
 // came, widened to f32 where read) and Q^T too (HQ: Q unscaled, so exactly the inputs, and S
 // scaled after the dot products instead), halving the workgroup memory of those tiles; both are
@@ -80,6 +81,11 @@ const HM: u32 = 0u;
  * two barriers per chunk; no pt, no red.
  */
 const SG: u32 = 0u;
+/**
+ * 1: K rows unpadded in `kv` (stride D4), column c of row j stored at c ^ (j % D4) (D4 a power of
+ * two): still conflict-free column reads, one vec4 per key less memory than the padded stride.
+ */
+const KX: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -101,6 +107,14 @@ alias Qt4 = vec4<f16>;
 alias Qt4 = vec4<f32>;
 // @endif
 
+/** Position of K column `c` of chunk row `j` inside the row (see KX). */
+fn kcol(j: u32, c: u32) -> u32 {
+  if (KX != 0u) {
+    return c ^ (j & (D4 - 1u));
+  }
+  return c;
+}
+
 /** Masked score: finite so that exp2(NEG - m) = 0 and NEG - NEG never makes NaN. */
 const NEG: f32 = -3.0e38;
 
@@ -112,7 +126,7 @@ override BR4: u32 = TM4 * RG;
 override BC: u32 = TN * CG;
 override D4: u32 = D / 4u;
 override DP4: u32 = CG * TD4;
-override KSTR4: u32 = D4 + 1u;
+override KSTR4: u32 = D4 + 1u - KX;
 override PSTR4: u32 = BR4 + 1u;
 override KV4: u32 = max(BC * KSTR4, BC * DP4);
 
@@ -298,7 +312,7 @@ fn main(
     {
       let e = lid + NT * I;
       if (e < BC * D4) {
-        kv[(e / D4) * KSTR4 + e % D4] = kv_in(kp_I);
+        kv[(e / D4) * KSTR4 + kcol(e / D4, e % D4)] = kv_in(kp_I);
       }
     }
     // @end
@@ -340,9 +354,9 @@ fn main(
         let d4 = d0 + U;
         // @unroll N TN
         // @if HM
-        let k_N = kv[key_N * KSTR4 + d4];
+        let k_N = kv[key_N * KSTR4 + kcol(key_N, d4)];
         // @else
-        let k_N = vec4<f32>(kv[key_N * KSTR4 + d4]);
+        let k_N = vec4<f32>(kv[key_N * KSTR4 + kcol(key_N, d4)]);
         // @endif
         // @end
         // @unroll I 4

@@ -69,6 +69,12 @@ export interface TiledVariant {
    * the variant runs as if it were false.
    */
   sg?: boolean;
+  /**
+   * K chunk rows without padding, columns XOR-swizzled by row (default false): conflict-free
+   * like the padded stride, one vec4 per key less workgroup memory. Only where headDim / 4 is a
+   * power of two; elsewhere the variant runs as if it were false.
+   */
+  kx?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -165,15 +171,20 @@ export function flashConfig(
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
   }
+  if (v.kernel === "tiled" && v.kx) {
+    const d4 = headDim / 4;
+    if ((d4 & (d4 - 1)) !== 0) v = { ...v, kx: false };
+  }
   const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg, dp = 4 * v.cg * v.td4;
   const threads = v.rg * v.cg;
   if (dp < headDim) throw new Error(`flash variant ${JSON.stringify(v)} covers ${dp} < ${headDim}`);
   if (v.kernel === "tiled") {
     const br4 = v.tm4 * v.rg, d4 = headDim / 4, dp4 = dp / 4;
-    const kv4 = Math.max(bc * (d4 + 1), bc * dp4);
+    const kstr4 = d4 + (v.kx ? 0 : 1);
+    const kv4 = Math.max(bc * kstr4, bc * dp4);
     const qb = v.hq ? 8 : 16, kb = v.hs ? 8 : 16;
     const smemBytes = v.sg
-      ? qb * headDim * br4 + kb * (bc * (d4 + 1) + bc * dp4)
+      ? qb * headDim * br4 + kb * (bc * kstr4 + bc * dp4)
       : qb * headDim * br4 + kb * kv4 + 16 * (bc * (br4 + 1) + br4 * v.cg);
     const uj = v.uj ?? 4;
     const per = (n: number) => Math.ceil(n / threads);
@@ -201,6 +212,7 @@ export function flashConfig(
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
         SG: v.sg ? 1 : 0,
+        KX: v.kx ? 1 : 0,
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
