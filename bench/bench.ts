@@ -6,7 +6,12 @@
  * TFLOP/s = dense FLOPs / draft time, so the column compares directly with the dense row.
  *
  * GPU rows are timed with many runs per synchronisation on caller-owned buffers (no readback),
- * since every `onSubmittedWorkDone` costs >= 10 ms in Deno. Where the device has
+ * since every `onSubmittedWorkDone` costs >= 10 ms in Deno. Where a tensor exceeds the device's
+ * largest buffer (the HunyuanVideo shape under WebGPU's default limits: 778 MB per f16 tensor
+ * against 256 MiB), no caller buffer can hold it: those rows run `op.run(q, k, v)` on typed
+ * arrays instead (io "typed": upload, every piece, readback), in the BHSD layout so that the op
+ * splits per head; `--io typed` times that path everywhere, for a like-for-like comparison, and
+ * `--limits adapter,default` runs both limits in one process. Where the device has
  * `timestamp-query`, draft rows also get per-stage GPU times of one extra (profiled) run:
  * pool, map, select, lists (the draft overhead) and attention; the "overhead" column is the
  * draft stages' share of that run, `--json` lists the stage times in ms.
@@ -15,7 +20,7 @@ import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
 import type { Runtime } from "../mod.ts";
 import { buildPlan } from "../src/plan.ts";
-import type { DraftAttentionOptions, DraftSpec, DType, TensorArray } from "../src/types.ts";
+import type { DraftAttentionOptions, DraftSpec, DType, Layout, TensorArray } from "../src/types.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
 
@@ -30,6 +35,8 @@ const { values: args } = parseArgs({
     sparsity: { type: "string", default: "" },
     reps: { type: "string", default: "" },
     limits: { type: "string", default: "adapter" },
+    layout: { type: "string", default: "BSHD" },
+    io: { type: "string", default: "buffers" },
     threads: { type: "string", default: "" },
     help: { type: "boolean", default: false },
   },
@@ -37,7 +44,8 @@ const { values: args } = parseArgs({
 
 if (args.help) {
   console.log(`deno task bench [--backend auto|webgpu|wasm] [--quick] [--json]
-  [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N] [--limits adapter|default]
+  [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N]
+  [--limits adapter|default|adapter,default] [--layout BSHD|BHSD] [--io buffers|typed]
   [--threads N] (WebAssembly threads; default every core)
 shapes: ${Object.keys(SHAPES()).join(", ")}`);
   Deno.exit(0);
@@ -80,6 +88,13 @@ function SHAPES(): Record<string, Shape> {
 interface Row {
   shape: string;
   backend: string;
+  /** WebGPU limits requested: the adapter's or WebGPU's defaults. */
+  limits: string;
+  /** GPU rows: caller GPUBuffers ("buffers") or typed arrays in and out ("typed"). */
+  io?: "buffers" | "typed";
+  /** Pieces the draft op is split into to fit the device's bindings (GPU rows). */
+  pieces?: number;
+  layout: string;
   dtype: DType;
   tokens: number;
   sparsity: number | "dense";
@@ -146,9 +161,17 @@ async function timeIt(fn: () => Promise<unknown>, reps: number, sync: () => Prom
   return (performance.now() - t0) / reps;
 }
 
-async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number): Promise<Row[]> {
+async function benchShape(
+  rt: Runtime,
+  limits: string,
+  shape: Shape,
+  dtype: DType,
+  reps: number,
+): Promise<Row[]> {
   const rows: Row[] = [];
-  const probe = rt.draftAttention({ ...shape.geometry, dtype, sparsity: 0 });
+  const layout = args.layout as Layout;
+  const geometry = { ...shape.geometry, layout };
+  const probe = rt.draftAttention({ ...geometry, dtype, sparsity: 0 });
   const { batch = 1 } = shape.geometry;
   const spec = probe.spec;
   probe.dispose();
@@ -161,7 +184,12 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
   let profile: ((spec: DraftSpec) => Promise<StageTimes | undefined>) | undefined;
   const buffers: GPUBuffer[] = [];
   const device = rt.device;
-  if (rt.backend === "webgpu" && device) {
+  const bytes = n * (dtype === "f16" ? 2 : 4);
+  // No caller buffer can hold a tensor beyond the device's largest buffer: typed arrays then.
+  const io = device && (args.io === "typed" || bytes > device.limits.maxBufferSize)
+    ? "typed"
+    : "buffers";
+  if (rt.backend === "webgpu" && device && io === "buffers") {
     const make = (data?: TensorArray) => {
       const b = device.createBuffer({
         size: n * (dtype === "f16" ? 2 : 4),
@@ -178,16 +206,25 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
   } else {
     run = (op) => (op.run as unknown as (...a: TensorArray[]) => Promise<unknown>)(q, k, v);
   }
-  const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype });
+  const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout });
   const denseMs = await timeIt(() => run(denseOp), reps, sync);
   denseOp.dispose();
-  const base = { shape: shape.name, backend: rt.backend, dtype, tokens };
+  const base = {
+    shape: shape.name,
+    backend: rt.backend,
+    limits,
+    ...(device ? { io: io as Row["io"] } : {}),
+    layout,
+    dtype,
+    tokens,
+  };
   rows.push({ ...base, sparsity: "dense", ms: denseMs, tflops: flops / denseMs / 1e9, speedup: 1 });
   for (const sparsity of shape.sparsities) {
-    const op = rt.draftAttention({ ...shape.geometry, dtype, sparsity });
+    const op = rt.draftAttention({ ...geometry, dtype, sparsity });
     const ms = await timeIt(() => run(op), reps, sync);
     const density = (await op.lastMask()).density;
     const draftSpec = op.spec as DraftSpec;
+    const pieces = device ? piecesOf(draftSpec, device) : undefined;
     op.dispose();
     const stages = await profile?.(draftSpec);
     const total = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
@@ -198,6 +235,7 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
       tflops: flops / ms / 1e9,
       speedup: denseMs / ms,
       density,
+      ...(pieces ? { pieces } : {}),
       ...(stages && total > 0 ? { stages, overhead: (total - stages.attention) / total } : {}),
     });
   }
@@ -205,11 +243,33 @@ async function benchShape(rt: Runtime, shape: Shape, dtype: DType, reps: number)
   return rows;
 }
 
-const rt = await openRuntime({
-  backend: args.backend as "auto" | "webgpu" | "wasm",
-  limits: args.limits as "adapter" | "default",
-  threads: args.threads ? Number(args.threads) : undefined,
-});
+/** Pieces a draft op of `spec` is split into on `device` (as src/webgpu/op.ts splits it). */
+function piecesOf(spec: DraftSpec, device: GPUDevice): number {
+  const op = new WebGpuOp(new GpuContext(device), spec, buildPlan(spec), () => {});
+  const count = op.pieceCount;
+  op.dispose();
+  return count;
+}
+
+const limitsList = args.limits.split(",") as ("adapter" | "default")[];
+for (
+  const [flag, value, allowed] of [
+    ["--layout", args.layout, ["BSHD", "BHSD"]],
+    ["--io", args.io, ["buffers", "typed"]],
+    ...limitsList.map((l) => ["--limits", l, ["adapter", "default"]] as const),
+  ] as const
+) {
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new Error(`${flag} must be one of ${allowed.join(", ")}, got ${value}`);
+  }
+}
+const open = (limits: "adapter" | "default") =>
+  openRuntime({
+    backend: args.backend as "auto" | "webgpu" | "wasm",
+    limits,
+    threads: args.threads ? Number(args.threads) : undefined,
+  });
+let rt = await open(limitsList[0]);
 const info = rt.describe();
 const gpu = rt.backend === "webgpu" && !/llvmpipe/i.test(info.adapter);
 const shapes = args.shape?.length
@@ -235,34 +295,48 @@ if (!args.json) {
   );
 }
 const all: Row[] = [];
-for (const shape of shapes) {
-  for (const dtype of dtypes) {
-    const rows = await benchShape(rt, shape, dtype, reps);
-    all.push(...rows);
-    if (!args.json) {
-      for (const r of rows) {
-        console.log(
-          [
-            r.shape.padEnd(14),
-            r.backend.padEnd(7),
-            r.dtype,
-            `${r.tokens}`.padStart(7),
-            `${r.sparsity}`.padStart(6),
-            `${r.ms.toFixed(2)} ms`.padStart(12),
-            `${r.tflops.toFixed(3)} TFLOP/s`.padStart(16),
-            `${r.speedup.toFixed(2)}x`.padStart(8),
-            r.density === undefined ? "" : `density ${r.density.toFixed(3)}`,
-            r.overhead === undefined ? "" : `overhead ${(100 * r.overhead).toFixed(1)}%`,
-            r.stages === undefined
-              ? ""
-              : `(${
-                Object.entries(r.stages).map(([s, t]) => `${s} ${t.toFixed(2)}`).join(", ")
-              } ms)`,
-          ].join(" "),
-        );
-      }
+for (const [li, limits] of limitsList.entries()) {
+  if (li > 0) {
+    rt.dispose();
+    rt = await open(limits);
+  }
+  for (const shape of shapes) {
+    for (const dtype of dtypes) {
+      await benchAndPrint(limits, shape, dtype);
     }
   }
 }
+
+/** Benchmarks one shape and dtype on the current runtime, printing its rows unless --json. */
+async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promise<void> {
+  const rows = await benchShape(rt, limits, shape, dtype, reps);
+  all.push(...rows);
+  if (!args.json) {
+    for (const r of rows) {
+      console.log(
+        [
+          r.shape.padEnd(14),
+          r.backend.padEnd(7),
+          r.limits.padEnd(7),
+          (r.io ?? "").padEnd(7),
+          r.layout,
+          r.dtype,
+          `${r.tokens}`.padStart(7),
+          `${r.sparsity}`.padStart(6),
+          `${r.ms.toFixed(2)} ms`.padStart(12),
+          `${r.tflops.toFixed(3)} TFLOP/s`.padStart(16),
+          `${r.speedup.toFixed(2)}x`.padStart(8),
+          r.density === undefined ? "" : `density ${r.density.toFixed(3)}`,
+          r.pieces === undefined ? "" : `pieces ${r.pieces}`,
+          r.overhead === undefined ? "" : `overhead ${(100 * r.overhead).toFixed(1)}%`,
+          r.stages === undefined
+            ? ""
+            : `(${Object.entries(r.stages).map(([s, t]) => `${s} ${t.toFixed(2)}`).join(", ")} ms)`,
+        ].join(" "),
+      );
+    }
+  }
+}
+
 if (args.json) console.log(JSON.stringify({ info, rows: all }, null, 2));
 rt.dispose();
