@@ -268,7 +268,58 @@ const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashV
 const BOTH: DType[] = ["f16", "f32"];
 const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
 const SG = { ...FAST, hs: true, hq: true, sg: true };
+const KX = { ...SG, hq: false, kx: true };
 const CASES: Case[] = [
+  // round 7: around the round-6 pick (f32 Q^T, swizzled K): unroll, early loads, rows per thread
+  { name: "r7 table pick", headDim: 128, dtypes: BOTH },
+  {
+    name: "r7 tm2 kx ud16 uj16",
+    variant: T(8, 32, 1, 1, { ...KX, tm4: 2, ud: 16, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm2 kx uj4",
+    variant: T(8, 32, 1, 1, { ...KX, tm4: 2, uj: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm2 kx no pf",
+    variant: T(8, 32, 1, 1, { ...KX, tm4: 2, pf: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm2 kx no ve",
+    variant: T(8, 32, 1, 1, { ...KX, tm4: 2, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm2 kx 128thr",
+    variant: T(4, 32, 1, 1, { ...KX, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm4 kx 128thr",
+    variant: T(4, 32, 1, 1, { ...KX, tm4: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm4 hq kx 128thr",
+    variant: T(4, 32, 1, 1, { ...SG, tm4: 4, kx: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r7 tm3 hq kx 128thr",
+    variant: T(4, 32, 1, 1, { ...SG, tm4: 3, kx: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 6: f32 Q^T (no f16->f32 conversion per Q load in S) made to fit 48 KiB by an unpadded,
   // swizzled K chunk; and f32 inputs with subgroup rows, which did not fit before
   { name: "r6 table pick", headDim: 128, dtypes: BOTH, draft: true },

@@ -36,7 +36,7 @@ import {
 } from "../src/webgpu/kernels.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
 import { gpuSuite } from "./_gpu.ts";
-import { flashConfig, type TiledVariant } from "../src/webgpu/variants.ts";
+import { flashConfig, pickFlashVariant, type TiledVariant } from "../src/webgpu/variants.ts";
 import { strides } from "../src/webgpu/pieces.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -250,6 +250,7 @@ for (
             s_t: s.sT / 4,
             s_h: s.sH / 4,
             base: 0,
+            pair0: 0,
           }),
         ),
         x: upload(dev, x),
@@ -342,7 +343,7 @@ async function gpuSelect(
       const pp = uniform(dev, packParams(PICK_PARAMS, { nbh, shift, keep }));
       pk.dispatch(pass, pk.bind({ params: pp, hist, state }), nbh);
     }
-    const lp = uniform(dev, packParams(LISTS_PARAMS, { nbh, g, tiles }));
+    const lp = uniform(dev, packParams(LISTS_PARAMS, { nbh, g, tiles, pair0: 0 }));
     lk.dispatch(pass, lk.bind({ params: lp, p: pBuf, state, counts, lists }), nbh * g);
   });
   const st = new Uint32Array(await readBack(dev, state, nbh * 8));
@@ -977,4 +978,36 @@ gpuTest("profile: per-stage GPU times of a draft run", async () => {
   op.dispose();
   for (const b of [q, k, v, out, ref]) b.destroy();
   dev.destroy();
+});
+
+Deno.test("variants: 48 KiB devices with subgroups of 32 pick the swizzled-K tiles", () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
+  const pick = (headDim: number, dtype: DType, shaderF16: boolean) =>
+    pickFlashVariant(headDim, limits, { dtype, shaderF16, subgroupSize: 32 }) as
+      & TiledVariant
+      & ReturnType<typeof flashConfig>;
+  const f16 = pick(128, "f16", true);
+  assert.deepEqual([f16.tm4, f16.hs, !!f16.hq, f16.sg, f16.kx, f16.smemBytes], [
+    2,
+    true,
+    false,
+    true,
+    true,
+    49152,
+  ]);
+  // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, also exactly 48 KiB.
+  for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
+    const c = pick(128, dtype, shaderF16);
+    assert.deepEqual([c.tm4, !!c.hs, c.sg, c.kx, c.smemBytes], [1, false, true, true, 49152]);
+  }
+  // headDim / 4 not a power of two: no swizzle, so a row that fits padded.
+  const odd = pick(100, "f16", true);
+  assert.ok(!odd.kx && odd.smemBytes <= 49152);
+  // 40 KiB: the f16 Q^T row.
+  const c = pickFlashVariant(128, { ...limits, maxComputeWorkgroupStorageSize: 40960 }, {
+    dtype: "f16",
+    shaderF16: true,
+    subgroupSize: 32,
+  }) as TiledVariant;
+  assert.deepEqual([c.hq, c.sg, !!c.kx], [true, true, false]);
 });

@@ -110,9 +110,23 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
-    // f16 inputs, shader-f16 and subgroups of 32: 64 x 32, 256 threads, 32.3 KiB (H200: 16.1
-    // TFLOP/s dense f16 vs 11.1 for the next row; 96 x 32 reached 16.8 dense, but 96-row items
-    // split the draft's 128-token tiles unevenly)
+    // f16 inputs, shader-f16 and subgroups of 32: 64 x 32, 256 threads, 48 KiB: Q^T in f32 (no
+    // conversion per load in S), K/V in f16, K unpadded and swizzled to fit (H200: 17.7 TFLOP/s
+    // dense f16 vs 16.1 for the next row)
+    {
+      kernel: "tiled",
+      tm4: 2,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      hs: true,
+      sg: true,
+      kx: true,
+    },
+    // Same with Q^T in f16 too, 32.3 KiB (16.1 TFLOP/s vs 11.1 without f16 memory and subgroups;
+    // 96 x 32 reached 16.8, but 96-row items split the draft's 128-token tiles unevenly)
     {
       kernel: "tiled",
       tm4: 2,
@@ -125,6 +139,9 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       hq: true,
       sg: true,
     },
+    // Subgroups of 32, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 32 x 32,
+    // 256 threads, 48 KiB (H200 f32: 12.5 TFLOP/s vs 10.5 for the next row)
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
