@@ -334,6 +334,7 @@ async function gpuRows(
         k: rowKeep,
         mass: tau === undefined ? 0 : 1,
         tau: tau ?? 1,
+        pair0: 0,
       }),
     ),
   );

@@ -7,7 +7,8 @@
 // ("sampled") or mixed with the draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j])
 // ("hybrid"). A workgroup takes QT consecutive query tiles (one K read serves all their
 // samples) and SG samples of each at a time (QT * SG sample rows fit 8 KiB of workgroup
-// memory; the host sets both); later sample groups add to P.
+// memory; the host sets both); later sample groups add to P. P holds a group of `nbh` pairs
+// (scratch): its row bh is pair pair0 + bh of the piece in q and k.
 // The WebAssembly backend computes the same map (asm/policy.ts `sampledMap`) in another order of
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
 
@@ -28,6 +29,8 @@ struct Params {
   stride: u32,
   hybrid: u32,
   scale: f32,
+  /** First pair of the group, relative to the piece. */
+  pair0: u32,
 }
 
 /** Samples per group and tiles per workgroup (size the per-thread arrays); set by the host. */
@@ -93,7 +96,8 @@ fn main(
   }
   let bh = wg / groups;
   let i0 = (wg % groups) * QT;
-  let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
+  let pair = params.pair0 + bh;
+  let head_off = (pair / params.heads_per_row) * params.s_b + (pair % params.heads_per_row) * params.s_h;
   var n = 0u;
   for (var t = 0u; t < QT; t++) {
     n = max(n, count_of(i0 + t));

@@ -2,7 +2,8 @@
 // Same operation order as the WebAssembly backend: a sequential f32 sum over the tile's tokens in
 // window order, then `sum * inv_len[i]`, where inv_len[i] = f32(1 / len) is computed on the host
 // (correctly rounded, like the f32 division of WebAssembly; WGSL's f32 division is not).
-// One invocation per (bh, tile, vec4 of head dims).
+// One invocation per (bh, tile, vec4 of head dims) of a group of `nbh` pairs: it reads pair
+// pair0 + bh of the piece in x and writes row bh of `pooled` (scratch sized for the group).
 
 // @include storage
 
@@ -15,6 +16,8 @@ struct Params {
   s_t: u32,
   s_h: u32,
   base: u32,
+  /** First pair of the group, relative to the piece. */
+  pair0: u32,
 }
 
 override D: u32 = 128u;
@@ -41,7 +44,8 @@ fn main(
   let c = id % D4;
   let i = (id / D4) % params.g;
   let bh = id / (D4 * params.g);
-  let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
+  let pair = params.pair0 + bh;
+  let head_off = (pair / params.heads_per_row) * params.s_b + (pair % params.heads_per_row) * params.s_h;
   let t = tiles[i];
   var sum = vec4<f32>(0.0);
   for (var r = 0u; r < t.y; r++) {

@@ -4,12 +4,15 @@
 // Text query rows (all tiles) are constant and written by the host once per op.
 // One workgroup per (batch, head, video query tile): row max by tree reduction, then
 // stream compaction in chunks of WG with a workgroup prefix sum (wgsl/list_compact.wgsl).
+// P and state hold a group of `nbh` pairs (scratch); their lists are rows pair0 + bh of the piece.
 
 /** Mirrored by LISTS_PARAMS in src/webgpu/kernels.ts. */
 struct Params {
   nbh: u32,
   g: u32,
   tiles: u32,
+  /** First pair of the group, relative to the piece (rows of counts and lists). */
+  pair0: u32,
 }
 
 const WG: u32 = 256u;
@@ -54,7 +57,7 @@ fn main(
   }
   let row_max = red[0];
 
-  let list_row = bh * params.tiles + i;
+  let list_row = (params.pair0 + bh) * params.tiles + i;
   var off = 0u;
   for (var c0 = 0u; c0 < g; c0 += WG) {
     let j = c0 + lid;

@@ -11,6 +11,7 @@
 //    plus the mass above reaches T.
 // 3. kept(i, j) = bits(P[i][j]) >= max(t, u); list row i = kept j ascending, then the text
 //    tiles; compaction by wgsl/list_compact.wgsl.
+// P holds a group of `nbh` pairs (scratch); their lists are rows pair0 + bh of the piece.
 
 /** Mirrored by ROW_PARAMS in src/webgpu/policy.ts. */
 struct Params {
@@ -22,6 +23,8 @@ struct Params {
   /** 1: apply the rowMass threshold too. */
   mass: u32,
   tau: f32,
+  /** First pair of the group, relative to the piece (rows of counts and lists). */
+  pair0: u32,
 }
 
 const WG: u32 = 256u;
@@ -147,7 +150,7 @@ fn main(
     t = max(t, prefix);
   }
 
-  let list_row = bh * params.tiles + i;
+  let list_row = (params.pair0 + bh) * params.tiles + i;
   var off = 0u;
   for (var c0 = 0u; c0 < g; c0 += WG) {
     let j = c0 + lid;

@@ -59,6 +59,7 @@ export const POOL_PARAMS: ParamLayout = [
   ["s_t", "u32"],
   ["s_h", "u32"],
   ["base", "u32"],
+  ["pair0", "u32"],
 ];
 
 /** Invocations per workgroup of the pool kernel. */
@@ -158,6 +159,7 @@ export const LISTS_PARAMS: ParamLayout = [
   ["nbh", "u32"],
   ["g", "u32"],
   ["tiles", "u32"],
+  ["pair0", "u32"],
 ];
 
 /** Block lists of the video query tiles. */

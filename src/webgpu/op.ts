@@ -5,10 +5,18 @@
  * (pool -> draft map -> radix select -> block lists -> flash attention), submits once and reads
  * back only the output. Runs of one op are serialised (they share scratch and readback buffers).
  *
+ * Memory: the block lists (and counts) of every (batch, head) pair persist (mask reuse reads
+ * them); the draft scratch (pooled Q and K, the importance map, the select histogram and state)
+ * holds one *mask group* of pairs (`MASK_TUNING` in pieces.ts sizes it) and is reused by every
+ * group of every piece: a computing run records pool -> map -> select -> lists group by group,
+ * each group's lists written at its pairs' rows. Dispatches within a pass, and passes within a
+ * command buffer, are ordered, so the reuse needs no synchronisation.
+ *
  * @module
  */
 import { DraftAttentionError } from "../errors.ts";
 import { workItems } from "../plan.ts";
+import { maskConfig } from "../policy.ts";
 import type {
   DenseSpec,
   DraftKernelOp,
@@ -37,8 +45,15 @@ import {
   POOL_WG,
   poolKernel,
 } from "./kernels.ts";
-import { type Piece, splitPieces, type Strides, strides } from "./pieces.ts";
-import { GpuMaskStage, type StagePiece } from "./policy.ts";
+import {
+  groupPairs,
+  type Piece,
+  scratchPerPair,
+  splitPieces,
+  type Strides,
+  strides,
+} from "./pieces.ts";
+import { GpuMaskStage, type StageGroup } from "./policy.ts";
 import { type FlashConfig, flashConfig, type FlashVariant, pickFlashVariant } from "./variants.ts";
 
 const TENSORS = ["q", "k", "v", "out"] as const;
@@ -53,23 +68,46 @@ interface Slice {
   base4: number;
 }
 
+/**
+ * Draft scratch, used only while masks are built: sized for `pairs` pairs (the largest mask
+ * group), shared by every group of every piece. Pooled Q and K only with the draft map, the
+ * histogram and state only with the percentile policy.
+ */
+interface Scratch {
+  pairs: number;
+  qd?: GPUBuffer;
+  kd?: GPUBuffer;
+  p: GPUBuffer;
+  hist?: GPUBuffer;
+  state?: GPUBuffer;
+}
+
+/** Bind groups of the kernels that only touch the scratch, for a group of `n` pairs. */
+interface ScratchGroups {
+  map?: GPUBindGroup;
+  hist: GPUBindGroup[];
+  pick: GPUBindGroup[];
+}
+
+/** One mask group: pairs [pair0, pair0 + n) of a piece, built in the scratch. */
+interface MaskGroup {
+  pair0: number;
+  n: number;
+  local: ScratchGroups;
+  /** Percentile policy: select_lists into the piece's rows pair0.. of counts and lists. */
+  listsGroup?: GPUBindGroup;
+  poolQParams?: GPUBuffer;
+  poolKParams?: GPUBuffer;
+  /** Policies and estimators beyond the reference (src/webgpu/policy.ts). */
+  stage: StageGroup;
+}
+
 /** Draft-only buffers and bind groups of one piece. */
 interface DraftPiece {
-  qd: GPUBuffer;
-  kd: GPUBuffer;
-  p: GPUBuffer;
-  hist: GPUBuffer;
-  state: GPUBuffer;
+  /** Block lists of every pair of the piece (persist across runs: mask reuse reads them). */
   counts: GPUBuffer;
   lists: GPUBuffer;
-  mapGroup: GPUBindGroup;
-  histGroups: GPUBindGroup[];
-  pickGroups: GPUBindGroup[];
-  listsGroup: GPUBindGroup;
-  poolQParams: GPUBuffer;
-  poolKParams: GPUBuffer;
-  /** Policies and estimators beyond the reference (src/webgpu/policy.ts). */
-  stage: StagePiece;
+  groups: MaskGroup[];
   /** Readback of counts and lists for lastMask(), made on first use. */
   maskRead?: { counts: GPUBuffer; lists: GPUBuffer };
 }
@@ -84,12 +122,12 @@ interface PieceState {
   ioGroups?: IoGroups;
 }
 
-/** Bind groups that depend on where q/k/v/out live. */
+/** Bind groups that depend on where q/k/v/out live (the mask stage's: one per mask group). */
 interface IoGroups {
   flash: GPUBindGroup;
-  poolQ?: GPUBindGroup;
-  poolK?: GPUBindGroup;
-  sampled?: GPUBindGroup;
+  poolQ?: GPUBindGroup[];
+  poolK?: GPUBindGroup[];
+  sampled?: (GPUBindGroup | undefined)[];
 }
 
 /** Stages of a run, in recording order (see {@linkcode StageTimes}). */
@@ -124,6 +162,12 @@ export class WebGpuOp implements DraftKernelOp {
   readonly #strides: Strides;
   readonly #pieces: PieceState[] = [];
   readonly #owned: GPUBuffer[] = [];
+  /** Bytes of the owned buffers that {@linkcode WebGpuOp.extraBytes} counts. */
+  #extraBytes = 0;
+  /** Draft scratch (draft ops). */
+  #scratch?: Scratch;
+  /** Scratch-only bind groups by group size. */
+  readonly #scratchGroups = new Map<number, ScratchGroups>();
   #flash!: Kernel;
   #pool?: Kernel;
   #map?: Kernel;
@@ -214,6 +258,7 @@ export class WebGpuOp implements DraftKernelOp {
     } catch (e) {
       for (const b of this.#owned) b.destroy();
       this.#owned.length = 0;
+      this.#extraBytes = 0;
       throw e;
     }
   }
@@ -245,12 +290,20 @@ export class WebGpuOp implements DraftKernelOp {
       this.#hist = histKernel(ctx);
       this.#pick = pickKernel(ctx);
       this.#lists = listsKernel(ctx);
+      const most = Math.max(...pieces.map((p) => p.nbh));
+      const mc = maskConfig(spec as DraftSpec, g);
+      const draftMap = mc.estimator !== "sampled";
+      const percentile = mc.policy === "percentile";
+      const perPair = scratchPerPair(g, D, { draftMap, percentile });
+      const pairs = groupPairs(perPair, most);
       this.#stage = new GpuMaskStage(
         ctx,
         spec as DraftSpec,
         plan,
         (label, size, usage, data) => this.#buffer(label, size, usage, data),
+        pairs,
       );
+      this.#scratch = this.#makeScratch(pairs, plan);
     } else {
       // Dense: queries in runs of BR rows; order, tiles and lists are not read.
       const n = Math.ceil(spec.tokens / this.config.br);
@@ -286,7 +339,23 @@ export class WebGpuOp implements DraftKernelOp {
     }
   }
 
+  /** A buffer owned by the op (destroyed with it), counted in `extraBytes`. */
   #buffer(
+    label: string,
+    size: number,
+    usage: GPUBufferUsageFlags,
+    data?: ArrayBufferView,
+  ): GPUBuffer {
+    const b = this.#ioBuffer(label, size, usage, data);
+    this.#extraBytes += b.size;
+    return b;
+  }
+
+  /**
+   * A buffer owned by the op but not counted in `extraBytes`: uploads and readbacks of
+   * run(q, k, v), lastMask()'s and the profiler's readbacks.
+   */
+  #ioBuffer(
     label: string,
     size: number,
     usage: GPUBufferUsageFlags,
@@ -307,18 +376,68 @@ export class WebGpuOp implements DraftKernelOp {
     );
   }
 
+  /** The draft scratch for groups of up to `pairs` pairs. */
+  #makeScratch(pairs: number, plan: Plan): Scratch {
+    const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const { g } = plan;
+    const D = this.spec.headDim;
+    const stage = this.#stage!;
+    const scratch: Scratch = { pairs, p: this.#buffer("p", pairs * g * g * 4, STORE) };
+    if (stage.usesDraftMap) {
+      scratch.qd = this.#buffer("qd", pairs * g * D * 4, STORE);
+      scratch.kd = this.#buffer("kd", pairs * g * D * 4, STORE);
+    }
+    if (stage.usesPercentile) {
+      scratch.hist = this.#buffer("hist", pairs * 256 * 4, STORE);
+      scratch.state = this.#buffer("state", pairs * 8, STORE);
+    }
+    return scratch;
+  }
+
+  /** Bind groups of the scratch-only kernels (map, histogram, pick) for `n` pairs. */
+  #localGroups(n: number, plan: Plan): ScratchGroups {
+    let local = this.#scratchGroups.get(n);
+    if (local) return local;
+    const spec = this.spec as DraftSpec;
+    const { g } = plan;
+    const { qd, kd, p, hist, state } = this.#scratch!;
+    const chunks = Math.ceil((g * g) / HIST_CHUNK);
+    local = { hist: [], pick: [] };
+    if (qd && kd) {
+      const params = this.#uniform(MAP_PARAMS, {
+        nbh: n,
+        g,
+        row_blocks: Math.ceil(g / MAP_ROWS),
+        scale: spec.scale,
+      });
+      local.map = this.#map!.bind({ params, qd, kd, p });
+    }
+    if (hist && state) {
+      local.hist = SHIFTS.map((shift) =>
+        this.#hist!.bind({
+          params: this.#uniform(HIST_PARAMS, { nbh: n, n: g * g, chunks, shift }),
+          p,
+          state,
+          hist,
+        })
+      );
+      local.pick = SHIFTS.map((shift) =>
+        this.#pick!.bind({
+          params: this.#uniform(PICK_PARAMS, { nbh: n, shift, keep: spec.keep }),
+          hist,
+          state,
+        })
+      );
+    }
+    this.#scratchGroups.set(n, local);
+    return local;
+  }
+
   #draftPiece(piece: Piece, plan: Plan): DraftPiece {
     const U = GPUBufferUsage;
     const STORE = U.STORAGE | U.COPY_DST | U.COPY_SRC;
-    const spec = this.spec as DraftSpec;
     const { g, tiles } = plan;
     const nbh = piece.nbh;
-    const D = spec.headDim;
-    const qd = this.#buffer("qd", nbh * g * D * 4, STORE);
-    const kd = this.#buffer("kd", nbh * g * D * 4, STORE);
-    const p = this.#buffer("p", nbh * g * g * 4, STORE);
-    const hist = this.#buffer("hist", nbh * 256 * 4, STORE);
-    const state = this.#buffer("state", nbh * 8, STORE);
     // Text query rows never change: every tile, written once here.
     const counts0 = new Uint32Array(nbh * tiles);
     for (let x = 0; x < nbh; x++) counts0.fill(tiles, x * tiles + g, (x + 1) * tiles);
@@ -332,43 +451,51 @@ export class WebGpuOp implements DraftKernelOp {
         }
       }
     }
-    const chunks = Math.ceil((g * g) / HIST_CHUNK);
-    const mapParams = this.#uniform(MAP_PARAMS, {
-      nbh,
-      g,
-      row_blocks: Math.ceil(g / MAP_ROWS),
-      scale: spec.scale,
-    });
-    const listsParams = this.#uniform(LISTS_PARAMS, { nbh, g, tiles });
-    return {
-      qd,
-      kd,
-      p,
-      hist,
-      state,
-      counts,
-      lists,
-      mapGroup: this.#map!.bind({ params: mapParams, qd, kd, p }),
-      histGroups: SHIFTS.map((shift) =>
-        this.#hist!.bind({
-          params: this.#uniform(HIST_PARAMS, { nbh, n: g * g, chunks, shift }),
-          p,
-          state,
-          hist,
-        })
-      ),
-      pickGroups: SHIFTS.map((shift) =>
-        this.#pick!.bind({
-          params: this.#uniform(PICK_PARAMS, { nbh, shift, keep: spec.keep }),
-          hist,
-          state,
-        })
-      ),
-      listsGroup: this.#lists!.bind({ params: listsParams, p, state, counts, lists }),
-      poolQParams: this.#buffer("pool params", paramsBytes(POOL_PARAMS), U.UNIFORM | U.COPY_DST),
-      poolKParams: this.#buffer("pool params", paramsBytes(POOL_PARAMS), U.UNIFORM | U.COPY_DST),
-      stage: this.#stage!.piece(nbh, { p, counts, lists }),
-    };
+    const scratch = this.#scratch!;
+    const stage = this.#stage!;
+    const groups: MaskGroup[] = [];
+    for (let pair0 = 0; pair0 < nbh; pair0 += scratch.pairs) {
+      const n = Math.min(scratch.pairs, nbh - pair0);
+      const group: MaskGroup = {
+        pair0,
+        n,
+        local: this.#localGroups(n, plan),
+        stage: stage.group(pair0, n, { p: scratch.p, counts, lists }),
+      };
+      if (scratch.state) {
+        const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
+        group.listsGroup = this.#lists!.bind({
+          params,
+          p: scratch.p,
+          state: scratch.state,
+          counts,
+          lists,
+        });
+      }
+      if (scratch.qd) {
+        const bytes = paramsBytes(POOL_PARAMS);
+        group.poolQParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
+        group.poolKParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
+      }
+      groups.push(group);
+    }
+    return { counts, lists, groups };
+  }
+
+  /**
+   * Bytes of the GPU buffers the op holds beyond the caller's q, k, v and out: token order,
+   * tile table and work items, params, draft scratch, counts and block lists (the exact sizes
+   * created). Leaves out the upload and readback buffers of `run(q, k, v)` (copies of q, k, v
+   * and out), the readbacks of `lastMask()` and the profiler's buffers, made on first use of
+   * those calls. 0 after `dispose()`.
+   */
+  get extraBytes(): number {
+    return this.#extraBytes;
+  }
+
+  /** Pairs in the largest mask group (0 for a dense op). */
+  get maskGroupPairs(): number {
+    return this.#scratch?.pairs ?? 0;
   }
 
   /** Pieces the op is split into (one unless a tensor exceeds a binding). */
@@ -449,16 +576,23 @@ export class WebGpuOp implements DraftKernelOp {
     }).then(() => times);
   }
 
-  /** The profiler's query set and buffers, sized for every pass of every piece. */
+  /**
+   * The profiler's query set and buffers, sized for every pass of every piece: at most four
+   * mask stages per mask group, then attention.
+   */
   #makeProfiler(): Profiler {
     if (!this.#profiler) {
-      const count = 2 * STAGES.length * this.#pieces.length;
+      const passes = this.#pieces.reduce(
+        (n, ps) => n + (STAGES.length - 1) * (ps.draft?.groups.length ?? 0) + 1,
+        0,
+      );
+      const count = 2 * passes;
       const U = GPUBufferUsage;
       const set = this.#ctx.device.createQuerySet({ type: "timestamp", count });
       this.#profiler = {
         set,
-        resolve: this.#buffer("timestamps", count * 8, U.QUERY_RESOLVE | U.COPY_SRC),
-        read: this.#buffer("timestamps read", count * 8, U.MAP_READ | U.COPY_DST),
+        resolve: this.#ioBuffer("timestamps", count * 8, U.QUERY_RESOLVE | U.COPY_SRC),
+        read: this.#ioBuffer("timestamps read", count * 8, U.MAP_READ | U.COPY_DST),
         stages: [],
       };
     }
@@ -536,8 +670,8 @@ export class WebGpuOp implements DraftKernelOp {
         for (const ps of this.#pieces) {
           const d = ps.draft!;
           d.maskRead ??= {
-            counts: this.#buffer("counts read", d.counts.size, U.MAP_READ | U.COPY_DST),
-            lists: this.#buffer("lists read", d.lists.size, U.MAP_READ | U.COPY_DST),
+            counts: this.#ioBuffer("counts read", d.counts.size, U.MAP_READ | U.COPY_DST),
+            lists: this.#ioBuffer("lists read", d.lists.size, U.MAP_READ | U.COPY_DST),
           };
           enc.copyBufferToBuffer(d.counts, 0, d.maskRead.counts, 0, d.counts.size);
           enc.copyBufferToBuffer(d.lists, 0, d.maskRead.lists, 0, d.lists.size);
@@ -581,6 +715,7 @@ export class WebGpuOp implements DraftKernelOp {
     this.#profiler?.set.destroy();
     for (const b of this.#owned) b.destroy();
     this.#owned.length = 0;
+    this.#extraBytes = 0;
     this.#onDispose(this);
   }
 
@@ -624,11 +759,11 @@ export class WebGpuOp implements DraftKernelOp {
     const bytes = ps.piece.elems * this.#eb;
     if (!ps.io) {
       ps.io = {
-        q: this.#buffer("q", bytes, U.STORAGE | U.COPY_DST),
-        k: this.#buffer("k", bytes, U.STORAGE | U.COPY_DST),
-        v: this.#buffer("v", bytes, U.STORAGE | U.COPY_DST),
-        out: this.#buffer("out", bytes, U.STORAGE | U.COPY_SRC),
-        read: this.#buffer("out read", bytes, U.MAP_READ | U.COPY_DST),
+        q: this.#ioBuffer("q", bytes, U.STORAGE | U.COPY_DST),
+        k: this.#ioBuffer("k", bytes, U.STORAGE | U.COPY_DST),
+        v: this.#ioBuffer("v", bytes, U.STORAGE | U.COPY_DST),
+        out: this.#ioBuffer("out", bytes, U.STORAGE | U.COPY_SRC),
+        read: this.#ioBuffer("out read", bytes, U.MAP_READ | U.COPY_DST),
       };
       ps.ioGroups = this.#ioGroups(ps, {
         q: { buffer: ps.io.q, size: bytes },
@@ -654,16 +789,26 @@ export class WebGpuOp implements DraftKernelOp {
         lists: d?.lists ?? this.#dummy,
       }),
     };
-    if (d) {
+    const scratch = this.#scratch;
+    if (d && scratch) {
       const common = { order: this.#order, tiles: this.#tiles, inv_len: this.#invLen! };
-      groups.poolQ = this.#pool!.bind({ params: d.poolQParams, x: t.q, ...common, pooled: d.qd });
-      groups.poolK = this.#pool!.bind({ params: d.poolKParams, x: t.k, ...common, pooled: d.kd });
-      groups.sampled = this.#stage!.ioGroup(d.stage, {
-        q: t.q,
-        k: t.k,
-        order: this.#order,
-        tiles: this.#tiles,
-      });
+      const { qd, kd } = scratch;
+      if (qd && kd) {
+        groups.poolQ = d.groups.map((mg) =>
+          this.#pool!.bind({ params: mg.poolQParams!, x: t.q, ...common, pooled: qd })
+        );
+        groups.poolK = d.groups.map((mg) =>
+          this.#pool!.bind({ params: mg.poolKParams!, x: t.k, ...common, pooled: kd })
+        );
+      }
+      groups.sampled = d.groups.map((mg) =>
+        this.#stage!.ioGroup(mg.stage, {
+          q: t.q,
+          k: t.k,
+          order: this.#order,
+          tiles: this.#tiles,
+        })
+      );
     }
     return groups;
   }
@@ -713,19 +858,26 @@ export class WebGpuOp implements DraftKernelOp {
         }),
       );
       const d = due ? ps.draft : undefined;
-      if (d && plan) {
+      const scratch = this.#scratch;
+      if (d && plan && scratch) {
         const pool = {
-          nbh,
           heads_per_row: headsPerRow,
           g: plan.g,
           s_b: sB / 4,
           s_t: sT / 4,
           s_h: sH / 4,
         };
-        queue.writeBuffer(d.poolQParams, 0, packParams(POOL_PARAMS, { ...pool, base: base.q }));
-        queue.writeBuffer(d.poolKParams, 0, packParams(POOL_PARAMS, { ...pool, base: base.k }));
-        stage!.writeParams(d.stage, { ...pool, base_q: base.q, base_k: base.k });
-        if (stage!.usesPercentile) enc.clearBuffer(d.hist);
+        for (const mg of d.groups) {
+          const at = { ...pool, nbh: mg.n, pair0: mg.pair0 };
+          if (mg.poolQParams && mg.poolKParams) {
+            queue.writeBuffer(mg.poolQParams, 0, packParams(POOL_PARAMS, { ...at, base: base.q }));
+            queue.writeBuffer(mg.poolKParams, 0, packParams(POOL_PARAMS, { ...at, base: base.k }));
+          }
+          stage!.writeParams(mg.stage, { ...pool, base_q: base.q, base_k: base.k });
+        }
+        // The pick passes leave the histogram of their pairs cleared for the next group; it
+        // starts cleared whatever an earlier (failed) run left.
+        if (scratch.hist) enc.clearBuffer(scratch.hist);
       }
       // The pass of a stage: the piece's one pass, or (profiling) a timed pass per stage.
       let open: GPUComputePassEncoder | undefined;
@@ -750,23 +902,29 @@ export class WebGpuOp implements DraftKernelOp {
       };
       if (d && plan) {
         const g = plan.g;
-        if (stage!.usesDraftMap) {
-          const poolGroups = Math.ceil((nbh * g * (spec.headDim / 4)) / POOL_WG);
-          this.#pool!.dispatch(pass("pool"), groups[i].poolQ!, poolGroups);
-          this.#pool!.dispatch(pass("pool"), groups[i].poolK!, poolGroups);
-          this.#map!.dispatch(pass("map"), d.mapGroup, nbh * Math.ceil(g / MAP_ROWS));
-        }
-        if (groups[i].sampled) stage!.dispatchEstimate(pass("map"), groups[i].sampled, nbh);
-        if (stage!.usesPercentile) {
-          const chunks = Math.ceil((g * g) / HIST_CHUNK);
-          for (let s = 0; s < SHIFTS.length; s++) {
-            this.#hist!.dispatch(pass("select"), d.histGroups[s], nbh * chunks);
-            this.#pick!.dispatch(pass("select"), d.pickGroups[s], nbh);
+        const io = groups[i];
+        // Group by group: the scratch holds one group's maps at a time.
+        d.groups.forEach((mg, j) => {
+          const n = mg.n;
+          if (io.poolQ && io.poolK && mg.local.map) {
+            const poolGroups = Math.ceil((n * g * (spec.headDim / 4)) / POOL_WG);
+            this.#pool!.dispatch(pass("pool"), io.poolQ[j], poolGroups);
+            this.#pool!.dispatch(pass("pool"), io.poolK[j], poolGroups);
+            this.#map!.dispatch(pass("map"), mg.local.map, n * Math.ceil(g / MAP_ROWS));
           }
-          this.#lists!.dispatch(pass("lists"), d.listsGroup, nbh * g);
-        } else {
-          stage!.dispatchSelect(pass("select"), d.stage);
-        }
+          const sampled = io.sampled?.[j];
+          if (sampled) stage!.dispatchEstimate(pass("map"), sampled, n);
+          if (mg.listsGroup) {
+            const chunks = Math.ceil((g * g) / HIST_CHUNK);
+            for (let s = 0; s < SHIFTS.length; s++) {
+              this.#hist!.dispatch(pass("select"), mg.local.hist[s], n * chunks);
+              this.#pick!.dispatch(pass("select"), mg.local.pick[s], n);
+            }
+            this.#lists!.dispatch(pass("lists"), mg.listsGroup, n * g);
+          } else {
+            stage!.dispatchSelect(pass("select"), mg.stage);
+          }
+        });
       }
       this.#flash.dispatch(pass("attention"), groups[i].flash, this.#itemCount * nbh);
       open!.end();

@@ -110,3 +110,58 @@ export function splitPieces(spec: DenseSpec, limits: PieceLimits): Piece[] {
   }
   return pieces;
 }
+
+/**
+ * Tuning of the draft scratch: the bytes that the buffers used only while a mask is built
+ * (pooled Q and K, the importance map, the radix-select histogram and state) may take. The op
+ * builds the masks of a piece in groups of as many (batch, head) pairs as fit this budget (at
+ * least one pair), reusing one scratch for every group and piece; the block lists stay whole.
+ * Read at op creation; tests lower it to force several groups.
+ */
+export const MASK_TUNING: { scratchBytes: number } = { scratchBytes: 16 * 1024 * 1024 };
+
+/** Which scratch buffers a mask stage uses. */
+export interface ScratchUse {
+  /** Pooled Q and K (the draft map or the hybrid estimator). */
+  draftMap: boolean;
+  /** The radix-select histogram and state (the percentile policy). */
+  percentile: boolean;
+}
+
+/**
+ * Bytes of draft scratch per (batch, head) pair for `g` video tiles: pooled Q and K (f32,
+ * `g * headDim` each) with the draft map, the importance map (f32, `g * g`), and with the
+ * percentile policy the radix-select histogram (256 u32) and state (2 u32).
+ *
+ * @example
+ * ```ts
+ * import { scratchPerPair } from "./pieces.ts";
+ * const bytes = scratchPerPair(990, 128, { draftMap: true, percentile: true });
+ * console.assert(bytes === 2 * 990 * 128 * 4 + 990 * 990 * 4 + 256 * 4 + 8);
+ * ```
+ */
+export function scratchPerPair(g: number, headDim: number, use: ScratchUse): number {
+  return (use.draftMap ? 2 * g * headDim * 4 : 0) + g * g * 4 +
+    (use.percentile ? 256 * 4 + 8 : 0);
+}
+
+/**
+ * Pairs per mask group: as many as `budget` bytes of scratch hold at `perPair` bytes each, at
+ * least 1 and at most `pairs` (the largest piece, so that a small op builds its masks in one
+ * group, with no extra dispatch).
+ *
+ * @example
+ * ```ts
+ * import { groupPairs } from "./pieces.ts";
+ * console.assert(groupPairs(4_935_192, 24, 16 * 2 ** 20) === 3); // HunyuanVideo 768p
+ * console.assert(groupPairs(40_000, 24, 16 * 2 ** 20) === 24);
+ * console.assert(groupPairs(2 ** 25, 24, 16 * 2 ** 20) === 1);
+ * ```
+ */
+export function groupPairs(
+  perPair: number,
+  pairs: number,
+  budget: number = MASK_TUNING.scratchBytes,
+): number {
+  return Math.max(1, Math.min(pairs, Math.floor(budget / Math.max(1, perPair))));
+}

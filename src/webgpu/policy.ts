@@ -21,6 +21,7 @@ export const ROW_PARAMS: ParamLayout = [
   ["k", "u32"],
   ["mass", "u32"],
   ["tau", "f32"],
+  ["pair0", "u32"],
 ];
 
 /** Mirror of `Params` in wgsl/estimate_sampled.wgsl. */
@@ -37,6 +38,7 @@ export const SAMPLED_PARAMS: ParamLayout = [
   ["stride", "u32"],
   ["hybrid", "u32"],
   ["scale", "f32"],
+  ["pair0", "u32"],
 ];
 
 /** Invocations per workgroup of the sampled estimator. */
@@ -72,7 +74,8 @@ export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 }
  * How the estimator groups its sample rows: `sg` samples of each of `qt` query tiles per
  * workgroup, `qt * sg` rows in all (as many as fit `SAMPLED_ROW_FLOATS` at `headDim`, at most
  * `SAMPLED_MAX_ROWS`), fewer tiles where that would leave fewer than
- * `SAMPLED_TUNING.minWorkgroups` workgroups for `queryTiles` (batch x heads x g) tiles.
+ * `SAMPLED_TUNING.minWorkgroups` workgroups for the `queryTiles` of one dispatch (the pairs of a
+ * mask group x g).
  *
  * @example
  * ```ts
@@ -129,9 +132,14 @@ export type BufferMaker = (
   data?: ArrayBufferView,
 ) => GPUBuffer;
 
-/** The stage's state for one piece of the op. */
-export interface StagePiece {
-  nbh: number;
+/**
+ * The stage's state for one mask group of a piece: pairs [pair0, pair0 + n) of the piece, whose
+ * map is built in the op's scratch `p` (rows 0..n-1) and whose block lists are rows
+ * pair0..pair0+n-1 of the piece's counts and lists.
+ */
+export interface StageGroup {
+  pair0: number;
+  n: number;
   /** Row policies: the bind group of select_row. */
   rowGroup?: GPUBindGroup;
   /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
@@ -141,7 +149,6 @@ export interface StagePiece {
 
 /** Tensor strides and bases of one piece, as the pool kernel gets them. */
 export interface PieceAddressing {
-  nbh: number;
   heads_per_row: number;
   s_b: number;
   s_t: number;
@@ -167,7 +174,17 @@ export class GpuMaskStage {
   /** Successful runs since the mask was last computed; -1 before the first. */
   #age = -1;
 
-  constructor(ctx: GpuContext, spec: DraftSpec, plan: Plan, buffer: BufferMaker) {
+  /**
+   * @param groupPairs Pairs in the op's largest mask group (sizes the estimator's grouping for
+   *   the workgroups of one dispatch).
+   */
+  constructor(
+    ctx: GpuContext,
+    spec: DraftSpec,
+    plan: Plan,
+    buffer: BufferMaker,
+    groupPairs: number = spec.batch * spec.heads,
+  ) {
     this.#ctx = ctx;
     this.#spec = spec;
     this.#plan = plan;
@@ -181,7 +198,7 @@ export class GpuMaskStage {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      const group = sampleGroup(c.samples, spec.headDim, spec.batch * spec.heads * plan.g);
+      const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
       this.#qt = group.qt;
       this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
     }
@@ -207,19 +224,27 @@ export class GpuMaskStage {
     this.#age = computed ? 0 : this.#age + 1;
   }
 
-  /** The stage's buffers and bind groups of one piece, over the piece's map and lists. */
-  piece(nbh: number, d: { p: GPUBuffer; counts: GPUBuffer; lists: GPUBuffer }): StagePiece {
+  /**
+   * The stage's buffers and bind groups of one mask group, pairs [pair0, pair0 + n) of a
+   * piece: over the scratch map `p` and the piece's counts and lists.
+   */
+  group(
+    pair0: number,
+    n: number,
+    d: { p: GPUBuffer; counts: GPUBuffer; lists: GPUBuffer },
+  ): StageGroup {
     const U = GPUBufferUsage;
     const { g, tiles } = this.#plan;
     const c = this.config;
-    const out: StagePiece = { nbh, p: d.p };
+    const out: StageGroup = { pair0, n, p: d.p };
     if (this.#row) {
       const params = this.#buffer(
         "row params",
         paramsBytes(ROW_PARAMS),
         U.UNIFORM | U.COPY_DST,
         new Uint8Array(packParams(ROW_PARAMS, {
-          nbh,
+          nbh: n,
+          pair0,
           g,
           tiles,
           k: c.rowKeep,
@@ -241,7 +266,7 @@ export class GpuMaskStage {
 
   /** The estimator's bind group over a piece's q and k (undefined without the estimator). */
   ioGroup(
-    sp: StagePiece,
+    sp: StageGroup,
     t: {
       q: GPUBuffer | GPUBufferBinding;
       k: GPUBuffer | GPUBufferBinding;
@@ -262,14 +287,16 @@ export class GpuMaskStage {
     });
   }
 
-  /** Writes the per-run params of a piece (tensor bases depend on the caller's buffers). */
-  writeParams(sp: StagePiece, a: PieceAddressing): void {
+  /** Writes the per-run params of a group (tensor bases depend on the caller's buffers). */
+  writeParams(sp: StageGroup, a: PieceAddressing): void {
     if (!sp.sampledParams) return;
     this.#ctx.device.queue.writeBuffer(
       sp.sampledParams,
       0,
       packParams(SAMPLED_PARAMS, {
         ...a,
+        nbh: sp.n,
+        pair0: sp.pair0,
         g: this.#plan.g,
         tokens: this.#plan.tokens,
         stride: this.#table!.samples + 1,
@@ -279,15 +306,15 @@ export class GpuMaskStage {
     );
   }
 
-  /** Records the sampled estimator (after the draft map, which "hybrid" mixes in). */
-  dispatchEstimate(pass: GPUComputePassEncoder, group: GPUBindGroup | undefined, nbh: number) {
+  /** Records the sampled estimator of `n` pairs (after the draft map, which "hybrid" mixes in). */
+  dispatchEstimate(pass: GPUComputePassEncoder, group: GPUBindGroup | undefined, n: number) {
     if (this.#sampled && group) {
-      this.#sampled.dispatch(pass, group, nbh * Math.ceil(this.#plan.g / this.#qt));
+      this.#sampled.dispatch(pass, group, n * Math.ceil(this.#plan.g / this.#qt));
     }
   }
 
-  /** Records the row policy's selection and block lists. */
-  dispatchSelect(pass: GPUComputePassEncoder, sp: StagePiece): void {
-    if (this.#row && sp.rowGroup) this.#row.dispatch(pass, sp.rowGroup, sp.nbh * this.#plan.g);
+  /** Records the row policy's selection and block lists of a group. */
+  dispatchSelect(pass: GPUComputePassEncoder, sp: StageGroup): void {
+    if (this.#row && sp.rowGroup) this.#row.dispatch(pass, sp.rowGroup, sp.n * this.#plan.g);
   }
 }
