@@ -191,25 +191,60 @@ for (
   );
 }
 
-gpuTest("TOO_LARGE when one batch element (BSHD) exceeds the binding limit", async () => {
-  const ctx = new GpuContext(await device(), { maxStorageBufferBindingSize: 4096 });
-  const spec: DenseSpec = {
-    batch: 1,
-    tokens: 65,
-    heads: 2,
-    headDim: 16,
-    layout: "BSHD",
-    dtype: "f32",
-    scale: 1,
-  };
-  assert.throws(() => new WebGpuOp(ctx, spec, undefined, () => {}), (e: unknown) => {
-    assert.ok(e instanceof DraftAttentionError);
-    assert.equal(e.code, "TOO_LARGE");
-    assert.equal(e.field, "q");
-    assert.match(e.message, /BHSD/);
-    return true;
-  });
-});
+// BSHD beyond a binding: no binding range holds one head of interleaved heads, so typed-array
+// runs upload per head (the op's buffers in BHSD order) and caller buffers get TOO_LARGE.
+for (const [dtype, offset] of [["f16", 1], ["f32", 0]] as const) {
+  gpuTest(
+    `BSHD ${dtype} beyond a binding: run() goes per head, run(buffers) is TOO_LARGE` +
+      (offset ? " (inputs at an odd element offset)" : ""),
+    async () => {
+      const dev = await device();
+      const whole = new GpuContext(dev);
+      // One batch element: 129 tokens x 3 heads x 16 dims; one head fits, three do not.
+      const eb = dtype === "f16" ? 2 : 4;
+      const split = new GpuContext(dev, { maxStorageBufferBindingSize: 129 * 16 * eb * 2 + 512 });
+      const dense: DenseSpec = {
+        batch: 2,
+        tokens: 129,
+        heads: 3,
+        headDim: 16,
+        layout: "BSHD",
+        dtype,
+        scale: 0.3,
+      };
+      const [draft, plan] = draftSpec(GEOM, { batch: 2, heads: 3, layout: "BSHD", dtype });
+      for (const [spec, p] of [[dense, undefined], [draft, plan]] as const) {
+        const a = new WebGpuOp(whole, spec, p, () => {});
+        const b = new WebGpuOp(split, spec, p, () => {});
+        assert.equal(a.pieceCount, 1);
+        assert.ok(b.pieceCount > spec.batch, `${b.pieceCount} pieces: finer than batch elements`);
+        const [q, k, v] = inputs(spec, 13).map((x) => {
+          if (!offset) return x;
+          // A view one element into its buffer: 2-byte aligned only (the 16-bit copy path).
+          const Ctor = x.constructor as Float16ArrayConstructor;
+          const y = new Ctor(x.length + 1).subarray(1);
+          y.set(x as Float16Array);
+          return y;
+        });
+        const want = await a.run(q, k, v);
+        assert.deepEqual(asBytes(await b.run(q, k, v)), asBytes(want), `${p ? "draft" : "dense"}`);
+        if (p) assert.deepEqual(await b.lastMask(), await a.lastMask());
+        const [qb, kb, vb, out] = [q, k, v, q].map((x) => gpuBuffer(dev, x));
+        await assert.rejects(b.runBuffers({ q: qb, k: kb, v: vb, out }), (e: unknown) => {
+          assert.ok(e instanceof DraftAttentionError);
+          assert.equal(e.code, "TOO_LARGE");
+          assert.equal(e.field, "q");
+          assert.match(e.message, /typed arrays/);
+          assert.match(e.message, /BHSD/);
+          return true;
+        });
+        for (const x of [qb, kb, vb, out]) x.destroy();
+        a.dispose();
+        b.dispose();
+      }
+    },
+  );
+}
 
 gpuTest(
   "run({ q, k, v, out }) writes out without touching other bytes; runs are serialised",

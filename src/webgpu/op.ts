@@ -192,6 +192,14 @@ export class WebGpuOp implements DraftKernelOp {
   #tail: Promise<unknown> = Promise.resolve();
   #disposed = false;
   #hasRun = false;
+  /**
+   * Set when a BSHD batch element exceeds a binding: the op's own buffers then hold the tensors
+   * per head (BHSD order), filled by run(q, k, v) on typed arrays; caller buffers in BSHD cannot
+   * be split that way, and runBuffers() answers with this error.
+   */
+  #bshdTooLarge?: DraftAttentionError;
+  /** Host staging of one piece in BHSD order (typed-array runs of a split BSHD op). */
+  #staging?: ArrayBuffer;
   /** Query set and buffers of {@linkcode WebGpuOp.profile}, made on first use. */
   #profiler?: Profiler;
 
@@ -212,7 +220,6 @@ export class WebGpuOp implements DraftKernelOp {
     this.plan = plan;
     this.#onDispose = onDispose;
     this.#eb = spec.dtype === "f16" ? 2 : 4;
-    this.#strides = strides(spec);
     const shaderF16 = ctx.device.features.has("shader-f16");
     const subgroupSize = ctx.subgroupSize;
     this.config = variant
@@ -240,10 +247,28 @@ export class WebGpuOp implements DraftKernelOp {
     const tiles = plan?.tiles ?? 0;
     const lim = ctx.limits;
     const slack = lim.minStorageBufferOffsetAlignment;
-    const pieces = splitPieces(spec, {
+    const pieceLimits = {
       maxBytes: Math.min(lim.maxStorageBufferBindingSize, lim.maxBufferSize) - slack,
       perPairBytes: plan ? Math.max(g * spec.headDim * 4, g * g * 4, tiles * tiles * 4) : 0,
-    });
+    };
+    let pieces: Piece[];
+    let gpuLayout = spec;
+    try {
+      pieces = splitPieces(spec, pieceLimits);
+    } catch (e) {
+      if (!(spec.layout === "BSHD" && e instanceof DraftAttentionError && e.field === "q")) throw e;
+      // The heads of a BSHD batch element are interleaved, so no binding range holds one head.
+      // Typed-array runs can still go per head: the op's buffers hold the tensors in BHSD order.
+      gpuLayout = { ...spec, layout: "BHSD" };
+      pieces = splitPieces(gpuLayout, pieceLimits);
+      this.#bshdTooLarge = new DraftAttentionError(
+        "TOO_LARGE",
+        "q",
+        `${e.message.replace(/; the BHSD layout can be split per head$/, "")}; BSHD GPU ` +
+          `buffers cannot be split per head: pass typed arrays (uploaded per head) or use BHSD`,
+      );
+    }
+    this.#strides = strides(gpuLayout);
 
     const [, ready] = ctx.scoped("creating the op", () => this.#create(pieces));
     // Creation errors (shader compilation, out of memory) surface at the first run.
@@ -519,12 +544,13 @@ export class WebGpuOp implements DraftKernelOp {
           const { elemOffset, elems } = ps.piece;
           const io = ps.io!;
           for (const [buf, src] of [[io.q, q], [io.k, k], [io.v, v]] as const) {
-            const bytes = new Uint8Array(
+            const bytes = this.#bshdTooLarge ? this.#toHeads(src, ps.piece) : new Uint8Array(
               src.buffer,
               src.byteOffset + elemOffset * this.#eb,
               elems * this.#eb,
-            ) as Uint8Array<ArrayBuffer>;
-            queue.writeBuffer(buf, 0, bytes);
+            );
+            // writeBuffer copies the bytes at the call, so the staging can be reused.
+            queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
           }
         }
         const zero = { q: 0, k: 0, v: 0, out: 0 };
@@ -541,10 +567,9 @@ export class WebGpuOp implements DraftKernelOp {
       const bytes = new Uint8Array(out.buffer);
       this.#pieces.forEach((ps, i) => {
         const { elemOffset, elems } = ps.piece;
-        bytes.set(
-          new Uint8Array(reads[i].getMappedRange(0, elems * this.#eb)),
-          elemOffset * this.#eb,
-        );
+        const piece = new Uint8Array(reads[i].getMappedRange(0, elems * this.#eb));
+        if (this.#bshdTooLarge) this.#fromHeads(piece, bytes, ps.piece);
+        else bytes.set(piece, elemOffset * this.#eb);
         reads[i].unmap();
       });
       return out;
@@ -953,8 +978,36 @@ export class WebGpuOp implements DraftKernelOp {
     };
   }
 
+  /**
+   * The piece's (batch, head) pairs of a BSHD typed array, gathered in BHSD order (each head's
+   * tokens contiguous, as the op's buffers hold them) into the reused staging buffer.
+   */
+  #toHeads(src: TensorArray, piece: Piece): Uint8Array {
+    const bytes = piece.elems * this.#eb;
+    if (!this.#staging || this.#staging.byteLength < bytes) {
+      this.#staging = new ArrayBuffer(
+        Math.max(...this.#pieces.map((p) => p.piece.elems)) * this.#eb,
+      );
+    }
+    const staging = new Uint8Array(this.#staging, 0, bytes);
+    copyHeads(
+      new Uint8Array(src.buffer, src.byteOffset, src.byteLength),
+      staging,
+      this.spec,
+      piece,
+      true,
+    );
+    return staging;
+  }
+
+  /** Scatters a piece read back in BHSD order into the BSHD output bytes. */
+  #fromHeads(piece: Uint8Array, out: Uint8Array, p: Piece): void {
+    copyHeads(out, piece, this.spec, p, false);
+  }
+
   /** Synchronous checks of caller buffers: size, usage, map state, aliasing. */
   #checkBuffers(args: GpuRunArgs): void {
+    if (this.#bshdTooLarge) throw this.#bshdTooLarge;
     const spec = this.spec;
     const bytes = spec.batch * spec.tokens * spec.heads * spec.headDim * this.#eb;
     const shape = spec.layout === "BSHD"
@@ -1044,5 +1097,40 @@ export class WebGpuOp implements DraftKernelOp {
       counts: d,
       lists: d,
     };
+  }
+}
+
+/**
+ * Copies the rows of pairs [bh0, bh0 + nbh) between a whole BSHD tensor (`bshd`, bytes) and a
+ * piece in BHSD order (`heads`, bytes): `toHeads` gathers into `heads`, else scatters back. Rows
+ * move as 32-bit words where both ends are 4-byte aligned (always for f32; f16 rows are
+ * headDim * 2 bytes, a multiple of 8), else as 16-bit halves.
+ */
+function copyHeads(
+  bshd: Uint8Array,
+  heads: Uint8Array,
+  spec: DenseSpec,
+  piece: Piece,
+  toHeads: boolean,
+): void {
+  const { tokens: N, heads: H, headDim: D } = spec;
+  const eb = spec.dtype === "f16" ? 2 : 4;
+  const wide = bshd.byteOffset % 4 === 0 && heads.byteOffset % 4 === 0;
+  const unit = wide ? 4 : 2;
+  const view = (x: Uint8Array) =>
+    wide
+      ? new Uint32Array(x.buffer, x.byteOffset, x.byteLength / 4)
+      : new Uint16Array(x.buffer, x.byteOffset, x.byteLength / 2);
+  const a = view(bshd), b = view(heads);
+  const row = (D * eb) / unit;
+  for (let x = 0; x < piece.nbh; x++) {
+    const bh = piece.bh0 + x;
+    const batch = Math.floor(bh / H), h = bh % H;
+    for (let t = 0; t < N; t++) {
+      const at = (((batch * N + t) * H + h) * D * eb) / unit;
+      const to = ((x * N + t) * D * eb) / unit;
+      if (toHeads) { for (let w = 0; w < row; w++) b[to + w] = a[at + w]; }
+      else for (let w = 0; w < row; w++) a[at + w] = b[to + w];
+    }
   }
 }
