@@ -23,6 +23,7 @@ import { buildPlan } from "../src/plan.ts";
 import type { DraftAttentionOptions, DraftSpec, DType, Layout, TensorArray } from "../src/types.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
+import { ortPeer } from "./_ort_webgpu.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -38,6 +39,10 @@ const { values: args } = parseArgs({
     layout: { type: "string", default: "BSHD" },
     io: { type: "string", default: "buffers" },
     threads: { type: "string", default: "" },
+    // The onnxruntime-web WebGPU MultiHeadAttention row (bench/_ort_webgpu.ts).
+    peer: { type: "boolean", default: false },
+    "no-peer": { type: "boolean", default: false },
+    "peer-budget": { type: "string", default: "60" },
     help: { type: "boolean", default: false },
   },
 });
@@ -47,6 +52,8 @@ if (args.help) {
   [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N]
   [--limits adapter|default|adapter,default] [--layout BSHD|BHSD] [--io buffers|typed]
   [--threads N] (WebAssembly threads; default every core)
+  [--peer | --no-peer] [--peer-budget S] (onnxruntime-web WebGPU row after each dense row:
+  default on a hardware GPU; at most S seconds a row, default 60; DRAFTATTN_ORT=bundle.mjs)
 shapes: ${Object.keys(SHAPES()).join(", ")}`);
   Deno.exit(0);
 }
@@ -106,6 +113,12 @@ interface Row {
   stages?: StageTimes;
   /** Share of the draft stages (pool, map, select, lists) in the profiled run. */
   overhead?: number;
+  /** Peer rows: max |diff| against our dense row on the same inputs. */
+  error?: number;
+  /** Peer rows: how it ran, or why it did not. */
+  note?: string;
+  /** Peer rows: the rest of the comparison (bench/_ort_webgpu.ts). */
+  peer?: Record<string, unknown>;
 }
 
 /**
@@ -184,6 +197,7 @@ async function benchShape(
   let profile: ((spec: DraftSpec) => Promise<StageTimes | undefined>) | undefined;
   const buffers: GPUBuffer[] = [];
   const device = rt.device;
+  let gpuBufs: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer } | undefined;
   const bytes = n * (dtype === "f16" ? 2 : 4);
   // No caller buffer can hold a tensor beyond the device's largest buffer: typed arrays then.
   const io = device && (args.io === "typed" || bytes > device.limits.maxBufferSize)
@@ -199,7 +213,7 @@ async function benchShape(
       buffers.push(b);
       return b;
     };
-    const bufs = { q: make(q), k: make(k), v: make(v), out: make() };
+    const bufs = gpuBufs = { q: make(q), k: make(k), v: make(v), out: make() };
     run = (op) => (op.run as unknown as (b: typeof bufs) => Promise<void>)(bufs);
     sync = () => device.queue.onSubmittedWorkDone();
     profile = (spec) => profileStages(device, spec, bufs);
@@ -208,6 +222,7 @@ async function benchShape(
   }
   const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout });
   const denseMs = await timeIt(() => run(denseOp), reps, sync);
+  const denseSpec = denseOp.spec;
   denseOp.dispose();
   const base = {
     shape: shape.name,
@@ -219,6 +234,22 @@ async function benchShape(
     tokens,
   };
   rows.push({ ...base, sparsity: "dense", ms: denseMs, tflops: flops / denseMs / 1e9, speedup: 1 });
+  if (peer && device) {
+    // gpuBufs.out holds our dense output: the peer's error is measured against it.
+    const { ms, error, note, ...more } = gpuBufs
+      ? await ortPeer({
+        device,
+        spec: denseSpec,
+        bufs: gpuBufs,
+        cpu: { q, k, v },
+        reps,
+        budgetS: Number(args["peer-budget"]),
+      })
+      : { ms: NaN, error: undefined, note: "skipped: GPUBuffers only (io typed here)" };
+    const [tflops, speedup] = [flops / ms / 1e9, denseMs / ms];
+    rows.push({ ...base, backend: "ort-webgpu", sparsity: "dense", ms, tflops, speedup, error });
+    Object.assign(rows[rows.length - 1], { note, peer: more });
+  }
   for (const sparsity of shape.sparsities) {
     const op = rt.draftAttention({ ...geometry, dtype, sparsity });
     const ms = await timeIt(() => run(op), reps, sync);
@@ -283,6 +314,7 @@ const shapes = args.shape?.length
   : [SHAPES()["hunyuan-768p"], SHAPES()["wan-480p"]];
 const dtypes: DType[] = args.dtype ? [args.dtype as DType] : gpu ? ["f16", "f32"] : ["f32"];
 const reps = args.reps ? Number(args.reps) : gpu ? 5 : 2;
+const peer = rt.backend === "webgpu" && !args["no-peer"] && (args.peer || gpu);
 if (args.sparsity) {
   const list = args.sparsity.split(",").map(Number);
   for (const s of shapes) s.sparsities = list;
@@ -316,7 +348,7 @@ async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promis
       console.log(
         [
           r.shape.padEnd(14),
-          r.backend.padEnd(7),
+          r.backend.padEnd(10),
           r.limits.padEnd(7),
           (r.io ?? "").padEnd(7),
           r.layout,
@@ -332,6 +364,8 @@ async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promis
           r.stages === undefined
             ? ""
             : `(${Object.entries(r.stages).map(([s, t]) => `${s} ${t.toFixed(2)}`).join(", ")} ms)`,
+          r.error === undefined ? "" : `max|diff| ${r.error.toExponential(1)} vs dense;`,
+          r.note ?? "",
         ].join(" "),
       );
     }

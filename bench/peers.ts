@@ -3,8 +3,8 @@
  * the same inputs, printed as one table:
  * - draftattn's WebAssembly backend on 1 thread and on every core (`--threads`);
  * - onnxruntime-web's WebAssembly backend (`npm:onnxruntime-web`, a benchmark-only dependency),
- *   its `com.microsoft` MultiHeadAttention operator in a one-node ONNX model written here by a
- *   tiny protobuf writer, on 1 thread and on as many as ours;
+ *   its `com.microsoft` MultiHeadAttention operator in a one-node ONNX model written by the
+ *   tiny protobuf writer of bench/_onnx.ts, on 1 thread and on as many as ours;
  * - draftattn's WebGPU backend on whatever adapter Deno finds (llvmpipe, a software Vulkan
  *   renderer, on a machine without a GPU), typed arrays in and out (the readback included).
  * Every row's output is compared with the first row's (our one-thread dense attention; draft
@@ -20,6 +20,7 @@ import { parseArgs } from "node:util";
 // deno-lint-ignore no-import-prefix
 import * as ort from "npm:onnxruntime-web@1.30.0";
 import { openRuntime, type Runtime } from "../mod.ts";
+import { type Field, message, mhaModel, tensorInfo } from "./_onnx.ts";
 import type { TensorArray } from "../src/types.ts";
 
 const { values: args } = parseArgs({
@@ -46,85 +47,8 @@ const THREADS = Number(args.threads);
 const REPS = Number(args.reps);
 
 // ---------------------------------------------------------------------------------------------
-// A one-node ONNX model, written with a protobuf writer of a few lines
+// A second ONNX graph (the MultiHeadAttention model and the protobuf writer: bench/_onnx.ts)
 // ---------------------------------------------------------------------------------------------
-
-/** A protobuf field: number, wire type, value (a nested message is a list of fields). */
-type Field = [number, "varint" | "f32" | "bytes", number | string | Field[]];
-
-function varint(n: number, out: number[]): void {
-  do {
-    const b = n % 128;
-    n = Math.floor(n / 128);
-    out.push(n > 0 ? b | 128 : b);
-  } while (n > 0);
-}
-
-function message(fields: Field[]): Uint8Array {
-  const out: number[] = [];
-  for (const [no, kind, value] of fields) {
-    if (kind === "varint") {
-      varint(no * 8, out);
-      varint(value as number, out);
-    } else if (kind === "f32") {
-      varint(no * 8 + 5, out);
-      out.push(...new Uint8Array(Float32Array.of(value as number).buffer));
-    } else {
-      const bytes = typeof value === "string"
-        ? new TextEncoder().encode(value)
-        : message(value as Field[]);
-      varint(no * 8 + 2, out);
-      varint(bytes.length, out);
-      out.push(...bytes);
-    }
-  }
-  return Uint8Array.from(out);
-}
-
-/** ValueInfoProto of a float tensor (TypeProto.Tensor elem_type 1 = FLOAT). */
-function tensorInfo(no: number, name: string, dims: number[]): Field {
-  const shape: Field[] = dims.map((d) => [1, "bytes", [[1, "varint", d]]]);
-  return [no, "bytes", [[1, "bytes", name], [2, "bytes", [[1, "bytes", [[1, "varint", 1], [
-    2,
-    "bytes",
-    shape,
-  ]]]]]]];
-}
-
-/**
- * ModelProto (IR 8, opsets "" 17 and com.microsoft 1) of one MultiHeadAttention node:
- * q, k, v [batch, tokens, heads * headDim] -> o, the BSHD layout read as 3-D.
- */
-function mhaModel(batch: number, tokens: number, heads: number, headDim: number): Uint8Array {
-  const dims = [batch, tokens, heads * headDim];
-  const node: Field[] = [
-    [1, "bytes", "q"],
-    [1, "bytes", "k"],
-    [1, "bytes", "v"],
-    [2, "bytes", "o"],
-    [3, "bytes", "attention"],
-    [4, "bytes", "MultiHeadAttention"],
-    [7, "bytes", "com.microsoft"],
-    // AttributeProto: name, i (3) or f (2), type (20): INT = 2, FLOAT = 1.
-    [5, "bytes", [[1, "bytes", "num_heads"], [3, "varint", heads], [20, "varint", 2]]],
-    [5, "bytes", [[1, "bytes", "scale"], [2, "f32", 1 / Math.sqrt(headDim)], [20, "varint", 1]]],
-  ];
-  const graph: Field[] = [
-    [1, "bytes", node],
-    [2, "bytes", "attention"],
-    tensorInfo(11, "q", dims),
-    tensorInfo(11, "k", dims),
-    tensorInfo(11, "v", dims),
-    tensorInfo(12, "o", dims),
-  ];
-  return message([
-    [1, "varint", 8],
-    [2, "bytes", "draftattn bench/peers.ts"],
-    [8, "bytes", [[1, "bytes", ""], [2, "varint", 17]]],
-    [8, "bytes", [[1, "bytes", "com.microsoft"], [2, "varint", 1]]],
-    [7, "bytes", graph],
-  ]);
-}
 
 /**
  * The same attention as plain ONNX operators (opset 17): Transpose to [1, heads, tokens,
