@@ -101,6 +101,12 @@ interface Row {
   io?: "buffers" | "typed";
   /** Pieces the draft op is split into to fit the device's bindings (GPU rows). */
   pieces?: number;
+  /**
+   * GPU memory the draft op keeps beyond Q, K, V and O (tables, block lists, draft scratch), in
+   * bytes and as a share of the four tensors' bytes (GPU rows).
+   */
+  extraBytes?: number;
+  extraShare?: number;
   layout: string;
   dtype: DType;
   tokens: number;
@@ -255,7 +261,7 @@ async function benchShape(
     const ms = await timeIt(() => run(op), reps, sync);
     const density = (await op.lastMask()).density;
     const draftSpec = op.spec as DraftSpec;
-    const pieces = device ? piecesOf(draftSpec, device) : undefined;
+    const facts = device ? opFacts(draftSpec, device) : undefined;
     op.dispose();
     const stages = await profile?.(draftSpec);
     const total = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
@@ -266,7 +272,13 @@ async function benchShape(
       tflops: flops / ms / 1e9,
       speedup: denseMs / ms,
       density,
-      ...(pieces ? { pieces } : {}),
+      ...(facts
+        ? {
+          pieces: facts.pieces,
+          extraBytes: facts.extraBytes,
+          extraShare: facts.extraBytes / (4 * bytes),
+        }
+        : {}),
       ...(stages && total > 0 ? { stages, overhead: (total - stages.attention) / total } : {}),
     });
   }
@@ -274,12 +286,15 @@ async function benchShape(
   return rows;
 }
 
-/** Pieces a draft op of `spec` is split into on `device` (as src/webgpu/op.ts splits it). */
-function piecesOf(spec: DraftSpec, device: GPUDevice): number {
+/**
+ * Pieces a draft op of `spec` is split into on `device` and the GPU memory it keeps beyond Q, K,
+ * V and O, from an op built as src/webgpu/op.ts builds it (its buffers only; no run).
+ */
+function opFacts(spec: DraftSpec, device: GPUDevice): { pieces: number; extraBytes: number } {
   const op = new WebGpuOp(new GpuContext(device), spec, buildPlan(spec), () => {});
-  const count = op.pieceCount;
+  const facts = { pieces: op.pieceCount, extraBytes: op.extraBytes };
   op.dispose();
-  return count;
+  return facts;
 }
 
 const limitsList = args.limits.split(",") as ("adapter" | "default")[];
@@ -360,6 +375,11 @@ async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promis
           `${r.speedup.toFixed(2)}x`.padStart(8),
           r.density === undefined ? "" : `density ${r.density.toFixed(3)}`,
           r.pieces === undefined ? "" : `pieces ${r.pieces}`,
+          r.extraShare === undefined
+            ? ""
+            : `extra memory ${(r.extraBytes! / 2 ** 20).toFixed(1)} MiB (${
+              (100 * r.extraShare).toFixed(2)
+            }% of QKVO)`,
           r.overhead === undefined ? "" : `overhead ${(100 * r.overhead).toFixed(1)}%`,
           r.stages === undefined
             ? ""
