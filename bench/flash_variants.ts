@@ -254,6 +254,7 @@ const T = (
     hm?: boolean;
     sg?: boolean;
     kx?: boolean;
+    sv?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -269,7 +270,42 @@ const BOTH: DType[] = ["f16", "f32"];
 const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
 const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
+const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 8: tiles for WebGPU's default limits (16 KiB, 256 invocations): subgroup rows with V
+  // staged over K, against the chunked kernel that served them
+  {
+    name: "r8 16KiB chunked 32x32 (old default pick)",
+    variant: CH(8, 8, 4, 16, 16),
+    headDim: 128,
+    dtypes: BOTH,
+    draft: true,
+  },
+  {
+    name: "r8 16KiB 32x32 sg sv",
+    variant: T(8, 32, 1, 1, SV),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r8 16KiB 32x32 sg sv no pf ve",
+    variant: T(8, 32, 1, 1, { ...SV, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r8 16KiB 32x32 tm2 sg sv 128thr",
+    variant: T(4, 32, 1, 1, { ...SV, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r8 48KiB 64x32 tm2 sg sv f32 Q^T",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, hq: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 7: around the round-6 pick (f32 Q^T, swizzled K): unroll, early loads, rows per thread
   { name: "r7 table pick", headDim: 128, dtypes: BOTH },
   {

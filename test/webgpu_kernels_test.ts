@@ -715,6 +715,39 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       "sg hs kx",
     ],
     [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, kx: true }, "kx"],
+    [
+      64,
+      {
+        kernel: "tiled",
+        tm4: 2,
+        rg: 4,
+        cg: sg,
+        tn: 32 / sg,
+        td4: Math.ceil(16 / sg),
+        sg: true,
+        sv: true,
+        hs: true,
+        hq: true,
+        kx: true,
+        pf: true,
+        ve: true,
+      },
+      "sg sv hs hq kx",
+    ],
+    [
+      64,
+      {
+        kernel: "tiled",
+        tm4: 1,
+        rg: 4,
+        cg: sg,
+        tn: 32 / sg,
+        td4: Math.ceil(16 / sg),
+        sg: true,
+        sv: true,
+      },
+      "sg sv",
+    ],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -743,6 +776,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
         assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
         assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
+        assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);
@@ -1003,6 +1037,19 @@ Deno.test("variants: 48 KiB devices with subgroups of 32 pick the swizzled-K til
   // headDim / 4 not a power of two: no swizzle, so a row that fits padded.
   const odd = pick(100, "f16", true);
   assert.ok(!odd.kx && odd.smemBytes <= 49152);
+  // WebGPU's default limits: f16 subgroup tiles with V over K, exactly 16 KiB; f32 the old tiles.
+  const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
+  const small = pickFlashVariant(128, dflt, { dtype: "f16", shaderF16: true, subgroupSize: 32 }) as
+    & TiledVariant
+    & ReturnType<typeof flashConfig>;
+  assert.deepEqual([small.sg, small.sv, small.hq, small.smemBytes, small.threads], [
+    true,
+    true,
+    true,
+    16384,
+    256,
+  ]);
+  assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
   // 40 KiB: the f16 Q^T row.
   const c = pickFlashVariant(128, { ...limits, maxComputeWorkgroupStorageSize: 40960 }, {
     dtype: "f16",

@@ -82,6 +82,11 @@ const HM: u32 = 0u;
  */
 const SG: u32 = 0u;
 /**
+ * 1 (with SG): V is staged into `kv` once S is done, over the K rows, instead of into its own
+ * buffer with K: one barrier more per chunk, K/V memory halved (tiles for 16 KiB devices).
+ */
+const SV: u32 = 0u;
+/**
  * 1: K rows unpadded in `kv` (stride D4), column c of row j stored at c ^ (j % D4) (D4 a power of
  * two): still conflict-free column reads, one vec4 per key less memory than the padded stride.
  */
@@ -133,7 +138,10 @@ override KV4: u32 = max(BC * KSTR4, BC * DP4);
 var<workgroup> qt: array<Qt4, D * BR4>;
 var<workgroup> kv: array<Kv4, KV4>;
 // @if SG
+// @if SV
+// @else
 var<workgroup> vs: array<Kv4, BC * DP4>;
+// @endif
 // @else
 var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
 var<workgroup> red: array<vec4<f32>, BR4 * CG>;
@@ -317,6 +325,13 @@ fn main(
     }
     // @end
     // @if SG
+    // @if SV
+    if (VE != 0u) {
+      // @unroll I VPT
+      vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @end
+    }
+    // @else
     // @unroll I VPT
     {
       let e = lid + NT * I;
@@ -325,6 +340,7 @@ fn main(
       }
     }
     // @end
+    // @endif
     // @else
     if (VE != 0u) {
       // @unroll I VPT
@@ -420,6 +436,23 @@ fn main(
       // @end
     }
     // @end
+    // @if SV
+    workgroupBarrier(); // B3: K consumed; V goes over it
+    if (VE == 0u) {
+      // @unroll I VPT
+      vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @end
+    }
+    // @unroll I VPT
+    {
+      let e = lid + NT * I;
+      if (e < BC * DP4) {
+        kv[e] = kv_in(vp_I);
+      }
+    }
+    // @end
+    workgroupBarrier(); // B4: V staged
+    // @endif
     let nxt = next_chunk(cur, count, list_base);
     if (PF != 0u) {
       // @unroll I KPT
@@ -433,7 +466,11 @@ fn main(
       {
         let c = c0 + U;
         // @unroll T TD4
+        // @if SV
+        let v_T = vec4<f32>(kv[(c + CG * N) * DP4 + cg + CG * T]);
+        // @else
         let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + cg + CG * T]);
+        // @endif
         // @end
         // @unroll R TM4
         {

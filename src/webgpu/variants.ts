@@ -75,6 +75,11 @@ export interface TiledVariant {
    * power of two; elsewhere the variant runs as if it were false.
    */
   kx?: boolean;
+  /**
+   * With `sg`: V staged over K once S is done instead of into its own buffer (default false):
+   * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
+   */
+  sv?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -144,6 +149,22 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
+    // WebGPU's default limits (16 KiB, 256 invocations) with f16, shader-f16 and subgroups of
+    // 32: 32 x 32, f16 tiles, V over K, exactly 16 KiB
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      hs: true,
+      hq: true,
+      sg: true,
+      sv: true,
+      kx: true,
+    },
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
   256: [
@@ -187,6 +208,7 @@ export function flashConfig(
       ? { ...plain, hs: !!(hs || hm), hq: !!(hq || hm), ...(hm ? { hm: true } : {}) }
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
+    else if (v.sv) v = { ...v, sv: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
@@ -201,7 +223,7 @@ export function flashConfig(
     const kv4 = Math.max(bc * kstr4, bc * dp4);
     const qb = v.hq ? 8 : 16, kb = v.hs ? 8 : 16;
     const smemBytes = v.sg
-      ? qb * headDim * br4 + kb * (bc * kstr4 + bc * dp4)
+      ? qb * headDim * br4 + kb * (v.sv ? kv4 : bc * kstr4 + bc * dp4)
       : qb * headDim * br4 + kb * kv4 + 16 * (bc * (br4 + 1) + br4 * v.cg);
     const uj = v.uj ?? 4;
     const per = (n: number) => Math.ceil(n / threads);
@@ -230,6 +252,7 @@ export function flashConfig(
         H16: v.hs || v.hq || v.hm ? 1 : 0,
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
+        SV: v.sv ? 1 : 0,
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
