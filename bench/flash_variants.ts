@@ -272,6 +272,36 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 9: the table after round 8 (dense: 64 x 32 f32 Q^T, V over K; draft: 32 x 32 f16, V
+  // over K), against the other tile for each kind of op, and 32-row tiles with f32 Q^T
+  { name: "r9 table pick (draft rows: the draft pick)", headDim: 128, dtypes: BOTH, draft: true },
+  {
+    name: "r9 64x32 f32 Q^T sv (dense pick) as draft",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, hq: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r9 32x32 sg sv (draft pick) as dense",
+    variant: T(8, 32, 1, 1, SV),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r9 32x32 f32 Q^T sv 24KiB",
+    variant: T(8, 32, 1, 1, { ...SV, hq: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r9 32x32 tm2 f32 Q^T sv 128thr 24KiB",
+    variant: T(4, 32, 1, 1, { ...SV, tm4: 2, hq: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
   // round 8: tiles for WebGPU's default limits (16 KiB, 256 invocations): subgroup rows with V
   // staged over K, against the chunked kernel that served them
   {

@@ -1014,47 +1014,37 @@ gpuTest("profile: per-stage GPU times of a draft run", async () => {
   dev.destroy();
 });
 
-Deno.test("variants: 48 KiB devices with subgroups of 32 pick the swizzled-K tiles", () => {
+Deno.test("variants: subgroups of 32 pick V-over-K tiles; draft ops the 32-row one", () => {
   const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
-  const pick = (headDim: number, dtype: DType, shaderF16: boolean) =>
-    pickFlashVariant(headDim, limits, { dtype, shaderF16, subgroupSize: 32 }) as
-      & TiledVariant
-      & ReturnType<typeof flashConfig>;
-  const f16 = pick(128, "f16", true);
-  assert.deepEqual([f16.tm4, f16.hs, !!f16.hq, f16.sg, f16.kx, f16.smemBytes], [
-    2,
-    true,
-    false,
-    true,
-    true,
-    49152,
-  ]);
-  // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, also exactly 48 KiB.
+  type Picked = TiledVariant & ReturnType<typeof flashConfig>;
+  const pick = (headDim: number, dtype: DType, shaderF16: boolean, draft = false, l = limits) =>
+    pickFlashVariant(headDim, l, { dtype, shaderF16, subgroupSize: 32, draft }) as Picked;
+  const shape = (c: Picked) => [c.br, !!c.hs, !!c.hq, !!c.sg, !!c.sv, !!c.kx, c.smemBytes];
+  // Dense f16: 64 rows, f32 Q^T, f16 K/V, V over K (40 KiB); draft f16: 32 rows, all f16 (16 KiB).
+  assert.deepEqual(shape(pick(128, "f16", true)), [64, true, false, true, true, true, 40960]);
+  assert.deepEqual(shape(pick(128, "f16", true, true)), [32, true, true, true, true, true, 16384]);
+  // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
-    const c = pick(128, dtype, shaderF16);
-    assert.deepEqual([c.tm4, !!c.hs, c.sg, c.kx, c.smemBytes], [1, false, true, true, 49152]);
+    for (const draft of [false, true]) {
+      assert.deepEqual(shape(pick(128, dtype, shaderF16, draft)), [
+        32,
+        false,
+        false,
+        true,
+        false,
+        true,
+        49152,
+      ]);
+    }
   }
-  // headDim / 4 not a power of two: no swizzle, so a row that fits padded.
+  // headDim / 4 not a power of two: no swizzle; still a row that fits.
   const odd = pick(100, "f16", true);
   assert.ok(!odd.kx && odd.smemBytes <= 49152);
-  // WebGPU's default limits: f16 subgroup tiles with V over K, exactly 16 KiB; f32 the old tiles.
+  // WebGPU's default limits: the 16 KiB row for dense ops too; f32 the chunked kernel.
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
-  const small = pickFlashVariant(128, dflt, { dtype: "f16", shaderF16: true, subgroupSize: 32 }) as
-    & TiledVariant
-    & ReturnType<typeof flashConfig>;
-  assert.deepEqual([small.sg, small.sv, small.hq, small.smemBytes, small.threads], [
-    true,
-    true,
-    true,
-    16384,
-    256,
-  ]);
+  for (const draft of [false, true]) {
+    const c = pick(128, "f16", true, draft, dflt);
+    assert.deepEqual([...shape(c), c.threads], [32, true, true, true, true, true, 16384, 256]);
+  }
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
-  // 40 KiB: the f16 Q^T row.
-  const c = pickFlashVariant(128, { ...limits, maxComputeWorkgroupStorageSize: 40960 }, {
-    dtype: "f16",
-    shaderF16: true,
-    subgroupSize: 32,
-  }) as TiledVariant;
-  assert.deepEqual([c.hq, c.sg, !!c.kx], [true, true, false]);
 });

@@ -80,6 +80,8 @@ export interface TiledVariant {
    * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
    */
   sv?: boolean;
+  /** Only for dense ops, or only for draft (block-sparse) ops; default both. */
+  ops?: "dense" | "draft";
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -115,9 +117,9 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
-    // f16 inputs, shader-f16 and subgroups of 32: 64 x 32, 256 threads, 48 KiB: Q^T in f32 (no
-    // conversion per load in S), K/V in f16, K unpadded and swizzled to fit (H200: 17.7 TFLOP/s
-    // dense f16 vs 16.1 for the next row)
+    // f16 inputs, shader-f16 and subgroups of 32 (NVIDIA H100, dense 16,384 tokens x 8 heads):
+    // dense ops: 64 x 32, Q^T in f32 (no conversion per load in S), K/V in f16 with V over K,
+    // 40 KiB: 18.0 TFLOP/s (16.1 for f16 Q^T with V apart, the previous pick).
     {
       kernel: "tiled",
       tm4: 2,
@@ -128,29 +130,14 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       ...FAST,
       hs: true,
       sg: true,
+      sv: true,
       kx: true,
+      ops: "dense",
     },
-    // Same with Q^T in f16 too, 32.3 KiB (16.1 TFLOP/s vs 11.1 without f16 memory and subgroups;
-    // 96 x 32 reached 16.8, but 96-row items split the draft's 128-token tiles unevenly)
-    {
-      kernel: "tiled",
-      tm4: 2,
-      rg: 8,
-      cg: 32,
-      tn: 1,
-      td4: 1,
-      ...FAST,
-      hs: true,
-      hq: true,
-      sg: true,
-    },
-    // Subgroups of 32, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 32 x 32,
-    // 256 threads, 48 KiB (H200 f32: 12.5 TFLOP/s vs 10.5 for the next row)
-    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
-    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
-    { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
-    // WebGPU's default limits (16 KiB, 256 invocations) with f16, shader-f16 and subgroups of
-    // 32: 32 x 32, f16 tiles, V over K, exactly 16 KiB
+    // Draft ops everywhere, and dense ops within WebGPU's default limits (16 KiB, 256
+    // invocations): 32 x 32, f16 tiles, V over K, exactly 16 KiB: 16.3 TFLOP/s dense (4.4 for
+    // the chunked kernel that served 16 KiB before); 32-row items split the draft's 128-token
+    // tiles into more workgroups: Wan 480p at 0.9, 25.0 ms vs 31.0 with the 64-row tile.
     {
       kernel: "tiled",
       tm4: 1,
@@ -165,6 +152,11 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       sv: true,
       kx: true,
     },
+    // Subgroups of 32, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 32 x 32,
+    // 256 threads, 48 KiB (H200 f32: 12.5 TFLOP/s vs 10.5 for the next row)
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
+    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
+    { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
   256: [
@@ -290,11 +282,13 @@ export interface VariantOptions {
   /** The subgroup size where `subgroups` is enabled and the adapter has one size, else 0. */
   subgroupSize?: number;
   table?: Readonly<Record<number, readonly FlashVariant[]>>;
+  /** The op is a draft (block-sparse) op: rows marked `ops: "dense"` are passed over. */
+  draft?: boolean;
 }
 
 /**
  * The variant for `headDim` on a device: the smallest DP >= headDim, then the first variant
- * that fits the limits.
+ * that fits the limits, passing over rows for the other kind of op (`ops`).
  *
  * @example
  * ```ts
@@ -315,6 +309,7 @@ export function pickFlashVariant(
   const dp = dps.find((x) => x >= headDim);
   if (dp === undefined) throw new Error(`no flash variant for headDim ${headDim}`);
   for (const v of table[dp]) {
+    if (v.kernel === "tiled" && v.ops && v.ops !== (options.draft ? "draft" : "dense")) continue;
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
     const options16 = ["hs", "hq", "hm", "sg"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
