@@ -1020,9 +1020,22 @@ Deno.test("variants: subgroups of 32 pick V-over-K tiles; draft ops the 32-row o
   const pick = (headDim: number, dtype: DType, shaderF16: boolean, draft = false, l = limits) =>
     pickFlashVariant(headDim, l, { dtype, shaderF16, subgroupSize: 32, draft }) as Picked;
   const shape = (c: Picked) => [c.br, !!c.hs, !!c.hq, !!c.sg, !!c.sv, !!c.kx, c.smemBytes];
-  // Dense f16: 64 rows, f32 Q^T, f16 K/V, V over K (40 KiB); draft f16: 32 rows, all f16 (16 KiB).
+  // f16, f32 Q^T, f16 K/V, V over K: dense 64 rows (40 KiB), draft 32 rows (24 KiB).
   assert.deepEqual(shape(pick(128, "f16", true)), [64, true, false, true, true, true, 40960]);
-  assert.deepEqual(shape(pick(128, "f16", true, true)), [32, true, true, true, true, true, 16384]);
+  assert.deepEqual(shape(pick(128, "f16", true, true)), [32, true, false, true, true, true, 24576]);
+  // 20 KiB: all-f16 32-row tiles (16 KiB) for both.
+  for (const draft of [false, true]) {
+    const l = { ...limits, maxComputeWorkgroupStorageSize: 20480 };
+    assert.deepEqual(shape(pick(128, "f16", true, draft, l)), [
+      32,
+      true,
+      true,
+      true,
+      true,
+      true,
+      16384,
+    ]);
+  }
   // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
     for (const draft of [false, true]) {

@@ -134,7 +134,24 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       kx: true,
       ops: "dense",
     },
-    // Draft ops everywhere, and dense ops within WebGPU's default limits (16 KiB, 256
+    // Draft ops: 32 x 32, f32 Q^T, f16 K/V with V over K, 24 KiB: 32-row items split the
+    // draft's 128-token tiles into more workgroups (draft 8x48x80 + 256 text, 8 heads, 0.9:
+    // 33.1 ms vs 34.9 with the dense pick and 35.1 with the next row).
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      hs: true,
+      sg: true,
+      sv: true,
+      kx: true,
+      ops: "draft",
+    },
+    // Draft ops on smaller devices, and dense ops within WebGPU's default limits (16 KiB, 256
     // invocations): 32 x 32, f16 tiles, V over K, exactly 16 KiB: 16.3 TFLOP/s dense (4.4 for
     // the chunked kernel that served 16 KiB before); 32-row items split the draft's 128-token
     // tiles into more workgroups: Wan 480p at 0.9, 25.0 ms vs 31.0 with the 64-row tile.
