@@ -40,3 +40,18 @@ export function gpuSuite(
       },
     });
 }
+
+/** The bytes of `src` (which needs COPY_SRC), through a mapped copy. */
+export async function readBuffer(device: GPUDevice, src: GPUBuffer): Promise<Uint8Array> {
+  const read = device.createBuffer({
+    size: src.size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(src, 0, read, 0, src.size);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const out = new Uint8Array(read.getMappedRange().slice(0));
+  read.destroy();
+  return out;
+}

@@ -14,7 +14,7 @@ import { keepCount } from "../src/validate.ts";
 import { createWebGpuBackend } from "../src/webgpu/backend.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
-import { gpuSuite } from "./_gpu.ts";
+import { gpuSuite, readBuffer } from "./_gpu.ts";
 
 const adapter = await navigator.gpu?.requestAdapter();
 
@@ -93,20 +93,6 @@ function gpuBuffer(dev: GPUDevice, data: ArrayBufferView | number, usage?: numbe
     );
   }
   return b;
-}
-
-async function readBuffer(dev: GPUDevice, src: GPUBuffer): Promise<Uint8Array> {
-  const read = dev.createBuffer({
-    size: src.size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = dev.createCommandEncoder();
-  enc.copyBufferToBuffer(src, 0, read, 0, src.size);
-  dev.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const out = new Uint8Array(read.getMappedRange().slice(0));
-  read.destroy();
-  return out;
 }
 
 async function rejects(p: Promise<unknown>, code: string, field: string, text?: RegExp) {

@@ -35,7 +35,7 @@ import {
   poolKernel,
 } from "../src/webgpu/kernels.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
-import { gpuSuite } from "./_gpu.ts";
+import { gpuSuite, readBuffer } from "./_gpu.ts";
 import { flashConfig, pickFlashVariant, type TiledVariant } from "../src/webgpu/variants.ts";
 import { strides } from "../src/webgpu/pieces.ts";
 
@@ -116,14 +116,7 @@ function storage(dev: GPUDevice, bytes: number): GPUBuffer {
 }
 
 async function readBack(dev: GPUDevice, src: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
-  const read = dev.createBuffer({ size: src.size, usage: U().MAP_READ | U().COPY_DST });
-  const enc = dev.createCommandEncoder();
-  enc.copyBufferToBuffer(src, 0, read, 0, src.size);
-  dev.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const out = read.getMappedRange(0, src.size).slice(0, bytes);
-  read.destroy();
-  return out;
+  return (await readBuffer(dev, src)).slice(0, bytes).buffer;
 }
 
 /** Runs `record` in one compute pass under a validation scope; fails on any error. */

@@ -22,7 +22,7 @@ import { resolveDraft } from "../src/validate.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
 import { groupPairs, MASK_TUNING, scratchPerPair } from "../src/webgpu/pieces.ts";
-import { gpuSuite } from "./_gpu.ts";
+import { gpuSuite, readBuffer } from "./_gpu.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The group-size rule
@@ -205,7 +205,7 @@ async function compare(
           assert.ok(Number.isFinite(ms) && ms >= 0, `${what}: ${stage} ${ms} ms`);
         }
       }
-      outs.push(await readBack(device, out));
+      outs.push(await readBuffer(device, out));
       masks.push((await op.lastMask()).mask);
       out.destroy();
     }
@@ -223,18 +223,4 @@ async function compare(
     for (const op of ops) op.dispose();
     ref.dispose();
   }
-}
-
-async function readBack(device: GPUDevice, src: GPUBuffer): Promise<Uint8Array> {
-  const read = device.createBuffer({
-    size: src.size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const enc = device.createCommandEncoder();
-  enc.copyBufferToBuffer(src, 0, read, 0, src.size);
-  device.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const out = new Uint8Array(read.getMappedRange().slice(0));
-  read.destroy();
-  return out;
 }
