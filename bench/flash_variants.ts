@@ -272,6 +272,39 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 10: more rows per workgroup for dense ops (K/V staging shared by more rows; NVIDIA
+  // allows 1,024 invocations), with V over K
+  { name: "r10 table pick", headDim: 128, dtypes: ["f16"] },
+  {
+    name: "r10 128x32 tm2 hq sv 512thr",
+    variant: T(16, 32, 1, 1, { ...SV, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r10 64x32 tm1 f32 Q^T sv 512thr",
+    variant: T(16, 32, 1, 1, { ...SV, hq: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r10 96x32 tm3 hq sv",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 3 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r10 64x32 tm2 hq sv",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r10 128x32 tm4 hq sv",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 9: the table after round 8 (dense: 64 x 32 f32 Q^T, V over K; draft: 32 x 32 f16, V
   // over K), against the other tile for each kind of op, and 32-row tiles with f32 Q^T
   { name: "r9 table pick (draft rows: the draft pick)", headDim: 128, dtypes: BOTH, draft: true },
