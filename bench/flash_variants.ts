@@ -255,7 +255,6 @@ const T = (
     sg?: boolean;
     kx?: boolean;
     sv?: boolean;
-    sp?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -273,53 +272,6 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
-  // round 11: P through workgroup memory (no shuffles in P V), 128-key chunks, around the pick
-  { name: "r11 table pick", headDim: 128, dtypes: ["f16"], draft: true },
-  {
-    name: "r11 64x32 tm2 hq sv sp",
-    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, sp: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-    draft: true,
-  },
-  {
-    name: "r11 64x64 tm2 tn2 hq sv",
-    variant: T(8, 32, 2, 1, { ...SV, tm4: 2 }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
-  {
-    name: "r11 64x64 tm2 tn2 hq sv sp",
-    variant: T(8, 32, 2, 1, { ...SV, tm4: 2, sp: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
-  {
-    name: "r11 32x32 f32 Q^T sv sp",
-    variant: T(8, 32, 1, 1, { ...SV, hq: false, sp: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-    draft: true,
-  },
-  {
-    name: "r11 32x32 hq sv sp",
-    variant: T(8, 32, 1, 1, { ...SV, sp: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-    draft: true,
-  },
-  {
-    name: "r11 128x32 tm2 hq sv sp 512thr",
-    variant: T(16, 32, 1, 1, { ...SV, tm4: 2, sp: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
-  {
-    name: "r11 64x32 tm2 hq sv no pf ve",
-    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, pf: false, ve: false }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
   // round 10: more rows per workgroup for dense ops (K/V staging shared by more rows; NVIDIA
   // allows 1,024 invocations), with V over K
   { name: "r10 table pick", headDim: 128, dtypes: ["f16"] },

@@ -731,24 +731,6 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       64,
       {
         kernel: "tiled",
-        tm4: 2,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        sv: true,
-        sp: true,
-        hs: true,
-        hq: true,
-        kx: true,
-      },
-      "sg sv sp",
-    ],
-    [
-      64,
-      {
-        kernel: "tiled",
         tm4: 1,
         rg: 4,
         cg: sg,
@@ -788,7 +770,6 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
         assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
         assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
-        assert.equal(!!c.sp, !!variant.sp && !!c.sv, `${name}: sp`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);

@@ -87,11 +87,6 @@ const SG: u32 = 0u;
  */
 const SV: u32 = 0u;
 /**
- * 1 (with SV): P goes through `pt` in workgroup memory, written before the barrier that stages V
- * (so no barrier of its own) and read as broadcast vec4 in P V, instead of subgroupShuffle.
- */
-const SP: u32 = 0u;
-/**
  * 1: K rows unpadded in `kv` (stride D4), column c of row j stored at c ^ (j % D4) (D4 a power of
  * two): still conflict-free column reads, one vec4 per key less memory than the padded stride.
  */
@@ -146,9 +141,6 @@ var<workgroup> kv: array<Kv4, KV4>;
 // @if SV
 // @else
 var<workgroup> vs: array<Kv4, BC * DP4>;
-// @endif
-// @if SP
-var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
 // @endif
 // @else
 var<workgroup> pt: array<vec4<f32>, BC * PSTR4>;
@@ -435,9 +427,6 @@ fn main(
       // @unroll N TN
       s_R_N = exp2(s_R_N - m_new);
       sum += s_R_N;
-      // @if SP
-      pt[key_N * PSTR4 + rq_R] = s_R_N;
-      // @endif
       // @end
       l_R = l_R * alpha + sum;
       // @unroll C 4
@@ -485,11 +474,7 @@ fn main(
         // @end
         // @unroll R TM4
         {
-          // @if SP
-          let p = pt[(c + CG * N) * PSTR4 + rq_R];
-          // @else
           let p = subgroupShuffle(s_R_N, c);
-          // @endif
           // @unroll C 4
           // @unroll T TD4
           o_R_C_T = fma(vec4<f32>(p[C]), v_T, o_R_C_T);

@@ -80,11 +80,6 @@ export interface TiledVariant {
    * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
    */
   sv?: boolean;
-  /**
-   * With `sv`: P passed through workgroup memory (written before V's barrier, read as broadcast
-   * vec4) instead of by subgroupShuffle (default false).
-   */
-  sp?: boolean;
   /** Only for dense ops, or only for draft (block-sparse) ops; default both. */
   ops?: "dense" | "draft";
 }
@@ -223,8 +218,7 @@ export function flashConfig(
       ? { ...plain, hs: !!(hs || hm), hq: !!(hq || hm), ...(hm ? { hm: true } : {}) }
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
-    else if (v.sv || v.sp) v = { ...v, sv: false, sp: false };
-    if (v.sp && !v.sv) v = { ...v, sp: false };
+    else if (v.sv) v = { ...v, sv: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
@@ -239,8 +233,7 @@ export function flashConfig(
     const kv4 = Math.max(bc * kstr4, bc * dp4);
     const qb = v.hq ? 8 : 16, kb = v.hs ? 8 : 16;
     const smemBytes = v.sg
-      ? qb * headDim * br4 + kb * (v.sv ? kv4 : bc * kstr4 + bc * dp4) +
-        (v.sp ? 16 * bc * (br4 + 1) : 0)
+      ? qb * headDim * br4 + kb * (v.sv ? kv4 : bc * kstr4 + bc * dp4)
       : qb * headDim * br4 + kb * kv4 + 16 * (bc * (br4 + 1) + br4 * v.cg);
     const uj = v.uj ?? 4;
     const per = (n: number) => Math.ceil(n / threads);
@@ -270,7 +263,6 @@ export function flashConfig(
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
         SV: v.sv ? 1 : 0,
-        SP: v.sp ? 1 : 0,
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
