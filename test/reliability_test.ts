@@ -15,6 +15,7 @@ import {
   type DraftAttentionOp,
   openRuntime,
 } from "../mod.ts";
+import { firstNonFinite } from "../src/runtime.ts";
 import type { DType, Layout, TensorArray } from "../src/types.ts";
 import {
   type Availability,
@@ -922,3 +923,25 @@ for (const backend of BACKENDS) {
     },
   );
 }
+
+Deno.test("firstNonFinite: the first NaN or infinity of f16 and f32 arrays, any offset", () => {
+  const naive = (x: TensorArray) => x.findIndex((v) => !Number.isFinite(v));
+  let seed = 7;
+  const rand = () => (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const specials = [NaN, Infinity, -Infinity];
+  // Finite extremes that must pass: the largest f16, the smallest subnormal, negative zero.
+  const finite = [65504, -65504, 2 ** -24, -0];
+  for (const Ctor of [Float16Array, Float32Array]) {
+    for (let trial = 0; trial < 300; trial++) {
+      const n = 1 + Math.floor(rand() * 40);
+      const offset = Math.floor(rand() * 3);
+      const x = new Ctor(n + offset).subarray(offset);
+      for (let i = 0; i < n; i++) {
+        x[i] = rand() < 0.3 ? finite[Math.floor(rand() * 4)] : (rand() - 0.5) * 100;
+      }
+      const bad = Math.floor(rand() * 4);
+      for (let b = 0; b < bad; b++) x[Math.floor(rand() * n)] = specials[Math.floor(rand() * 3)];
+      assert.equal(firstNonFinite(x), naive(x), `${Ctor.name} n=${n} offset=${offset}`);
+    }
+  }
+});
