@@ -272,6 +272,46 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 12: register pressure around the picks (smaller source unroll, no early loads)
+  { name: "r12 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r12 64x32 tm2 hq sv ud4 uj4",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, ud: 4, uj: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r12 64x32 tm2 hq sv plain loads ud4 uj4",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, ud: 4, uj: 4, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r12 64x32 tm4 rg4 hq sv 128thr",
+    variant: T(4, 32, 1, 1, { ...SV, tm4: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r12 128x32 tm2 hq sv 512thr plain loads",
+    variant: T(16, 32, 1, 1, { ...SV, tm4: 2, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r12 32x32 f32 Q^T sv ud4 uj4 (draft)",
+    variant: T(8, 32, 1, 1, { ...SV, hq: false, ud: 4, uj: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r12 32x32 hq sv (draft)",
+    variant: T(8, 32, 1, 1, SV),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
   // round 10: more rows per workgroup for dense ops (K/V staging shared by more rows; NVIDIA
   // allows 1,024 invocations), with V over K
   { name: "r10 table pick", headDim: 128, dtypes: ["f16"] },
