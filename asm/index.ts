@@ -4,6 +4,7 @@ export {
   kthLargestBits,
   maskToSchedule,
   planBuild,
+  planPieces,
   selectMask,
   workItemCount,
   workItemsFill,

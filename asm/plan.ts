@@ -202,3 +202,75 @@ export function workItemsFill(
     }
   }
 }
+
+/** `planPieces`: one batch element (BSHD) or one head (BHSD) of q exceeds `maxBytes`. */
+@inline export const PIECES_UNIT_TOO_LARGE: i32 = -1;
+/** `planPieces`: the internal buffers of one batch element (BSHD) or head (BHSD) exceed it. */
+@inline export const PIECES_INTERNAL_TOO_LARGE: i32 = -2;
+/** `planPieces`: more than 2^31 - 1 pieces. */
+@inline export const PIECES_TOO_MANY: i32 = -3;
+/** f64 slots per piece written by `planPieces`. */
+@inline export const PIECE_SLOTS: i32 = 5;
+
+/**
+ * Splits an op over q/k/v/out (`batch x tokens x heads x headDim`, `elemBytes` per element) into
+ * as few pieces as fit one storage binding of `maxBytes` bytes. A piece is a run of consecutive
+ * units whose elements form one contiguous range: whole batch elements when `bshd` != 0 (BSHD
+ * interleaves the heads along the tokens), single heads otherwise (BHSD). Each (batch, head) pair
+ * of a piece also has `perPairBytes` of internal buffers (draft map, block lists), which must fit
+ * the same limit together.
+ *
+ * Byte counts and element offsets exceed 2^32 for large tensors, so they are computed in f64
+ * (exact below 2^53, as in the host's numbers) and written as f64.
+ *
+ * sizes: f64[2], always written: bytes of one unit of q, bytes of one unit's internal buffers.
+ * out: 0 to count only, else f64[PIECE_SLOTS * count]: per piece its first (batch, head) pair
+ * `b * heads + h`, its pair count, the kernels' `heads_per_row`, its first element and its
+ * element count.
+ * Returns the piece count, or PIECES_UNIT_TOO_LARGE, PIECES_INTERNAL_TOO_LARGE, PIECES_TOO_MANY.
+ */
+export function planPieces(
+  batch: i32,
+  tokens: i32,
+  heads: i32,
+  headDim: i32,
+  elemBytes: i32,
+  bshd: i32,
+  maxBytes: f64,
+  perPairBytes: f64,
+  sizes: usize,
+  out: usize,
+): i32 {
+  assert(batch >= 1 && tokens >= 1 && heads >= 1 && headDim >= 1 && elemBytes >= 1);
+  assert(perPairBytes >= 0 && perPairBytes < Infinity);
+  const B = <f64>batch;
+  const H = <f64>heads;
+  const pairsPerUnit = bshd != 0 ? H : 1.0;
+  const unitElems = pairsPerUnit * <f64>tokens * <f64>headDim;
+  const unitBytes = unitElems * <f64>elemBytes;
+  const units = bshd != 0 ? B : B * H;
+  const internal = pairsPerUnit * perPairBytes;
+  store<f64>(sizes, unitBytes);
+  store<f64>(sizes + 8, internal);
+  if (unitBytes > maxBytes) return PIECES_UNIT_TOO_LARGE;
+  if (internal > maxBytes) return PIECES_INTERNAL_TOO_LARGE;
+  let perPiece = min(units, Math.floor(maxBytes / unitBytes));
+  if (internal > 0) perPiece = min(perPiece, Math.floor(maxBytes / internal));
+  const count = Math.ceil(units / perPiece);
+  if (count > <f64>i32.MAX_VALUE) return PIECES_TOO_MANY;
+  if (out != 0) {
+    let w = out;
+    for (let u = 0.0; u < units; u += perPiece) {
+      const n = min(perPiece, units - u);
+      const nbh = n * pairsPerUnit;
+      store<f64>(w, u * pairsPerUnit);
+      store<f64>(w + 8, nbh);
+      store<f64>(w + 16, bshd != 0 ? H : nbh);
+      store<f64>(w + 24, u * unitElems);
+      store<f64>(w + 32, n * unitElems);
+      w += <usize>PIECE_SLOTS << 3;
+    }
+    assert(w == out + ((<usize>count * <usize>PIECE_SLOTS) << 3));
+  }
+  return <i32>count;
+}

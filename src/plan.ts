@@ -246,3 +246,101 @@ export function workItems(plan: Plan, rowsPerItem: number): Int32Array {
   a.x.workItemsFill(start, len, tiles, rowsPerItem, out);
   return a.i32(out, 3 * n).slice();
 }
+
+/** One piece of an op: a run of (batch, head) pairs that one storage-buffer binding holds. */
+export interface Piece {
+  /** First (batch, head) pair, flattened `b * heads + h`. */
+  bh0: number;
+  /** Pairs in the piece. */
+  nbh: number;
+  /** Kernel's `heads_per_row`: local pair `x` is batch `x / hpr`, head `x % hpr` of the piece. */
+  headsPerRow: number;
+  /** First element of the piece in q/k/v/out, and its element count. */
+  elemOffset: number;
+  elems: number;
+}
+
+/** The shape that `planPieces` splits. */
+export interface PieceShape {
+  batch: number;
+  tokens: number;
+  heads: number;
+  headDim: number;
+  /** Bytes per element of q/k/v/out (2 for f16, 4 for f32). */
+  elemBytes: number;
+  /** BSHD (heads interleaved: whole batch elements per piece) or BHSD (single heads). */
+  bshd: boolean;
+}
+
+/**
+ * The answer of `planPieces`: the pieces, or why there are none (`"unit"`: one batch element
+ * (BSHD) or one head (BHSD) of q exceeds the binding; `"internal"`: the internal buffers of one
+ * such unit do; `"count"`: more than 2^31 - 1 pieces). Either way the byte counts of one unit.
+ */
+export type PiecePlan =
+  & { unitBytes: number; internalBytes: number }
+  & ({ ok: true; pieces: Piece[] } | { ok: false; reason: "unit" | "internal" | "count" });
+
+function bytes(field: string, value: unknown, min: number): number {
+  if (!Number.isSafeInteger(value) || (value as number) < min) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      field,
+      `must be an integer number of bytes >= ${min}, got ${describeValue(value)}`,
+    );
+  }
+  return value as number;
+}
+
+const PIECE_SLOTS = 5;
+const PIECE_REASONS = { [-1]: "unit", [-2]: "internal", [-3]: "count" } as const;
+
+/**
+ * Splits an op into as few pieces as fit a storage binding of `maxBytes` bytes, each
+ * (batch, head) pair of a piece also taking `perPairBytes` of internal buffers (asm/plan.ts
+ * `planPieces`). A piece is a run of consecutive pairs whose q/k/v/out elements form one
+ * contiguous range: whole batch elements in BSHD, single heads in BHSD.
+ *
+ * @example
+ * ```ts
+ * import { planPieces } from "./plan.ts";
+ * const shape = { batch: 2, tokens: 8, heads: 2, headDim: 4, elemBytes: 4, bshd: false };
+ * const plan = planPieces(shape, 300, 0);
+ * console.assert(plan.ok && plan.pieces.length === 2 && plan.pieces[1].elemOffset === 64);
+ * console.assert(!planPieces(shape, 100, 0).ok && plan.unitBytes === 128);
+ * ```
+ */
+export function planPieces(shape: PieceShape, maxBytes: number, perPairBytes: number): PiecePlan {
+  const batch = int("batch", shape.batch, 1);
+  const tokens = int("tokens", shape.tokens, 1);
+  const heads = int("heads", shape.heads, 1);
+  const headDim = int("headDim", shape.headDim, 1);
+  const elemBytes = int("elemBytes", shape.elemBytes, 1);
+  // maxBytes may be < 0 (a binding limit less the alignment slack): then nothing fits.
+  bytes("maxBytes", maxBytes, -Number.MAX_SAFE_INTEGER);
+  bytes("perPairBytes", perPairBytes, 0);
+  const a = instance();
+  const sizes = a.alloc(16, "the piece plan");
+  const args = [batch, tokens, heads, headDim, elemBytes, shape.bshd ? 1 : 0] as const;
+  const n = a.x.planPieces(...args, maxBytes, perPairBytes, sizes, 0);
+  let [unitBytes, internalBytes] = a.f64(sizes, 2);
+  if (n < 0) {
+    const reason = PIECE_REASONS[n as -1 | -2 | -3];
+    return { ok: false, reason, unitBytes, internalBytes };
+  }
+  const out = a.alloc(n * PIECE_SLOTS * 8, "the piece plan");
+  a.x.planPieces(...args, maxBytes, perPairBytes, sizes, out);
+  [unitBytes, internalBytes] = a.f64(sizes, 2);
+  const t = a.f64(out, n * PIECE_SLOTS);
+  const pieces: Piece[] = [];
+  for (let i = 0; i < n * PIECE_SLOTS; i += PIECE_SLOTS) {
+    pieces.push({
+      bh0: t[i],
+      nbh: t[i + 1],
+      headsPerRow: t[i + 2],
+      elemOffset: t[i + 3],
+      elems: t[i + 4],
+    });
+  }
+  return { ok: true, pieces, unitBytes, internalBytes };
+}

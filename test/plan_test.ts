@@ -6,12 +6,16 @@ import {
   buildPlan,
   densePlan,
   maskToSchedule,
+  type Piece,
+  type PieceShape,
+  planPieces,
   selectMask,
   usePlannerBuild,
   workItems,
 } from "../src/plan.ts";
-import type { Geometry, Plan } from "../src/types.ts";
+import type { DenseSpec, Geometry, Plan } from "../src/types.ts";
 import { TEXT_TILE } from "../src/validate.ts";
+import { splitPieces } from "../src/webgpu/pieces.ts";
 
 usePlannerBuild("debug");
 
@@ -315,5 +319,209 @@ Deno.test("workItems cover every query row exactly once, in tile order", () => {
       }
       assert.ok(seen.every((x) => x === 1), "row in no item");
     }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Pieces (asm/plan.ts planPieces) against a reference in exact BigInt arithmetic that packs
+// units (batch elements in BSHD, heads in BHSD) greedily while the piece still fits.
+// ---------------------------------------------------------------------------------------------
+
+type RefPieces = { pieces: Piece[] } | { reason: "unit" | "internal" };
+
+function refPieces(s: PieceShape, maxBytes: number, perPairBytes: number): RefPieces {
+  const [B, N, H, D, eb] = [s.batch, s.tokens, s.heads, s.headDim, s.elemBytes].map(BigInt);
+  const max = BigInt(maxBytes);
+  const pairs = s.bshd ? H : 1n; // pairs per unit
+  const unitElems = pairs * N * D;
+  const internal = pairs * BigInt(perPairBytes);
+  if (unitElems * eb > max) return { reason: "unit" };
+  if (internal > max) return { reason: "internal" };
+  const units = s.bshd ? B : B * H;
+  const pieces: Piece[] = [];
+  let u = 0n;
+  while (u < units) {
+    let n = 1n;
+    while (u + n < units && (n + 1n) * unitElems * eb <= max && (n + 1n) * internal <= max) n++;
+    pieces.push({
+      bh0: Number(u * pairs),
+      nbh: Number(n * pairs),
+      headsPerRow: Number(s.bshd ? H : n),
+      elemOffset: Number(u * unitElems),
+      elems: Number(n * unitElems),
+    });
+    u += n;
+  }
+  return { pieces };
+}
+
+function checkPieces(s: PieceShape, maxBytes: number, perPairBytes: number): Piece[] | undefined {
+  const what = `${JSON.stringify(s)} maxBytes ${maxBytes} perPairBytes ${perPairBytes}`;
+  const got = planPieces(s, maxBytes, perPairBytes);
+  const want = refPieces(s, maxBytes, perPairBytes);
+  const pairs = s.bshd ? s.heads : 1;
+  assert.equal(got.unitBytes, pairs * s.tokens * s.headDim * s.elemBytes, what);
+  assert.equal(got.internalBytes, pairs * perPairBytes, what);
+  if ("reason" in want) {
+    assert.ok(!got.ok, what);
+    assert.equal(got.reason, want.reason, what);
+    return undefined;
+  }
+  assert.ok(got.ok, what);
+  assert.deepEqual(got.pieces, want.pieces, what);
+  // The pieces tile every pair and every element once, each within the limits.
+  let bh = 0;
+  let elem = 0;
+  for (const p of got.pieces) {
+    assert.equal(p.bh0, bh, what);
+    assert.equal(p.elemOffset, elem, what);
+    assert.ok(p.elems * s.elemBytes <= maxBytes && p.nbh * perPairBytes <= maxBytes, what);
+    assert.equal(p.nbh % p.headsPerRow, 0, what);
+    bh += p.nbh;
+    elem += p.elems;
+  }
+  assert.equal(bh, s.batch * s.heads, what);
+  assert.equal(elem, s.batch * s.tokens * s.heads * s.headDim, what);
+  return got.pieces;
+}
+
+Deno.test("planPieces equals a greedy BigInt reference (layouts, limits at boundaries)", () => {
+  let cases = 0;
+  const reasons = new Set<string>();
+  for (const bshd of [false, true]) {
+    for (const batch of [1, 2, 3]) {
+      for (const heads of [1, 2, 3, 5, 24]) {
+        for (const [tokens, headDim, elemBytes] of [[1, 4, 4], [63, 16, 2], [129, 128, 4]]) {
+          const s: PieceShape = { batch, tokens, heads, headDim, elemBytes, bshd };
+          const unitBytes = (bshd ? heads : 1) * tokens * headDim * elemBytes;
+          const units = bshd ? batch : batch * heads;
+          for (const k of new Set([1, 2, 3, 5, units - 1, units, units + 1])) {
+            if (k < 1) continue;
+            for (const dm of [-1, 0, 1]) {
+              const maxBytes = k * unitBytes + dm;
+              for (const perPair of [0, 7, Math.floor(unitBytes / 3), unitBytes, 2 * unitBytes]) {
+                const got = planPieces(s, maxBytes, perPair);
+                if (!got.ok) reasons.add(got.reason);
+                checkPieces(s, maxBytes, perPair);
+                cases++;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  assert.ok(cases > 5000, `${cases} cases`);
+  assert.deepEqual([...reasons].sort(), ["internal", "unit"]);
+});
+
+Deno.test("planPieces: more than 2^31 elements and 2^32 bytes, computed exactly", () => {
+  // HunyuanVideo-sized: 126,976 tokens x 24 heads x 128, f32; nothing is allocated.
+  const big = (batch: number, bshd: boolean, elemBytes = 4): PieceShape => ({
+    batch,
+    tokens: 126_976,
+    heads: 24,
+    headDim: 128,
+    elemBytes,
+    bshd,
+  });
+  const MiB = 2 ** 20;
+  // BSHD: one batch element (1.56 GB) is past a 128 MiB binding.
+  assert.equal(checkPieces(big(4, true), 128 * MiB, 0), undefined);
+  // BHSD: two heads (2 x 65 MB) per 128 MiB piece.
+  const heads = checkPieces(big(4, false), 128 * MiB, 0)!;
+  assert.equal(heads.length, 48);
+  assert.equal(heads[47].bh0, 94);
+  assert.equal(heads[47].elemOffset, 94 * 126_976 * 128);
+  // 8 batch elements: 3.1e9 elements (> 2^31), 12.5 GB (> 2^32) in f32.
+  for (const bshd of [false, true]) {
+    for (
+      const [maxBytes, perPair] of [[128 * MiB, 0], [2 ** 32, 4_935_192], [2 ** 33, 0], [
+        2 ** 34,
+        0,
+      ]]
+    ) {
+      for (const elemBytes of [2, 4]) {
+        const pieces = checkPieces(big(8, bshd, elemBytes), maxBytes, perPair);
+        if (!pieces) continue;
+        const last = pieces[pieces.length - 1];
+        assert.ok(last.elemOffset + last.elems > 2 ** 31);
+      }
+    }
+  }
+  const two = checkPieces(big(8, true), 2 ** 33, 0)!;
+  assert.equal(two.length, 2); // 5 batch elements (1.56 GB each) per 8 GiB piece
+  assert.equal(two[1].elemOffset, 5 * 126_976 * 24 * 128);
+  assert.equal(two[1].elems, 3 * 126_976 * 24 * 128);
+});
+
+Deno.test("splitPieces: TOO_LARGE names the field and the bytes", () => {
+  const spec = (layout: "BSHD" | "BHSD", batch = 2, heads = 3): DenseSpec => ({
+    batch,
+    tokens: 100,
+    heads,
+    headDim: 16,
+    layout,
+    dtype: "f32",
+    scale: 1,
+  });
+  const tooLarge = (f: () => unknown, field: string, message: string) =>
+    assert.throws(f, (e: unknown) => {
+      assert.ok(e instanceof DraftAttentionError);
+      assert.equal(e.code, "TOO_LARGE");
+      assert.equal(e.field, field);
+      assert.equal(e.message, `Invalid ${field}: ${message}`);
+      return true;
+    });
+  tooLarge(
+    () => splitPieces(spec("BSHD"), { maxBytes: 19_199, perPairBytes: 0 }),
+    "q",
+    "one batch element (BSHD keeps its heads interleaved) of q holds 19200 bytes; the device " +
+      "binds at most 19199 bytes; the BHSD layout can be split per head",
+  );
+  tooLarge(
+    () => splitPieces(spec("BHSD"), { maxBytes: 6399, perPairBytes: 0 }),
+    "q",
+    "one head of q holds 6400 bytes; the device binds at most 6399 bytes",
+  );
+  tooLarge(
+    () => splitPieces(spec("BSHD"), { maxBytes: 19_200, perPairBytes: 6401 }),
+    "frames",
+    "the draft map and block lists of one batch element need 19203 bytes; the device binds at " +
+      "most 19200 bytes",
+  );
+  tooLarge(
+    () => splitPieces(spec("BHSD"), { maxBytes: 6400, perPairBytes: 6401 }),
+    "frames",
+    "the draft map and block lists of one head need 6401 bytes; the device binds at most 6400 " +
+      "bytes",
+  );
+  tooLarge(
+    () =>
+      splitPieces({ ...spec("BHSD", 2, 2 ** 31 - 1), tokens: 1, headDim: 4 }, {
+        maxBytes: 16,
+        perPairBytes: 0,
+      }),
+    "q",
+    `q splits into more than ${2 ** 31 - 1} pieces of at most 16 bytes`,
+  );
+  // A limit below zero (a tiny binding less the alignment slack) fits nothing.
+  assert.throws(
+    () => splitPieces(spec("BHSD"), { maxBytes: -1, perPairBytes: 0 }),
+    (e) => e instanceof DraftAttentionError && e.code === "TOO_LARGE" && e.field === "q",
+  );
+  // Exactly at the limits: one unit per piece.
+  assert.equal(splitPieces(spec("BSHD"), { maxBytes: 19_200, perPairBytes: 6400 }).length, 2);
+  assert.equal(splitPieces(spec("BHSD"), { maxBytes: 6400, perPairBytes: 6400 }).length, 6);
+  for (const bad of [Number.NaN, 0.5, -1]) {
+    assert.throws(
+      () =>
+        planPieces(
+          { batch: 1, tokens: 1, heads: 1, headDim: 4, elemBytes: 4, bshd: true },
+          64,
+          bad,
+        ),
+      (e) => e instanceof DraftAttentionError && e.code === "INVALID_OPTION",
+    );
   }
 });

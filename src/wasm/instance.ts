@@ -34,6 +34,18 @@ export interface AsmExports {
     tileStart: number,
     tileLen: number,
   ): number;
+  planPieces(
+    batch: number,
+    tokens: number,
+    heads: number,
+    headDim: number,
+    elemBytes: number,
+    bshd: number,
+    maxBytes: number,
+    perPairBytes: number,
+    sizes: number,
+    out: number,
+  ): number;
   kthLargestBits(p: number, n: number, keep: number): number;
   selectMask(p: number, g: number, keep: number, mask: number): number;
   maskToSchedule(mask: number, g: number, tiles: number, count: number, list: number): void;
@@ -251,6 +263,10 @@ export class AsmInstance {
 
   f32(ptr: number, n: number): Float32Array<ArrayBuffer> {
     return new Float32Array(this.buffer, ptr, n);
+  }
+
+  f64(ptr: number, n: number): Float64Array<ArrayBuffer> {
+    return new Float64Array(this.buffer, ptr, n);
   }
 
   i32(ptr: number, n: number): Int32Array<ArrayBuffer> {

@@ -3,10 +3,14 @@
  * consecutive (batch, head) pairs whose q/k/v/out elements form one contiguous range: whole
  * batch elements in BSHD (heads are interleaved along the tokens), single heads in BHSD.
  * Kernels address a piece through `heads_per_row` and strides relative to its first element.
+ * The piece plan itself comes from the AssemblyScript planner (`planPieces` in asm/plan.ts,
+ * through src/plan.ts); this module turns its answer into pieces or `TOO_LARGE` errors and sizes
+ * the draft scratch.
  *
  * @module
  */
 import { DraftAttentionError } from "../errors.ts";
+import { type Piece, planPieces } from "../plan.ts";
 import type { DenseSpec } from "../types.ts";
 
 /** Element strides of a tensor: element (b, t, h, d) is at `b*sB + t*sT + h*sH + d`. */
@@ -33,18 +37,8 @@ export function strides(spec: DenseSpec): Strides {
     : { sB: H * N * D, sT: D, sH: N * D };
 }
 
-/** One piece of an op. */
-export interface Piece {
-  /** First (batch, head) pair, flattened `b * heads + h`. */
-  bh0: number;
-  /** Pairs in the piece. */
-  nbh: number;
-  /** Kernel's `heads_per_row`: local pair `x` is batch `x / hpr`, head `x % hpr` of the piece. */
-  headsPerRow: number;
-  /** First element of the piece in q/k/v/out, and its element count. */
-  elemOffset: number;
-  elems: number;
-}
+/** One piece of an op (computed by asm/plan.ts; see `planPieces` in src/plan.ts). */
+export type { Piece };
 
 /** Sizes that bound a piece. */
 export interface PieceLimits {
@@ -66,49 +60,38 @@ export interface PieceLimits {
  * ```
  */
 export function splitPieces(spec: DenseSpec, limits: PieceLimits): Piece[] {
-  const { batch: B, tokens: N, heads: H, headDim: D } = spec;
-  const eb = spec.dtype === "f16" ? 2 : 4;
   const bshd = spec.layout === "BSHD";
-  const pairsPerUnit = bshd ? H : 1;
-  const unitElems = pairsPerUnit * N * D;
-  const unitBytes = unitElems * eb;
-  const units = bshd ? B : B * H;
-  if (unitBytes > limits.maxBytes) {
-    const what = bshd ? "one batch element (BSHD keeps its heads interleaved)" : "one head";
-    throw new DraftAttentionError(
-      "TOO_LARGE",
-      "q",
-      `${what} of q holds ${unitBytes} bytes; the device binds at most ${limits.maxBytes} bytes` +
-        (bshd ? `; the BHSD layout can be split per head` : ""),
-    );
-  }
-  const internal = pairsPerUnit * limits.perPairBytes;
-  if (internal > limits.maxBytes) {
-    throw new DraftAttentionError(
-      "TOO_LARGE",
-      "frames",
-      `the draft map and block lists of ${bshd ? "one batch element" : "one head"} need ` +
-        `${internal} bytes; the device binds at most ${limits.maxBytes} bytes`,
-    );
-  }
-  const perPiece = Math.min(
-    units,
-    Math.floor(limits.maxBytes / unitBytes),
-    internal > 0 ? Math.floor(limits.maxBytes / internal) : units,
+  const { maxBytes, perPairBytes } = limits;
+  const plan = planPieces(
+    { ...spec, elemBytes: spec.dtype === "f16" ? 2 : 4, bshd },
+    maxBytes,
+    perPairBytes,
   );
-  const pieces: Piece[] = [];
-  for (let u = 0; u < units; u += perPiece) {
-    const n = Math.min(perPiece, units - u);
-    const nbh = n * pairsPerUnit;
-    pieces.push({
-      bh0: u * pairsPerUnit,
-      nbh,
-      headsPerRow: bshd ? H : nbh,
-      elemOffset: u * unitElems,
-      elems: n * unitElems,
-    });
+  if (plan.ok) return plan.pieces;
+  const unit = bshd ? "one batch element" : "one head";
+  switch (plan.reason) {
+    case "unit":
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "q",
+        `${bshd ? `${unit} (BSHD keeps its heads interleaved)` : unit} of q holds ` +
+          `${plan.unitBytes} bytes; the device binds at most ${maxBytes} bytes` +
+          (bshd ? `; the BHSD layout can be split per head` : ""),
+      );
+    case "internal":
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "frames",
+        `the draft map and block lists of ${unit} need ${plan.internalBytes} bytes; the ` +
+          `device binds at most ${maxBytes} bytes`,
+      );
+    case "count":
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "q",
+        `q splits into more than ${2 ** 31 - 1} pieces of at most ${maxBytes} bytes`,
+      );
   }
-  return pieces;
 }
 
 /**
