@@ -272,6 +272,48 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 13: head dim 64 (CogVideoX, LTX-Video) with the round-6..10 options: f16 tiles, unpadded
+  // swizzled K, smaller workgroup memory
+  { name: "r13 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
+  {
+    name: "r13 d64 64x32 tn2 kx",
+    variant: T(16, 16, 2, 1, { ...FAST, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r13 d64 64x32 tn2 hs hq kx",
+    variant: T(16, 16, 2, 1, { ...FAST, hs: true, hq: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r13 d64 64x32 tn2 hs kx",
+    variant: T(16, 16, 2, 1, { ...FAST, hs: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r13 d64 128x32 tm2 tn2 hs hq kx",
+    variant: T(16, 16, 2, 1, { ...FAST, tm4: 2, hs: true, hq: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r13 d64 32x32 tn2 hs hq kx 128thr",
+    variant: T(8, 16, 2, 1, { ...FAST, hs: true, hq: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r13 d64 64x64 tn4 hs hq kx",
+    variant: T(16, 16, 4, 1, { ...FAST, hs: true, hq: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
   // round 12: register pressure around the picks (smaller source unroll, no early loads)
   { name: "r12 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {
