@@ -569,7 +569,8 @@ export class WebGpuOp implements DraftKernelOp {
       this.#pieces.forEach((ps, i) => {
         const { elemOffset, elems } = ps.piece;
         const piece = new Uint8Array(reads[i].getMappedRange(0, elems * this.#eb));
-        if (this.#bshdTooLarge) this.#fromHeads(piece, bytes, ps.piece);
+        // A split BSHD op reads back in BHSD order: scatter into the BSHD output.
+        if (this.#bshdTooLarge) copyHeads(bytes, piece, this.spec, ps.piece, false);
         else bytes.set(piece, elemOffset * this.#eb);
         reads[i].unmap();
       });
@@ -999,11 +1000,6 @@ export class WebGpuOp implements DraftKernelOp {
       true,
     );
     return staging;
-  }
-
-  /** Scatters a piece read back in BHSD order into the BSHD output bytes. */
-  #fromHeads(piece: Uint8Array, out: Uint8Array, p: Piece): void {
-    copyHeads(out, piece, this.spec, p, false);
   }
 
   /** Synchronous checks of caller buffers: size, usage, map state, aliasing. */
