@@ -255,6 +255,7 @@ const T = (
     sg?: boolean;
     kx?: boolean;
     sv?: boolean;
+    q8?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -272,6 +273,34 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 14: Q^T packed 8 rows per 16-byte load (half the workgroup-memory loads in S)
+  { name: "r14 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r14 64x32 tm2 q8 sv",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r14 128x32 tm2 q8 sv 512thr",
+    variant: T(16, 32, 1, 1, { ...SV, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r14 32x32 tm2 q8 sv 128thr",
+    variant: T(4, 32, 1, 1, { ...SV, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r14 d64 64x32 tm2 tn2 q8",
+    variant: T(8, 16, 2, 1, { ...FAST, tm4: 2, hs: true, q8: true, kx: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
   // round 13: head dim 64 (CogVideoX, LTX-Video) with the round-6..10 options: f16 tiles, unpadded
   // swizzled K, smaller workgroup memory
   { name: "r13 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },

@@ -708,6 +708,24 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       "sg hs kx",
     ],
     [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, kx: true }, "kx"],
+    [64, { kernel: "tiled", tm4: 2, rg: 4, cg: 16, tn: 2, td4: 1, hs: true, q8: true }, "q8"],
+    [
+      64,
+      {
+        kernel: "tiled",
+        tm4: 2,
+        rg: 4,
+        cg: sg,
+        tn: 32 / sg,
+        td4: Math.ceil(16 / sg),
+        sg: true,
+        sv: true,
+        hs: true,
+        q8: true,
+        kx: true,
+      },
+      "sg sv q8",
+    ],
     [
       64,
       {
@@ -751,7 +769,15 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
   for (const [D, variant, name] of cases) {
     let ran = 0;
     for (const dtype of ["f16", "f32"] as const) {
-      const plain = { ...variant, hs: false, hq: false, hm: false, sg: false, kx: false };
+      const plain = {
+        ...variant,
+        hs: false,
+        hq: false,
+        hm: false,
+        sg: false,
+        kx: false,
+        q8: false,
+      };
       // A variant the device cannot hold is refused at op creation (TOO_LARGE "variant");
       // run only the combinations that fit, and at least one per case.
       if (!fits(variant, D, dtype) || !fits(plain, D, dtype)) continue;
@@ -769,6 +795,9 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
         assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
         assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
+        if (dtype === "f16" && dev.features.has("shader-f16")) {
+          assert.equal(!!c.q8, !!variant.q8, `${name}: q8`);
+        } else assert.ok(!c.q8, `${name}: no q8 for f32`);
         assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);

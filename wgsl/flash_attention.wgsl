@@ -91,6 +91,12 @@ const SV: u32 = 0u;
  * two): still conflict-free column reads, one vec4 per key less memory than the padded stride.
  */
 const KX: u32 = 0u;
+/**
+ * 1 (with HQ, TM4 = 2): Q^T packed 8 rows per vec4<u32> (f16 pairs), so that one 16-byte load
+ * gives a thread the 8 rows of a dim where HQ's vec4<f16> loads give 4: half the workgroup-memory
+ * loads in S. Exact (the values are f16).
+ */
+const Q8: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -135,7 +141,11 @@ override KSTR4: u32 = D4 + 1u - KX;
 override PSTR4: u32 = BR4 + 1u;
 override KV4: u32 = max(BC * KSTR4, BC * DP4);
 
+// @if Q8
+var<workgroup> qt8: array<vec4<u32>, D * RG>;
+// @else
 var<workgroup> qt: array<Qt4, D * BR4>;
+// @endif
 var<workgroup> kv: array<Kv4, KV4>;
 // @if SG
 // @if SV
@@ -253,6 +263,35 @@ fn main(
   let cg = lid % CG;
   let rg = lid / CG;
 
+  // @if Q8
+  // Q^T of the tile, once, 8 rows per vec4<u32>: unit e = rows 8*(e % RG).. at column e / RG.
+  // @unroll I QPT
+  {
+    let e = lid + NT * I;
+    if (e < RG * D4) {
+      let r8 = 8u * (e % RG);
+      let col = e / RG;
+      let x0 = q_row(r8, col, rows, row_start, head_off);
+      let x1 = q_row(r8 + 1u, col, rows, row_start, head_off);
+      let x2 = q_row(r8 + 2u, col, rows, row_start, head_off);
+      let x3 = q_row(r8 + 3u, col, rows, row_start, head_off);
+      let x4 = q_row(r8 + 4u, col, rows, row_start, head_off);
+      let x5 = q_row(r8 + 5u, col, rows, row_start, head_off);
+      let x6 = q_row(r8 + 6u, col, rows, row_start, head_off);
+      let x7 = q_row(r8 + 7u, col, rows, row_start, head_off);
+      let at = 4u * col * RG + e % RG;
+      // @unroll J 4
+      qt8[at + J * RG] = vec4<u32>(
+        pack2x16float(vec2<f32>(x0[J], x1[J])),
+        pack2x16float(vec2<f32>(x2[J], x3[J])),
+        pack2x16float(vec2<f32>(x4[J], x5[J])),
+        pack2x16float(vec2<f32>(x6[J], x7[J])),
+      );
+      // @end
+    }
+  }
+  // @end
+  // @else
   // Q^T of the tile, once: vec4 e of the tile = row quad e % BR4 at column e / BR4.
   // @unroll I QPT
   {
@@ -272,6 +311,7 @@ fn main(
     }
   }
   // @end
+  // @endif
 
   var count = 1u;
   var list_base = 0u;
@@ -375,6 +415,19 @@ fn main(
         let k_N = vec4<f32>(kv[key_N * KSTR4 + kcol(key_N, d4)]);
         // @endif
         // @end
+        // @if Q8
+        // @unroll I 4
+        {
+          let w = qt8[(4u * d4 + I) * RG + rg];
+          let qa = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+          let qb = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
+          // @unroll N TN
+          s_0_N = fma(qa, vec4<f32>(k_N[I]), s_0_N);
+          s_1_N = fma(qb, vec4<f32>(k_N[I]), s_1_N);
+          // @end
+        }
+        // @end
+        // @else
         // @unroll I 4
         // @unroll R TM4
         {
@@ -392,6 +445,7 @@ fn main(
         }
         // @end
         // @end
+        // @endif
       }
       // @end
       // @if HM

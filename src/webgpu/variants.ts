@@ -80,6 +80,11 @@ export interface TiledVariant {
    * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
    */
   sv?: boolean;
+  /**
+   * Q^T packed 8 rows per 16-byte word (with `hq` semantics: f16 inputs on a device with
+   * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
+   */
+  q8?: boolean;
   /** Only for dense ops, or only for draft (block-sparse) ops; default both. */
   ops?: "dense" | "draft";
 }
@@ -213,9 +218,16 @@ export function flashConfig(
   subgroupSize = 0,
 ): FlashConfig {
   if (v.kernel === "tiled") {
-    const { hs, hq, hm, sg, ...plain } = v;
-    v = f16Smem && (hs || hq || hm)
-      ? { ...plain, hs: !!(hs || hm), hq: !!(hq || hm), ...(hm ? { hm: true } : {}) }
+    const { hs, hq, hm, sg, q8, ...plain } = v;
+    const packed = !!q8 && f16Smem && !hm && v.tm4 === 2;
+    v = f16Smem && (hs || hq || hm || packed)
+      ? {
+        ...plain,
+        hs: !!(hs || hm),
+        hq: !!(hq || hm || packed),
+        ...(hm ? { hm: true } : {}),
+        ...(packed ? { q8: true } : {}),
+      }
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
     else if (v.sv) v = { ...v, sv: false };
@@ -249,7 +261,7 @@ export function flashConfig(
         TM4: v.tm4,
         TN: v.tn,
         TD4: v.td4,
-        QPT: per(br4 * d4),
+        QPT: per(v.q8 ? v.rg * d4 : br4 * d4),
         KPT: per(bc * d4),
         VPT: per(bc * dp4),
         UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
@@ -260,6 +272,7 @@ export function flashConfig(
         HQ: v.hq ? 1 : 0,
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
+        Q8: v.q8 ? 1 : 0,
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
         SV: v.sv ? 1 : 0,
@@ -329,7 +342,7 @@ export function pickFlashVariant(
   for (const v of table[dp]) {
     if (v.kernel === "tiled" && v.ops && v.ops !== (options.draft ? "draft" : "dense")) continue;
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
-    const options16 = ["hs", "hq", "hm", "sg"] as const;
+    const options16 = ["hs", "hq", "hm", "sg", "q8"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
