@@ -1036,50 +1036,63 @@ gpuTest("profile: per-stage GPU times of a draft run", async () => {
   dev.destroy();
 });
 
-Deno.test("variants: subgroups of 32 pick V-over-K tiles; draft ops the 32-row one", () => {
+Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devices too", () => {
   const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
   type Picked = TiledVariant & ReturnType<typeof flashConfig>;
-  const pick = (headDim: number, dtype: DType, shaderF16: boolean, draft = false, l = limits) =>
-    pickFlashVariant(headDim, l, { dtype, shaderF16, subgroupSize: 32, draft }) as Picked;
-  const shape = (c: Picked) => [c.br, !!c.hs, !!c.hq, !!c.sg, !!c.sv, !!c.kx, c.smemBytes];
-  // f16 with V over K: dense 64 rows, f16 Q^T (24 KiB); draft 32 rows, f32 Q^T (24 KiB).
-  assert.deepEqual(shape(pick(128, "f16", true)), [64, true, true, true, true, true, 24576]);
-  assert.deepEqual(shape(pick(128, "f16", true, true)), [32, true, false, true, true, true, 24576]);
-  // 20 KiB: all-f16 32-row tiles (16 KiB) for both.
-  for (const draft of [false, true]) {
-    const l = { ...limits, maxComputeWorkgroupStorageSize: 20480 };
-    assert.deepEqual(shape(pick(128, "f16", true, draft, l)), [
-      32,
-      true,
-      true,
-      true,
-      true,
-      true,
-      16384,
-    ]);
-  }
+  const pick = (headDim: number, dtype: DType, shaderF16: boolean, l = limits) =>
+    pickFlashVariant(headDim, l, { dtype, shaderF16, subgroupSize: 32 }) as Picked;
+  const shape = (c: Picked) => [
+    c.br,
+    !!c.hs,
+    !!c.hq,
+    !!c.q8,
+    !!c.sg,
+    !!c.sv,
+    !!c.kx,
+    c.smemBytes,
+    c.threads,
+  ];
+  // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
+  assert.deepEqual(shape(pick(128, "f16", true)), [
+    64,
+    true,
+    true,
+    true,
+    true,
+    true,
+    true,
+    24576,
+    256,
+  ]);
   // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
-    for (const draft of [false, true]) {
-      assert.deepEqual(shape(pick(128, dtype, shaderF16, draft)), [
-        32,
-        false,
-        false,
-        true,
-        false,
-        true,
-        49152,
-      ]);
-    }
+    assert.deepEqual(shape(pick(128, dtype, shaderF16)), [
+      32,
+      false,
+      false,
+      false,
+      true,
+      false,
+      true,
+      49152,
+      256,
+    ]);
   }
   // headDim / 4 not a power of two: no swizzle; still a row that fits.
   const odd = pick(100, "f16", true);
   assert.ok(!odd.kx && odd.smemBytes <= 49152);
-  // WebGPU's default limits: the 16 KiB row for dense ops too; f32 the chunked kernel.
+  // WebGPU's default limits: the 32-row twin in exactly 16 KiB; f32 the chunked kernel.
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
-  for (const draft of [false, true]) {
-    const c = pick(128, "f16", true, draft, dflt);
-    assert.deepEqual([...shape(c), c.threads], [32, true, true, true, true, true, 16384, 256]);
-  }
+  assert.deepEqual(shape(pick(128, "f16", true, dflt)), [
+    32,
+    true,
+    true,
+    true,
+    true,
+    true,
+    true,
+    16384,
+    128,
+  ]);
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
 });

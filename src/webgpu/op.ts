@@ -225,7 +225,6 @@ export class WebGpuOp implements DraftKernelOp {
     this.config = variant
       ? flashConfig(variant, spec.headDim, spec.dtype === "f16" && shaderF16, subgroupSize)
       : pickFlashVariant(spec.headDim, ctx.limits, {
-        draft: !!plan,
         dtype: spec.dtype,
         shaderF16,
         subgroupSize,

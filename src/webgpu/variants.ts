@@ -85,8 +85,6 @@ export interface TiledVariant {
    * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
    */
   q8?: boolean;
-  /** Only for dense ops, or only for draft (block-sparse) ops; default both. */
-  ops?: "dense" | "draft";
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -122,9 +120,10 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
-    // f16 inputs, shader-f16 and subgroups of 32 (NVIDIA H100, dense 16,384 tokens x 8 heads):
-    // dense ops: 64 x 32, f16 tiles, V over K, 24 KiB: 19.4 TFLOP/s (18.1 with Q^T in f32 at
-    // 40 KiB: the smaller tile keeps more workgroups per SM; 16.1 for the round-5 pick).
+    // f16 inputs, shader-f16 and subgroups of 32 (NVIDIA H100; dense 16,384 tokens x 8 heads,
+    // draft 8x48x80 + 256 text at 0.9): 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over
+    // K, 24 KiB: 21.0 TFLOP/s dense, draft 31.1 ms (19.4 / 33.5 without the packing; 16.1 dense
+    // for the round-5 pick).
     {
       kernel: "tiled",
       tm4: 2,
@@ -135,42 +134,25 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       ...FAST,
       hs: true,
       hq: true,
+      q8: true,
       sg: true,
       sv: true,
       kx: true,
-      ops: "dense",
     },
-    // Draft ops: 32 x 32, f32 Q^T, f16 K/V with V over K, 24 KiB: 32-row items split the
-    // draft's 128-token tiles into more workgroups (draft 8x48x80 + 256 text, 8 heads, 0.9:
-    // 33.1 ms vs 34.9 with the dense pick and 35.1 with the next row).
+    // Within WebGPU's default limits (16 KiB, 256 invocations): the same at 32 x 32, 128
+    // threads, exactly 16 KiB: 18.6 TFLOP/s dense, draft 33.9 ms (4.4 TFLOP/s and 134.7 ms for
+    // the chunked kernel that served 16 KiB before).
     {
       kernel: "tiled",
-      tm4: 1,
-      rg: 8,
-      cg: 32,
-      tn: 1,
-      td4: 1,
-      ...FAST,
-      hs: true,
-      sg: true,
-      sv: true,
-      kx: true,
-      ops: "draft",
-    },
-    // Draft ops on smaller devices, and dense ops within WebGPU's default limits (16 KiB, 256
-    // invocations): 32 x 32, f16 tiles, V over K, exactly 16 KiB: 16.3 TFLOP/s dense (4.4 for
-    // the chunked kernel that served 16 KiB before); 32-row items split the draft's 128-token
-    // tiles into more workgroups: Wan 480p at 0.9, 25.0 ms vs 31.0 with the 64-row tile.
-    {
-      kernel: "tiled",
-      tm4: 1,
-      rg: 8,
+      tm4: 2,
+      rg: 4,
       cg: 32,
       tn: 1,
       td4: 1,
       ...FAST,
       hs: true,
       hq: true,
+      q8: true,
       sg: true,
       sv: true,
       kx: true,
@@ -313,13 +295,11 @@ export interface VariantOptions {
   /** The subgroup size where `subgroups` is enabled and the adapter has one size, else 0. */
   subgroupSize?: number;
   table?: Readonly<Record<number, readonly FlashVariant[]>>;
-  /** The op is a draft (block-sparse) op: rows marked `ops: "dense"` are passed over. */
-  draft?: boolean;
 }
 
 /**
  * The variant for `headDim` on a device: the smallest DP >= headDim, then the first variant
- * that fits the limits, passing over rows for the other kind of op (`ops`).
+ * that fits the limits.
  *
  * @example
  * ```ts
@@ -340,7 +320,6 @@ export function pickFlashVariant(
   const dp = dps.find((x) => x >= headDim);
   if (dp === undefined) throw new Error(`no flash variant for headDim ${headDim}`);
   for (const v of table[dp]) {
-    if (v.kernel === "tiled" && v.ops && v.ops !== (options.draft ? "draft" : "dense")) continue;
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
     const options16 = ["hs", "hq", "hm", "sg", "q8"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
