@@ -1096,3 +1096,23 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   ]);
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
 });
+
+Deno.test("variants: draft ops on ragged windows take the 32-row twin", () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
+  const pick = (g: Geometry) =>
+    pickFlashVariant(128, limits, {
+      dtype: "f16",
+      shaderF16: true,
+      subgroupSize: 32,
+      tileLens: buildPlan(g).tileLen,
+    }).br;
+  // Wan 480p frames (30 x 52 in 8 x 16 windows): 87% of 64-row items busy, 99.5% of 32-row.
+  assert.equal(pick(geometry({ frames: 2, height: 30, width: 52, textTokens: 0 })), 32);
+  // HunyuanVideo 768p frames (48 x 80): every window full, the faster 64-row tile.
+  assert.equal(pick(geometry({ frames: 2, height: 48, width: 80, textTokens: 256 })), 64);
+  // Dense ops (no tiles) keep the first fit.
+  assert.equal(
+    pickFlashVariant(128, limits, { dtype: "f16", shaderF16: true, subgroupSize: 32 }).br,
+    64,
+  );
+});

@@ -225,6 +225,7 @@ export class WebGpuOp implements DraftKernelOp {
     this.config = variant
       ? flashConfig(variant, spec.headDim, spec.dtype === "f16" && shaderF16, subgroupSize)
       : pickFlashVariant(spec.headDim, ctx.limits, {
+        ...(plan ? { tileLens: plan.tileLen } : {}),
         dtype: spec.dtype,
         shaderF16,
         subgroupSize,
