@@ -265,6 +265,62 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "runs on caller buffers back to back: submitted without waiting, each settles with its own errors",
+  async () => {
+    const dev = await device();
+    const backend = createWebGpuBackend({ device: dev, reason: "t", features: [] });
+    const [spec, plan] = draftSpec(GEOM, { layout: "BSHD", maskEvery: 2 });
+    const op = backend.draft(spec, plan);
+    const [q, k, v] = inputs(spec, 7);
+    const [q2, k2, v2] = inputs(spec, 8);
+    // The typed runs of another op give the expected outputs (same mask schedule: runs 0, 2
+    // compute the mask, run 1 reuses run 0's).
+    const ref = backend.draft(spec, plan);
+    const want = [await ref.run(q, k, v), await ref.run(q2, k2, v2), await ref.run(q, k, v)];
+    const a = [q, k, v].map((x) => gpuBuffer(dev, x));
+    const b = [q2, k2, v2].map((x) => gpuBuffer(dev, x));
+    const outs = [0, 1, 2, 3].map(() => gpuBuffer(dev, want[0].byteLength));
+    const dead = gpuBuffer(dev, want[0].byteLength);
+    dead.destroy();
+    // Four runs issued at once; the third has a destroyed q and fails alone.
+    const runs = [
+      op.runBuffers!({ q: a[0], k: a[1], v: a[2], out: outs[0] }),
+      op.runBuffers!({ q: b[0], k: b[1], v: b[2], out: outs[1] }),
+      op.runBuffers!({ q: dead, k: a[1], v: a[2], out: outs[2] }),
+      op.runBuffers!({ q: a[0], k: a[1], v: a[2], out: outs[3] }),
+    ];
+    const settled = await Promise.allSettled(runs);
+    assert.deepEqual(settled.map((r) => r.status), [
+      "fulfilled",
+      "fulfilled",
+      "rejected",
+      "fulfilled",
+    ]);
+    const why = (settled[2] as PromiseRejectedResult).reason;
+    assert.ok(
+      why instanceof DraftAttentionError && why.code === "INVALID_BUFFER" && why.field === "q",
+    );
+    assert.deepEqual(
+      (await readBuffer(dev, outs[0])).subarray(0, want[0].byteLength),
+      asBytes(want[0]),
+    );
+    assert.deepEqual(
+      (await readBuffer(dev, outs[1])).subarray(0, want[1].byteLength),
+      asBytes(want[1]),
+    );
+    // The failed run took its turn in the schedule (it was recorded) but WebGPU ran none of
+    // its command buffer: the fourth run reuses the mask of the first, on the same inputs, so
+    // its output is the first's.
+    assert.deepEqual(
+      (await readBuffer(dev, outs[3])).subarray(0, want[0].byteLength),
+      asBytes(want[0]),
+    );
+    for (const x of [...a, ...b, ...outs]) x.destroy();
+    backend.dispose();
+  },
+);
+
 gpuTest("INVALID_BUFFER: small, no STORAGE, mapped, aliased, destroyed, other device", async () => {
   const dev = await device();
   const other = await adapter!.requestDevice();

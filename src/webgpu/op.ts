@@ -627,6 +627,13 @@ export class WebGpuOp implements DraftKernelOp {
     return this.#profiler;
   }
 
+  /**
+   * Records and submits a run on caller buffers. The op's queue of calls moves on as soon as the
+   * run is submitted, not when WebGPU has checked it: the next run's recording overlaps this
+   * run's GPU time, and the GPU queue keeps the runs (and their shared scratch) in order. The
+   * returned promise still settles with this run's own errors. A profiled run (`after`) holds
+   * the queue until its timestamps are read.
+   */
   #runBuffers(args: GpuRunArgs, after?: (prof: Profiler) => Promise<void>): Promise<void> {
     try {
       this.#check();
@@ -634,7 +641,7 @@ export class WebGpuOp implements DraftKernelOp {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.#enqueue(async () => {
+    const submitted = this.#enqueue(async () => {
       this.#check();
       await this.#ready;
       const ctx = this.#ctx;
@@ -662,16 +669,30 @@ export class WebGpuOp implements DraftKernelOp {
         prof = after ? this.#makeProfiler() : undefined;
         this.#submit(groups, bases, false, prof);
       });
-      try {
-        await errors;
-      } catch (e) {
-        throw await this.#diagnose(args, e);
-      }
-      this.#ctx.assertAlive();
+      // The mask schedule (maskEvery) advances with the recording, as the next run's is next.
       this.#hasRun = true;
       this.#stage?.done(this.#due);
-      if (after && prof) await after(prof);
+      const checked = this.#checked(args, errors);
+      checked.catch(() => {}); // handled by the caller's promise below; never unhandled here
+      if (after && prof) {
+        await checked;
+        await after(prof);
+      }
+      // Wrapped, so that the queue does not wait for the check (a returned promise would be
+      // adopted).
+      return { checked };
     });
+    return submitted.then(({ checked }) => checked);
+  }
+
+  /** Settles with a submitted run's errors (the buffer at fault where WebGPU rejected one). */
+  async #checked(args: GpuRunArgs, errors: Promise<void>): Promise<void> {
+    try {
+      await errors;
+    } catch (e) {
+      throw await this.#diagnose(args, e);
+    }
+    this.#ctx.assertAlive();
   }
 
   lastMask(): Promise<MaskResult> {
