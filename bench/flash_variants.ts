@@ -256,7 +256,6 @@ const T = (
     kx?: boolean;
     sv?: boolean;
     q8?: boolean;
-    p16?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -274,34 +273,6 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
-  // round 15: P shuffled as f16 pairs (half the shuffles of P V)
-  { name: "r15 table pick", headDim: 128, dtypes: ["f16"], draft: true },
-  {
-    name: "r15 64x32 q8 p16 sv",
-    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true, p16: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-    draft: true,
-  },
-  {
-    name: "r15 32x32 rg4 q8 p16 sv 128thr",
-    variant: T(4, 32, 1, 1, { ...SV, tm4: 2, q8: true, p16: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-    draft: true,
-  },
-  {
-    name: "r15 128x32 q8 p16 sv 512thr",
-    variant: T(16, 32, 1, 1, { ...SV, tm4: 2, q8: true, p16: true }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
-  {
-    name: "r15 64x32 q8 p16 sv uj16",
-    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true, p16: true, uj: 16 }),
-    headDim: 128,
-    dtypes: ["f16"],
-  },
   // round 14: Q^T packed 8 rows per 16-byte load (half the workgroup-memory loads in S)
   { name: "r14 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {

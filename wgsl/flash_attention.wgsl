@@ -97,11 +97,6 @@ const KX: u32 = 0u;
  * loads in S. Exact (the values are f16).
  */
 const Q8: u32 = 0u;
-/**
- * 1 (with SG, TM4 = 2, f16 inputs): P of the 8 rows of a key passed as f16 pairs in one vec4<u32>
- * shuffle instead of two vec4<f32> ones (P in [0, 1]; its rounding is below the f16 output's).
- */
-const P16: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -519,16 +514,6 @@ fn main(
       // @end
     }
     // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V).
-    // @if P16
-    // @unroll N TN
-    let pk_N = vec4<u32>(
-      pack2x16float(s_0_N.xy),
-      pack2x16float(s_0_N.zw),
-      pack2x16float(s_1_N.xy),
-      pack2x16float(s_1_N.zw),
-    );
-    // @end
-    // @endif
     // @unroll N TN
     for (var c0 = 0u; c0 < CG; c0 += UJ) {
       // @unroll U UJ
@@ -541,20 +526,6 @@ fn main(
         let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + cg + CG * T]);
         // @endif
         // @end
-        // @if P16
-        {
-          let w = subgroupShuffle(pk_N, c);
-          let p_0 = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-          let p_1 = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
-          // @unroll R TM4
-          // @unroll C 4
-          // @unroll T TD4
-          o_R_C_T = fma(vec4<f32>(p_R[C]), v_T, o_R_C_T);
-          // @end
-          // @end
-          // @end
-        }
-        // @else
         // @unroll R TM4
         {
           let p = subgroupShuffle(s_R_N, c);
@@ -565,7 +536,6 @@ fn main(
           // @end
         }
         // @end
-        // @endif
       }
       // @end
     }

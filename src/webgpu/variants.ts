@@ -85,11 +85,6 @@ export interface TiledVariant {
    * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
    */
   q8?: boolean;
-  /**
-   * With `sg`, tm4 = 2 and f16 inputs on a device with `shader-f16`: P shuffled as f16 pairs,
-   * half the shuffles of P V (default false).
-   */
-  p16?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -218,7 +213,6 @@ export function flashConfig(
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
     else if (v.sv) v = { ...v, sv: false };
-    if (v.p16 && !(v.sg && f16Smem && v.tm4 === 2 && !v.hm)) v = { ...v, p16: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
@@ -261,7 +255,6 @@ export function flashConfig(
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
         Q8: v.q8 ? 1 : 0,
-        P16: v.p16 ? 1 : 0,
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
         SV: v.sv ? 1 : 0,
@@ -363,7 +356,7 @@ export function pickFlashVariant(
   const fitting: FlashConfig[] = [];
   for (const v of table[dp]) {
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
-    const options16 = ["hs", "hq", "hm", "sg", "q8", "p16"] as const;
+    const options16 = ["hs", "hq", "hm", "sg", "q8"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
