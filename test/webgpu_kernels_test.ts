@@ -648,117 +648,40 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
   const sg = ctx.subgroupSize || 8;
   const geom = geometry({ frames: 2, height: 13, width: 21, textTokens: 5, textPosition: "after" });
   const plan = buildPlan(geom);
+  // Subgroup rows at head dim 64, sized so that the variant and its plain twin fit 32 KiB with
+  // subgroups of 8 (llvmpipe) and 48 KiB with subgroups of 32 (NVIDIA): DP stays at 64 / 128.
+  const sg64 = (o: Partial<TiledVariant>): TiledVariant => ({
+    kernel: "tiled",
+    tm4: 1,
+    rg: 4,
+    cg: sg,
+    tn: 32 / sg,
+    td4: Math.ceil(16 / sg),
+    sg: true,
+    ...o,
+  });
   const cases: [number, TiledVariant, string][] = [
     [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hs: true }, "hs"],
     [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hm: true, ud: 8 }, "hm"],
     [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, hs: true, hq: true }, "hs hq"],
-    // Subgroup rows sized so that the variant and its plain twin fit 32 KiB with subgroups of 8
-    // (llvmpipe) and 48 KiB with subgroups of 32 (NVIDIA): head dim 64 keeps DP at 64 / 128.
-    [
-      64,
-      { kernel: "tiled", tm4: 1, rg: 4, cg: sg, tn: 32 / sg, td4: Math.ceil(16 / sg), sg: true },
-      "sg",
-    ],
-    [
-      64,
-      {
-        kernel: "tiled",
-        tm4: 1,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        hs: true,
-      },
-      "sg hs",
-    ],
+    [64, sg64({}), "sg"],
+    [64, sg64({ hs: true }), "sg hs"],
     [
       32,
       { kernel: "tiled", tm4: 1, rg: 16, cg: sg, tn: 32 / sg, td4: 1, sg: true, uj: 8 },
       "sg d32",
     ],
-    [
-      64,
-      {
-        kernel: "tiled",
-        tm4: 3,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        hq: true,
-      },
-      "sg hq tm3",
-    ],
-    [
-      64,
-      {
-        kernel: "tiled",
-        tm4: 1,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        hs: true,
-        kx: true,
-      },
-      "sg hs kx",
-    ],
+    [64, sg64({ tm4: 3, hq: true }), "sg hq tm3"],
+    [64, sg64({ hs: true, kx: true }), "sg hs kx"],
     [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, kx: true }, "kx"],
     [64, { kernel: "tiled", tm4: 2, rg: 4, cg: 16, tn: 2, td4: 1, hs: true, q8: true }, "q8"],
+    [64, sg64({ tm4: 2, sv: true, hs: true, q8: true, kx: true }), "sg sv q8"],
     [
       64,
-      {
-        kernel: "tiled",
-        tm4: 2,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        sv: true,
-        hs: true,
-        q8: true,
-        kx: true,
-      },
-      "sg sv q8",
-    ],
-    [
-      64,
-      {
-        kernel: "tiled",
-        tm4: 2,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        sv: true,
-        hs: true,
-        hq: true,
-        kx: true,
-        pf: true,
-        ve: true,
-      },
+      sg64({ tm4: 2, sv: true, hs: true, hq: true, kx: true, pf: true, ve: true }),
       "sg sv hs hq kx",
     ],
-    [
-      64,
-      {
-        kernel: "tiled",
-        tm4: 1,
-        rg: 4,
-        cg: sg,
-        tn: 32 / sg,
-        td4: Math.ceil(16 / sg),
-        sg: true,
-        sv: true,
-      },
-      "sg sv",
-    ],
+    [64, sg64({ sv: true }), "sg sv"],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {

@@ -107,6 +107,19 @@ export type FlashVariant = TiledVariant | ChunkedVariant;
 
 /** Loads a phase ahead and unroll by 8: the fastest options of the large tiles on an H100. */
 const FAST = { pf: true, ve: true, ud: 8, uj: 8 } as const;
+/**
+ * The f16 subgroup tiles' options: f16 K/V and Q^T, Q^T packed 8 rows per load, subgroup rows,
+ * V over K, swizzled K, loads ahead.
+ */
+const PACKED = {
+  ...FAST,
+  hs: true,
+  hq: true,
+  q8: true,
+  sg: true,
+  sv: true,
+  kx: true,
+} as const;
 
 /** The table: DP -> variants, preferred first. */
 export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> = {
@@ -124,39 +137,11 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     // draft 8x48x80 + 256 text at 0.9): 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over
     // K, 24 KiB: 21.0 TFLOP/s dense, draft 31.1 ms (19.4 / 33.5 without the packing; 16.1 dense
     // for the round-5 pick).
-    {
-      kernel: "tiled",
-      tm4: 2,
-      rg: 8,
-      cg: 32,
-      tn: 1,
-      td4: 1,
-      ...FAST,
-      hs: true,
-      hq: true,
-      q8: true,
-      sg: true,
-      sv: true,
-      kx: true,
-    },
+    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED },
     // Within WebGPU's default limits (16 KiB, 256 invocations): the same at 32 x 32, 128
     // threads, exactly 16 KiB: 18.6 TFLOP/s dense, draft 33.9 ms (4.4 TFLOP/s and 134.7 ms for
     // the chunked kernel that served 16 KiB before).
-    {
-      kernel: "tiled",
-      tm4: 2,
-      rg: 4,
-      cg: 32,
-      tn: 1,
-      td4: 1,
-      ...FAST,
-      hs: true,
-      hq: true,
-      q8: true,
-      sg: true,
-      sv: true,
-      kx: true,
-    },
+    { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED },
     // Subgroups of 32, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 32 x 32,
     // 256 threads, 48 KiB (H200 f32: 12.5 TFLOP/s vs 10.5 for the next row)
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
