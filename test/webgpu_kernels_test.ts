@@ -964,59 +964,29 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   type Picked = TiledVariant & ReturnType<typeof flashConfig>;
   const pick = (headDim: number, dtype: DType, shaderF16: boolean, l = limits) =>
     pickFlashVariant(headDim, l, { dtype, shaderF16, subgroupSize: 32 }) as Picked;
-  const shape = (c: Picked) => [
-    c.br,
-    !!c.hs,
-    !!c.hq,
-    !!c.q8,
-    !!c.sg,
-    !!c.sv,
-    !!c.kx,
-    c.smemBytes,
-    c.threads,
-  ];
+  /** Rows, the options in use, workgroup memory and threads, as one line. */
+  const shape = (c: Picked) =>
+    [
+      `${c.br} rows`,
+      ...(["hs", "hq", "q8", "sg", "sv", "kx"] as const).filter((o) => c[o]),
+      `${c.smemBytes} B`,
+      `${c.threads} threads`,
+    ].join(" ");
   // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
-  assert.deepEqual(shape(pick(128, "f16", true)), [
-    64,
-    true,
-    true,
-    true,
-    true,
-    true,
-    true,
-    24576,
-    256,
-  ]);
+  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx 24576 B 256 threads");
   // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
-    assert.deepEqual(shape(pick(128, dtype, shaderF16)), [
-      32,
-      false,
-      false,
-      false,
-      true,
-      false,
-      true,
-      49152,
-      256,
-    ]);
+    assert.equal(shape(pick(128, dtype, shaderF16)), "32 rows sg kx 49152 B 256 threads");
   }
   // headDim / 4 not a power of two: no swizzle; still a row that fits.
   const odd = pick(100, "f16", true);
   assert.ok(!odd.kx && odd.smemBytes <= 49152);
   // WebGPU's default limits: the 32-row twin in exactly 16 KiB; f32 the chunked kernel.
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
-  assert.deepEqual(shape(pick(128, "f16", true, dflt)), [
-    32,
-    true,
-    true,
-    true,
-    true,
-    true,
-    true,
-    16384,
-    128,
-  ]);
+  assert.equal(
+    shape(pick(128, "f16", true, dflt)),
+    "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
+  );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
 });
 
