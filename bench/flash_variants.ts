@@ -273,6 +273,33 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 16: more keys per lane with packed Q^T (S's loads shared by 2 keys), S unroll
+  { name: "r16 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r16 64x64 q8 tn2 sv",
+    variant: T(8, 32, 2, 1, { ...SV, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r16 32x64 q8 tn2 sv 128thr",
+    variant: T(4, 32, 2, 1, { ...SV, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r16 64x32 q8 sv ud4",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true, ud: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r16 64x32 q8 sv ud16",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true, ud: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 14: Q^T packed 8 rows per 16-byte load (half the workgroup-memory loads in S)
   { name: "r14 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {
