@@ -256,6 +256,7 @@ const T = (
     kx?: boolean;
     sv?: boolean;
     q8?: boolean;
+    kh?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -273,6 +274,36 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 17: head dim 64 with subgroup rows, P V's keys split between the subgroup's halves
+  { name: "r17 table pick d128", headDim: 128, dtypes: ["f16"] },
+  { name: "r17 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
+  {
+    name: "r17 d64 64x32 kh q8 sv",
+    variant: T(8, 32, 1, 1, { ...SV, tm4: 2, q8: true, kh: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r17 d64 32x32 kh sv",
+    variant: T(8, 32, 1, 1, { ...SV, kh: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r17 d64 128x32 kh q8 sv 512thr",
+    variant: T(16, 32, 1, 1, { ...SV, tm4: 2, q8: true, kh: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r17 d64 32x32 kh sv f32",
+    variant: T(8, 32, 1, 1, { ...FAST, sg: true, sv: true, kx: true, kh: true }),
+    headDim: 64,
+    dtypes: BOTH,
+    draft: true,
+  },
   // round 16: more keys per lane with packed Q^T (S's loads shared by 2 keys), S unroll
   { name: "r16 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {

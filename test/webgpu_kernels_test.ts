@@ -682,6 +682,9 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       "sg sv hs hq kx",
     ],
     [64, sg64({ sv: true }), "sg sv"],
+    // Key halves: DP = 2 * cg * td4 = 64 on both devices.
+    [64, sg64({ tm4: 2, td4: 32 / sg, kh: true, sv: true, hs: true, q8: true, kx: true }), "sg kh"],
+    [64, sg64({ td4: 32 / sg, kh: true }), "sg kh f32"],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -700,6 +703,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         sg: false,
         kx: false,
         q8: false,
+        kh: false,
       };
       // A variant the device cannot hold is refused at op creation (TOO_LARGE "variant");
       // run only the combinations that fit, and at least one per case.
@@ -722,6 +726,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
           assert.equal(!!c.q8, !!variant.q8, `${name}: q8`);
         } else assert.ok(!c.q8, `${name}: no q8 for f32`);
         assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
+        assert.equal(!!c.kh, !!variant.kh && !!c.sg, `${name}: kh`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);

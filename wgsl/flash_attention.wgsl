@@ -97,6 +97,12 @@ const KX: u32 = 0u;
  * loads in S. Exact (the values are f16).
  */
 const Q8: u32 = 0u;
+/**
+ * 1 (with SG): in P V the two halves of a subgroup take half the chunk's keys each over
+ * DP = 2*CG*TD4 dims, summed by one shuffle at the end: head dim 64 with subgroups of 32 keeps
+ * every lane busy (without it, half the lanes would hold padding dims).
+ */
+const KH: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -136,7 +142,7 @@ override NT: u32 = RG * CG;
 override BR4: u32 = TM4 * RG;
 override BC: u32 = TN * CG;
 override D4: u32 = D / 4u;
-override DP4: u32 = CG * TD4;
+override DP4: u32 = (CG >> KH) * TD4;
 override KSTR4: u32 = D4 + 1u - KX;
 override PSTR4: u32 = BR4 + 1u;
 override KV4: u32 = max(BC * KSTR4, BC * DP4);
@@ -262,6 +268,9 @@ fn main(
 
   let cg = lid % CG;
   let rg = lid / CG;
+  // P V's dims and keys of the lane: dims dcol + (CG >> KH) * T; with KH, keys kh.. of the chunk.
+  let dcol = cg % (CG >> KH);
+  let kh = cg - dcol;
 
   // @if Q8
   // Q^T of the tile, once, 8 rows per vec4<u32>: unit e = rows 8*(e % RG).. at column e / RG.
@@ -513,17 +522,18 @@ fn main(
       kp_I = fetch_k(nxt, lid + NT * I, head_off);
       // @end
     }
-    // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V).
+    // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V). With
+    // KH a lane takes the keys of its subgroup half (kh..) at dims dcol.
     // @unroll N TN
-    for (var c0 = 0u; c0 < CG; c0 += UJ) {
+    for (var c0 = 0u; c0 < (CG >> KH); c0 += UJ) {
       // @unroll U UJ
       {
-        let c = c0 + U;
+        let c = c0 + U + kh;
         // @unroll T TD4
         // @if SV
-        let v_T = vec4<f32>(kv[(c + CG * N) * DP4 + cg + CG * T]);
+        let v_T = vec4<f32>(kv[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
         // @else
-        let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + cg + CG * T]);
+        let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
         // @endif
         // @end
         // @unroll R TM4
@@ -624,15 +634,27 @@ fn main(
 
   // l = sum of the CG per-thread partials; O / l to the raster position of each row.
   // @if SG
+  // @if KH
+  // The halves' partial sums of O, added (then the lower half stores).
+  // @unroll R TM4
+  // @unroll C 4
+  // @unroll T TD4
+  o_R_C_T += subgroupShuffleXor(o_R_C_T, CG >> 1u);
+  // @end
+  // @end
+  // @end
+  // @endif
   // @unroll R TM4
   {
     let l = subgroupAdd(l_R);
     let inv = select(vec4<f32>(0.0), 1.0 / l, l > vec4<f32>(0.0));
-    // @unroll C 4
-    // @unroll T TD4
-    store_row(4u * rq_R + C, cg + CG * T, o_R_C_T, inv[C], rows, row_start, head_off);
-    // @end
-    // @end
+    if (kh == 0u) {
+      // @unroll C 4
+      // @unroll T TD4
+      store_row(4u * rq_R + C, dcol + (CG >> KH) * T, o_R_C_T, inv[C], rows, row_start, head_off);
+      // @end
+      // @end
+    }
   }
   // @end
   // @else

@@ -85,6 +85,11 @@ export interface TiledVariant {
    * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
    */
   q8?: boolean;
+  /**
+   * With `sg`: the subgroup's halves take half of P V's keys each, over DP = 2*cg*td4 dims (see
+   * KH in the kernel): head dim 64 with subgroups of 32 without idle lanes (default false).
+   */
+  kh?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -197,13 +202,14 @@ export function flashConfig(
       }
       : plain;
     if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
-    else if (v.sv) v = { ...v, sv: false };
+    else if (v.sv || v.kh) v = { ...v, sv: false, kh: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
     if ((d4 & (d4 - 1)) !== 0) v = { ...v, kx: false };
   }
-  const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg, dp = 4 * v.cg * v.td4;
+  const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg;
+  const dp = 4 * (v.kernel === "tiled" && v.kh ? v.cg / 2 : v.cg) * v.td4;
   const threads = v.rg * v.cg;
   if (dp < headDim) throw new Error(`flash variant ${JSON.stringify(v)} covers ${dp} < ${headDim}`);
   if (v.kernel === "tiled") {
@@ -232,7 +238,7 @@ export function flashConfig(
         KPT: per(bc * d4),
         VPT: per(bc * dp4),
         UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
-        UJ: (v.sg ? v.cg : bc) % uj === 0 ? uj : 1,
+        UJ: (v.sg ? (v.kh ? v.cg / 2 : v.cg) : bc) % uj === 0 ? uj : 1,
         PF: v.pf ? 1 : 0,
         VE: v.ve ? 1 : 0,
         HS: v.hs ? 1 : 0,
@@ -240,6 +246,7 @@ export function flashConfig(
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
         Q8: v.q8 ? 1 : 0,
+        KH: v.kh ? 1 : 0,
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
         SV: v.sv ? 1 : 0,
