@@ -973,7 +973,7 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   const shape = (c: Picked) =>
     [
       `${c.br} rows`,
-      ...(["hs", "hq", "q8", "sg", "sv", "kx"] as const).filter((o) => c[o]),
+      ...(["hs", "hq", "q8", "sg", "sv", "kx", "kh"] as const).filter((o) => c[o]),
       `${c.smemBytes} B`,
       `${c.threads} threads`,
     ].join(" ");
@@ -993,6 +993,15 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
     "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
   );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
+  // Head dim 64: key halves, packed f16 tiles in 12 KiB or f32 tiles in 16 KiB, also within the
+  // default limits.
+  for (const l of [limits, dflt]) {
+    assert.equal(
+      shape(pick(64, "f16", true, l)),
+      "64 rows hs hq q8 sg sv kx kh 12288 B 256 threads",
+    );
+    assert.equal(shape(pick(64, "f32", true, l)), "32 rows sg sv kx kh 16384 B 256 threads");
+  }
 });
 
 Deno.test("variants: draft ops on ragged windows take the 32-row twin", () => {

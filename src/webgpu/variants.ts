@@ -133,6 +133,24 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 8, cg: 8, tn: 4, td4: 1 }, // 32 x 32, 64 threads, 14.0 KiB
   ],
   64: [
+    // Subgroups of 32, P V's keys split between the subgroup's halves (NVIDIA H100, dense 16,384
+    // tokens x 8 heads, draft 8x48x80 + 256 text at 0.9): f16 with shader-f16, the packed 64 x 32
+    // tile in 12 KiB: 18.3 TFLOP/s, draft 18.7 ms (15.6 / 21.1 for the next-but-one row); f32
+    // tiles, 32 x 32 in 16 KiB: 16.6, draft 19.5 ms (15.3 / 21.8). Both fit WebGPU's defaults.
+    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, kh: true },
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      sg: true,
+      sv: true,
+      kx: true,
+      kh: true,
+    },
     { kernel: "tiled", tm4: 1, rg: 16, cg: 16, tn: 2, td4: 1, ...FAST }, // 64 x 32, 256 thr, 37.0 KiB
     { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1 }, // 32 x 32, 128 threads, 23.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
