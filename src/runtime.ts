@@ -468,6 +468,13 @@ class RuntimeImpl implements Runtime {
         { cause: e },
       );
     }
+    // A run whose kernel the recovery disposed (its device was replaced while it was in flight)
+    // was cut short by the loss, not by the caller.
+    if (
+      error.code === "DISPOSED" && !this.#disposed && (gen !== this.#gen || this.#state !== "ok")
+    ) {
+      return this.#lostError(error);
+    }
     if (error.code !== "DEVICE_LOST" || this.#disposed) return error;
     // A run of an earlier device failing late says nothing about the current one.
     if (gen !== this.#gen) return this.#lostError(error);
