@@ -274,6 +274,28 @@ const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const CASES: Case[] = [
+  // round 18: key halves at head dim 128 (8 dims per lane: twice the FMAs per P shuffle)
+  { name: "r18 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r18 64x32 q8 kh td2",
+    variant: T(8, 32, 1, 2, { ...SV, tm4: 2, q8: true, kh: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r18 32x32 kh td2",
+    variant: T(8, 32, 1, 2, { ...SV, kh: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r18 64x32 q8 kh td2 128thr",
+    variant: T(4, 32, 1, 2, { ...SV, tm4: 2, q8: true, kh: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 17: head dim 64 with subgroup rows, P V's keys split between the subgroup's halves
   { name: "r17 table pick d128", headDim: 128, dtypes: ["f16"] },
   { name: "r17 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
