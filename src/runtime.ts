@@ -72,7 +72,11 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 export interface AttentionOp {
   /** Computes attention on typed arrays; resolves to a new array of the same type and layout. */
   run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
-  /** WebGPU only: reads caller-owned buffers and writes `out`, with no readback. */
+  /**
+   * WebGPU only: reads caller-owned buffers and writes `out`, with no readback. Runs issued back
+   * to back are submitted without waiting for each other (the GPU queue keeps their order); the
+   * promise settles once WebGPU has checked this run, with its own errors.
+   */
   run(buffers: GpuRunArgs): Promise<void>;
   /** Frees the op's buffers; later calls reject with code `DISPOSED`. */
   dispose(): void;
