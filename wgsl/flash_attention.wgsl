@@ -259,12 +259,12 @@ fn main(
   if (wg >= params.items * params.nbh) {
     return;
   }
-  let item = wg % params.items;
-  let bh = wg / params.items;
-  let tile = table[params.items_at + 3u * item];
-  let row_start = table[params.items_at + 3u * item + 1u];
-  let rows = table[params.items_at + 3u * item + 2u];
-  let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
+  let it = work_item(wg);
+  let bh = it.bh;
+  let tile = it.tile;
+  let row_start = it.row_start;
+  let rows = it.rows;
+  let head_off = it.head_off;
 
   let cg = lid % CG;
   let rg = lid / CG;

@@ -48,3 +48,23 @@ fn token_of(p: u32) -> u32 {
 fn tile_of(t: u32) -> vec2<u32> {
   return vec2<u32>(table[params.tiles_at + 2u * t], table[params.tiles_at + 2u * t + 1u]);
 }
+
+/** Work item `item` of pair `bh` of the piece: its block-list tile, rows and head offset. */
+struct Item {
+  /** Pair of the piece (its block lists are rows bh * tiles + tile). */
+  bh: u32,
+  tile: u32,
+  row_start: u32,
+  rows: u32,
+  /** Element offset of the pair's head inside q/k/v/out (before the tensor's base). */
+  head_off: u32,
+}
+
+/** Decodes workgroup `wg` (< items * nbh): work item wg % items of pair wg / items. */
+fn work_item(wg: u32) -> Item {
+  let item = wg % params.items;
+  let bh = wg / params.items;
+  let at = params.items_at + 3u * item;
+  let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
+  return Item(bh, table[at], table[at + 1u], table[at + 2u], head_off);
+}
