@@ -36,7 +36,12 @@ import {
 } from "../src/webgpu/kernels.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
 import { gpuSuite, readBuffer } from "./_gpu.ts";
-import { flashConfig, pickFlashVariant, type TiledVariant } from "../src/webgpu/variants.ts";
+import {
+  flashConfig,
+  pickFlashVariant,
+  subRows,
+  type TiledVariant,
+} from "../src/webgpu/variants.ts";
 import { strides } from "../src/webgpu/pieces.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -685,6 +690,19 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
     // Key halves: DP = 2 * cg * td4 = 64 on both devices.
     [64, sg64({ tm4: 2, td4: 32 / sg, kh: true, sv: true, hs: true, q8: true, kx: true }), "sg kh"],
     [64, sg64({ td4: 32 / sg, kh: true }), "sg kh f32"],
+    // Sub-rows: two (four) row groups per subgroup, each lane 2+ keys of the 32-key chunk.
+    [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg }), "sg sub-rows"],
+    [
+      64,
+      sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, sv: true, hs: true, hq: true, kx: true }),
+      "sg sub-rows sv hs hq kx",
+    ],
+    [
+      64,
+      sg64({ tm4: 2, cg: sg / 2, tn: 64 / sg, td4: 32 / sg, sv: true, hs: true, q8: true }),
+      "sg sub-rows q8",
+    ],
+    [64, sg64({ rg: 8, cg: sg / 4, tn: 2, td4: 64 / sg }), "sg quarter rows"],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -720,7 +738,9 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
           assert.equal(!!c.hs, !!(variant.hs || variant.hm), `${name}: hs in use`);
           assert.equal(!!c.hm, !!variant.hm, `${name}: hm in use`);
         } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
-        assert.equal(!!c.sg, !!variant.sg && ctx.subgroupSize === variant.cg, `${name}: sg`);
+        const subgroup = subRows(ctx.subgroupSize, variant.cg) &&
+          (variant.rg * variant.cg) % ctx.subgroupSize === 0;
+        assert.equal(!!c.sg, !!variant.sg && subgroup, `${name}: sg`);
         assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
         if (dtype === "f16" && dev.features.has("shader-f16")) {
           assert.equal(!!c.q8, !!variant.q8, `${name}: q8`);
@@ -979,9 +999,15 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
     ].join(" ");
   // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
   assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx 24576 B 256 threads");
-  // f32 inputs, or f16 without shader-f16: f32 tiles with subgroup rows, exactly 48 KiB.
+  // f32 inputs, or f16 without shader-f16: f32 tiles with sub-rows (two row groups of 16 lanes
+  // per subgroup), exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
-    assert.equal(shape(pick(128, dtype, shaderF16)), "32 rows sg kx 49152 B 256 threads");
+    const c = pick(128, dtype, shaderF16);
+    assert.equal(shape(c), "64 rows sg sv kx 49152 B 256 threads");
+    assert.deepEqual([c.cg, c.tn, c.td4, c.consts.SGS], [16, 2, 2, 32]);
+    // Without subgroups of 32 the next row (no sub-rows) serves.
+    const none = pickFlashVariant(128, limits, { dtype, shaderF16, subgroupSize: 0 });
+    assert.ok(!(none as Picked).sg && none.smemBytes <= 49152);
   }
   // headDim / 4 not a power of two: no swizzle; still a row that fits.
   const odd = pick(100, "f16", true);
@@ -993,15 +1019,16 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
     "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
   );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
-  // Head dim 64: key halves, packed f16 tiles in 12 KiB or f32 tiles in 16 KiB, also within the
-  // default limits.
-  for (const l of [limits, dflt]) {
-    assert.equal(
-      shape(pick(64, "f16", true, l)),
-      "64 rows hs hq q8 sg sv kx kh 12288 B 256 threads",
-    );
-    assert.equal(shape(pick(64, "f32", true, l)), "32 rows sg sv kx kh 16384 B 256 threads");
+  // Head dim 64: sub-rows in f32 tiles (24 KiB) for both dtypes; within the default limits key
+  // halves, packed f16 tiles in 12 KiB or f32 tiles in 16 KiB.
+  for (const dtype of ["f16", "f32"] as const) {
+    assert.equal(shape(pick(64, dtype, true)), "64 rows sg sv kx 24576 B 256 threads");
   }
+  assert.equal(
+    shape(pick(64, "f16", true, dflt)),
+    "64 rows hs hq q8 sg sv kx kh 12288 B 256 threads",
+  );
+  assert.equal(shape(pick(64, "f32", true, dflt)), "32 rows sg sv kx kh 16384 B 256 threads");
 });
 
 Deno.test("variants: draft ops on ragged windows take the 32-row twin", () => {
@@ -1015,6 +1042,14 @@ Deno.test("variants: draft ops on ragged windows take the 32-row twin", () => {
     }).br;
   // Wan 480p frames (30 x 52 in 8 x 16 windows): 87% of 64-row items busy, 99.5% of 32-row.
   assert.equal(pick(geometry({ frames: 2, height: 30, width: 52, textTokens: 0 })), 32);
+  // f32: the 64-row sub-rows tile has no 32-row twin (the next 32-row tile is another shape,
+  // 0.7x per row), so Wan keeps it.
+  const f32 = pickFlashVariant(128, limits, {
+    dtype: "f32",
+    subgroupSize: 32,
+    tileLens: buildPlan(geometry({ frames: 2, height: 30, width: 52, textTokens: 0 })).tileLen,
+  });
+  assert.equal(f32.br, 64);
   // HunyuanVideo 768p frames (48 x 80): every window full, the faster 64-row tile.
   assert.equal(pick(geometry({ frames: 2, height: 48, width: 80, textTokens: 256 })), 64);
   // Dense ops (no tiles) keep the first fit.

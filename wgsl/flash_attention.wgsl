@@ -103,6 +103,15 @@ const Q8: u32 = 0u;
  * every lane busy (without it, half the lanes would hold padding dims).
  */
 const KH: u32 = 0u;
+/**
+ * The device's subgroup size (with SG; 1 otherwise). CG may be a power-of-two divisor of it: a
+ * subgroup then holds SGS / CG row groups ("sub-rows"), reduced over their CG lanes by
+ * shuffle-xor butterflies, so a lane can own TN > 1 keys of a 32-key chunk and every Q^T load
+ * feeds TN times the FMAs.
+ */
+const SGS: u32 = 1u;
+/** 1: CG < SGS (sub-rows); 0: a row group is a whole subgroup (or no subgroups). */
+const SR: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -131,6 +140,34 @@ fn kcol(j: u32, c: u32) -> u32 {
   }
   return c;
 }
+
+// @if SG
+/** Max of `x` over the CG lanes of the caller's row group (a subgroup, or a part of one). */
+fn row_max(x: vec4<f32>) -> vec4<f32> {
+  // @if SR
+  var m = x;
+  for (var o = CG >> 1u; o > 0u; o >>= 1u) {
+    m = max(m, subgroupShuffleXor(m, o));
+  }
+  return m;
+  // @else
+  return subgroupMax(x);
+  // @endif
+}
+
+/** Sum of `x` over the CG lanes of the caller's row group. */
+fn row_sum(x: vec4<f32>) -> vec4<f32> {
+  // @if SR
+  var s = x;
+  for (var o = CG >> 1u; o > 0u; o >>= 1u) {
+    s += subgroupShuffleXor(s, o);
+  }
+  return s;
+  // @else
+  return subgroupAdd(x);
+  // @endif
+}
+// @endif
 
 /** Masked score: finite so that exp2(NEG - m) = 0 and NEG - NEG never makes NaN. */
 const NEG: f32 = -3.0e38;
@@ -271,6 +308,12 @@ fn main(
   // P V's dims and keys of the lane: dims dcol + (CG >> KH) * T; with KH, keys kh.. of the chunk.
   let dcol = cg % (CG >> KH);
   let kh = cg - dcol;
+  // Subgroup lane of the row group's first lane (0 unless sub-rows).
+  // @if SR
+  let sbase = (lid % SGS) - cg;
+  // @else
+  let sbase = 0u;
+  // @endif
 
   // @if Q8
   // Q^T of the tile, once, 8 rows per vec4<u32>: unit e = rows 8*(e % RG).. at column e / RG.
@@ -483,7 +526,7 @@ fn main(
       s_R_N = select(s_R_N, vec4<f32>(NEG), key_N >= cur.kc);
       mx = max(mx, s_R_N);
       // @end
-      let m_new = max(m_R, subgroupMax(mx));
+      let m_new = max(m_R, row_max(mx));
       let alpha = exp2(m_R - m_new);
       m_R = m_new;
       var sum = vec4<f32>(0.0);
@@ -538,7 +581,7 @@ fn main(
         // @end
         // @unroll R TM4
         {
-          let p = subgroupShuffle(s_R_N, c);
+          let p = subgroupShuffle(s_R_N, sbase + c);
           // @unroll C 4
           // @unroll T TD4
           o_R_C_T = fma(vec4<f32>(p[C]), v_T, o_R_C_T);
@@ -646,7 +689,7 @@ fn main(
   // @endif
   // @unroll R TM4
   {
-    let l = subgroupAdd(l_R);
+    let l = row_sum(l_R);
     let inv = select(vec4<f32>(0.0), 1.0 / l, l > vec4<f32>(0.0));
     if (kh == 0u) {
       // @unroll C 4

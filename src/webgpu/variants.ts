@@ -63,10 +63,13 @@ export interface TiledVariant {
   /** S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies hs, hq). */
   hm?: boolean;
   /**
-   * A row group is one subgroup: row max and l by subgroup reductions, P by subgroupShuffle, V
-   * in its own buffer; 2 barriers per chunk instead of 4, no P^T or partials in workgroup
-   * memory. Only where the device has `subgroups` with one subgroup size equal to cg; elsewhere
-   * the variant runs as if it were false.
+   * A row group is one subgroup, or a part of one: row max and l by subgroup reductions (by
+   * shuffle-xor butterflies over the cg lanes where cg is smaller than the subgroup), P by
+   * subgroupShuffle, V in its own buffer; 2 barriers per chunk instead of 4, no P^T or partials
+   * in workgroup memory. Only where the device has `subgroups` with one subgroup size that cg
+   * divides (cg a power of two, see {@linkcode subRows}); elsewhere the variant runs as if it
+   * were false. With cg = subgroup size / 2 and tn = 2 (sub-rows) a lane owns 2 keys of a
+   * 32-key chunk, so each Q^T load feeds twice the FMAs.
    */
   sg?: boolean;
   /**
@@ -133,10 +136,26 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 8, cg: 8, tn: 4, td4: 1 }, // 32 x 32, 64 threads, 14.0 KiB
   ],
   64: [
-    // Subgroups of 32, P V's keys split between the subgroup's halves (NVIDIA H100, dense 16,384
-    // tokens x 8 heads, draft 8x48x80 + 256 text at 0.9): f16 with shader-f16, the packed 64 x 32
-    // tile in 12 KiB: 18.3 TFLOP/s, draft 18.7 ms (15.6 / 21.1 for the next-but-one row); f32
-    // tiles, 32 x 32 in 16 KiB: 16.6, draft 19.5 ms (15.3 / 21.8). Both fit WebGPU's defaults.
+    // Sub-rows (two row groups of 16 lanes per subgroup of 32, 2 keys per lane), f32 tiles, 64 x
+    // 32 in 24 KiB, for f16 and f32 inputs (NVIDIA H100, dense 16,384 tokens x 8 heads, draft
+    // 8x48x80 + 256 text at 0.9; round 20): f16 19.7 TFLOP/s, draft 17.8 ms; f32 19.6, 17.9 ms
+    // (17.7 / 19.2 ms and 16.6 / 19.3 ms for the next two rows).
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 16,
+      cg: 16,
+      tn: 2,
+      td4: 1,
+      ...FAST,
+      sg: true,
+      sv: true,
+      kx: true,
+    },
+    // Subgroups of 32, P V's keys split between the subgroup's halves (same card and shapes): f16
+    // with shader-f16, the packed 64 x 32 tile in 12 KiB: 18.3 TFLOP/s, draft 18.7 ms (15.6 /
+    // 21.1 for the next-but-one row); f32 tiles, 32 x 32 in 16 KiB: 16.6, draft 19.5 ms (15.3 /
+    // 21.8). Both fit WebGPU's defaults.
     { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, kh: true },
     {
       kernel: "tiled",
@@ -165,8 +184,23 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     // threads, exactly 16 KiB: 18.6 TFLOP/s dense, draft 33.9 ms (4.4 TFLOP/s and 134.7 ms for
     // the chunked kernel that served 16 KiB before).
     { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED },
-    // Subgroups of 32, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 32 x 32,
-    // 256 threads, 48 KiB (H200 f32: 12.5 TFLOP/s vs 10.5 for the next row)
+    // Sub-rows, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 64 x 32, 256
+    // threads, two row groups of 16 lanes per subgroup of 32 (2 keys, 8 dims per lane), 48 KiB
+    // (H100 f32: 16.4 TFLOP/s, draft 34.8 ms, vs 11.6 for the next row; round 20).
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 16,
+      cg: 16,
+      tn: 2,
+      td4: 2,
+      ...FAST,
+      sg: true,
+      sv: true,
+      kx: true,
+    },
+    // Subgroups of 32, f32 workgroup memory: 32 x 32, 256 threads, 48 KiB (H200 f32: 12.5
+    // TFLOP/s vs 10.5 for the next row)
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
@@ -197,6 +231,14 @@ export type FlashConfig = FlashVariant & {
 };
 
 /**
+ * Whether a row group of `cg` lanes can be a subgroup of `subgroupSize` lanes or a part of one
+ * (`cg` a power of two dividing it; 0 = no subgroups).
+ */
+export function subRows(subgroupSize: number, cg: number): boolean {
+  return subgroupSize > 0 && cg <= subgroupSize && subgroupSize % cg === 0 && (cg & (cg - 1)) === 0;
+}
+
+/**
  * Resolves a variant for `headDim` (derived sizes, consts and overrides). `f16Smem`: the
  * inputs are f16 and the device has `shader-f16`; without it the f16 workgroup-memory options
  * (hs, hq, hm) are dropped.
@@ -219,8 +261,9 @@ export function flashConfig(
         ...(packed ? { q8: true } : {}),
       }
       : plain;
-    if (sg && subgroupSize === v.cg) v = { ...v, sg: true };
-    else if (v.sv || v.kh) v = { ...v, sv: false, kh: false };
+    if (sg && subRows(subgroupSize, v.cg) && (v.rg * v.cg) % subgroupSize === 0) {
+      v = { ...v, sg: true };
+    } else if (v.sv || v.kh) v = { ...v, sv: false, kh: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
@@ -268,6 +311,8 @@ export function flashConfig(
         SG: v.sg ? 1 : 0,
         KX: v.kx ? 1 : 0,
         SV: v.sv ? 1 : 0,
+        SGS: v.sg ? subgroupSize : 1,
+        SR: v.sg && v.cg < subgroupSize ? 1 : 0,
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
@@ -341,9 +386,24 @@ export function rowEfficiency(tileLens: ArrayLike<number>, br: number): number {
 const RAGGED_GAIN = 1.1;
 
 /**
+ * Whether `a` is `b`'s tile with other row groups only (same kernel, shape per thread, options):
+ * the per-row speeds that `RAGGED_GAIN` assumes hold between twins only (a different tile may
+ * be far slower per row: the 32-row f32 tile runs at 0.7x the 64-row sub-rows tile).
+ */
+function isTwin(a: FlashConfig, b: FlashConfig): boolean {
+  const { rg: _a, br: _ab, threads: _at, smemBytes: _as, consts: ca, overrides: oa, ...ra } = a;
+  const { rg: _b, br: _bb, threads: _bt, smemBytes: _bs, consts: cb, overrides: ob, ...rb } = b;
+  const key = (x: object) => JSON.stringify(Object.entries(x).sort(([p], [q]) => p < q ? -1 : 1));
+  const same = (x: object, y: object) => key(x) === key(y);
+  const { QPT: _aq, KPT: _ak, VPT: _av, ...ka } = ca, { QPT: _bq, KPT: _bk, VPT: _bv, ...kb } = cb;
+  return same(ra, rb) && same(ka, kb) && oa.CG === ob.CG && oa.D === ob.D;
+}
+
+/**
  * The variant for `headDim` on a device: the smallest DP >= headDim, then the first variant
- * that fits the limits; for a draft op (`tileLens`), a later fitting variant with fewer rows
- * per item instead where its row efficiency is `RAGGED_GAIN` times higher.
+ * that fits the limits; for a draft op (`tileLens`), its twin with fewer rows per item (a later
+ * fitting variant that differs in row groups only) instead where the twin's row efficiency is
+ * `RAGGED_GAIN` times higher.
  *
  * @example
  * ```ts
@@ -381,7 +441,7 @@ export function pickFlashVariant(
   }
   const lens = options.tileLens;
   if (lens) {
-    const twin = fitting.find((c) => c.br < first.br);
+    const twin = fitting.find((c) => c.br < first.br && isTwin(c, first));
     if (twin && rowEfficiency(lens, twin.br) >= RAGGED_GAIN * rowEfficiency(lens, first.br)) {
       return twin;
     }
