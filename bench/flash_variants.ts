@@ -273,7 +273,152 @@ const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
 const SG = { ...FAST, hs: true, hq: true, sg: true };
 const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
+const SUB = { ...SV, hq: true }; // f16 K/V and Q^T, subgroup rows, V over K, swizzled K
+const SUBF = { ...FAST, sg: true, sv: true, kx: true }; // sub-rows in f32 workgroup memory
 const CASES: Case[] = [
+  // round 20: sub-rows with f32 Q^T (no conversions in S), f32 tiles on f16 inputs, more shapes
+  { name: "r20 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r20 64x32 sub-rows f32 Q^T",
+    variant: T(16, 16, 2, 2, { ...SUBF, hs: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r20 64x32 sub-rows f32 Q^T tm2 128thr",
+    variant: T(8, 16, 2, 2, { ...SUBF, hs: true, tm4: 2 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r20 64x32 sub-rows f32 tiles",
+    variant: T(16, 16, 2, 2, SUBF),
+    headDim: 128,
+    dtypes: BOTH,
+    draft: true,
+  },
+  {
+    name: "r20 64x32 sub-rows f32 tiles tm2 128thr",
+    variant: T(8, 16, 2, 2, { ...SUBF, tm4: 2 }),
+    headDim: 128,
+    dtypes: BOTH,
+  },
+  {
+    name: "r20 64x32 sub-rows f32 tiles ud4",
+    variant: T(16, 16, 2, 2, { ...SUBF, ud: 4 }),
+    headDim: 128,
+    dtypes: ["f32"],
+  },
+  { name: "r20 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
+  {
+    name: "r20 d64 64x32 sub-rows q8 128thr",
+    variant: T(8, 16, 2, 1, { ...SUB, tm4: 2, q8: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r20 d64 128x32 sub-rows q8",
+    variant: T(16, 16, 2, 1, { ...SUB, tm4: 2, q8: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r20 d64 256x32 sub-rows q8 512thr",
+    variant: T(32, 16, 2, 1, { ...SUB, tm4: 2, q8: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r20 d64 64x32 sub-rows f32",
+    variant: T(16, 16, 2, 1, SUBF),
+    headDim: 64,
+    dtypes: BOTH,
+    draft: true,
+  },
+  {
+    name: "r20 d64 128x32 sub-rows f32 tm2",
+    variant: T(16, 16, 2, 1, { ...SUBF, tm4: 2 }),
+    headDim: 64,
+    dtypes: BOTH,
+    draft: true,
+  },
+  // round 19: sub-rows (two row groups per subgroup of 32: 16 lanes x 2 keys of a 32-key chunk,
+  // each Q^T load feeding twice the FMAs; P V over 8 dims per lane)
+  { name: "r19 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r19 64x32 sub-rows",
+    variant: T(16, 16, 2, 2, SUB),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r19 32x32 sub-rows 128thr",
+    variant: T(8, 16, 2, 2, SUB),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r19 128x32 sub-rows 512thr",
+    variant: T(32, 16, 2, 2, SUB),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r19 64x32 sub-rows plain loads",
+    variant: T(16, 16, 2, 2, { ...SUB, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r19 64x32 sub-rows q8 128thr",
+    variant: T(8, 16, 2, 2, { ...SUB, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r19 128x32 sub-rows q8",
+    variant: T(16, 16, 2, 2, { ...SUB, tm4: 2, q8: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r19 64x32 quarter-rows 128thr",
+    variant: T(16, 8, 4, 4, SUB),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r19 f32 table pick", headDim: 128, dtypes: ["f32"] },
+  {
+    name: "r19 f32 32x32 sub-rows",
+    variant: T(8, 16, 2, 2, { ...FAST, sg: true, sv: true, kx: true }),
+    headDim: 128,
+    dtypes: ["f32"],
+  },
+  {
+    name: "r19 f32 64x32 sub-rows",
+    variant: T(16, 16, 2, 2, { ...FAST, sg: true, sv: true, kx: true }),
+    headDim: 128,
+    dtypes: ["f32"],
+  },
+  { name: "r19 d64 table pick", headDim: 64, dtypes: ["f16"], draft: true },
+  {
+    name: "r19 d64 128x32 sub-rows q8",
+    variant: T(16, 16, 2, 1, { ...SUB, tm4: 2, q8: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r19 d64 64x32 sub-rows",
+    variant: T(16, 16, 2, 1, SUB),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
   // round 18: key halves at head dim 128 (8 dims per lane: twice the FMAs per P shuffle)
   { name: "r18 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {
