@@ -177,6 +177,26 @@ for (
   );
 }
 
+gpuTest("pieces submitted one by one: typed runs with maskEvery 2 match the whole op", async () => {
+  const dev = await device();
+  const whole = new GpuContext(dev);
+  const split = new GpuContext(dev, { maxStorageBufferBindingSize: 16384 });
+  const [spec, plan] = draftSpec(GEOM, { batch: 3, heads: 3, layout: "BHSD", maskEvery: 2 });
+  const a = new WebGpuOp(whole, spec, plan, () => {});
+  const b = new WebGpuOp(split, spec, plan, () => {});
+  assert.ok(b.pieceCount >= 3, `${b.pieceCount} pieces`);
+  // Runs 0 and 2 compute the mask, run 1 reuses run 0's: every piece must agree with that.
+  for (const seed of [21, 22, 23]) {
+    const [q, k, v] = inputs(spec, seed);
+    const want = await a.run(q, k, v);
+    const got = await b.run(q, k, v);
+    assert.deepEqual(asBytes(got), asBytes(want), `run with seed ${seed}`);
+    assert.deepEqual(await b.lastMask(), await a.lastMask(), `mask with seed ${seed}`);
+  }
+  a.dispose();
+  b.dispose();
+});
+
 // BSHD beyond a binding: no binding range holds one head of interleaved heads, so typed-array
 // runs upload per head (the op's buffers in BHSD order) and caller buffers get TOO_LARGE.
 for (const [dtype, offset] of [["f16", 1], ["f32", 0]] as const) {

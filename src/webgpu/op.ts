@@ -538,10 +538,15 @@ export class WebGpuOp implements DraftKernelOp {
       this.#check();
       await this.#ready;
       const ctx = this.#ctx;
+      // Piece by piece: each piece is submitted as soon as its inputs are written, so the GPU
+      // works on piece i while the host copies piece i + 1 in, and piece i is copied out while
+      // later pieces run.
       const [, errors] = ctx.scoped("run()", () => {
         const groups = this.#pieces.map((ps) => this.#uploadGroups(ps));
         const queue = ctx.device.queue;
-        for (const ps of this.#pieces) {
+        const due = this.#nextDue();
+        const zero = this.#pieces.map(() => ({ q: 0, k: 0, v: 0, out: 0 }));
+        this.#pieces.forEach((ps, i) => {
           const { elemOffset, elems } = ps.piece;
           const io = ps.io!;
           for (const [buf, src] of [[io.q, q], [io.k, k], [io.v, v]] as const) {
@@ -553,26 +558,22 @@ export class WebGpuOp implements DraftKernelOp {
             // writeBuffer copies the bytes at the call, so the staging can be reused.
             queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
           }
-        }
-        const zero = { q: 0, k: 0, v: 0, out: 0 };
-        this.#submit(groups, this.#pieces.map(() => zero), true);
+          this.#submit(groups, zero, true, undefined, { piece: i, due });
+        });
       });
       await errors;
       this.#hasRun = true;
       this.#stage?.done(this.#due);
-      const reads = this.#pieces.map((ps) => ps.io!.read);
-      await this.#mapAll(reads);
       const out = this.spec.dtype === "f16"
         ? new Float16Array(q.length)
         : new Float32Array(q.length);
       const bytes = new Uint8Array(out.buffer);
-      this.#pieces.forEach((ps, i) => {
-        const { elemOffset, elems } = ps.piece;
-        const piece = new Uint8Array(reads[i].getMappedRange(0, elems * this.#eb));
+      await this.#mapEach(this.#pieces.map((ps) => ps.io!.read), (i, read) => {
+        const { piece: p } = this.#pieces[i];
+        const piece = new Uint8Array(read.getMappedRange(0, p.elems * this.#eb));
         // A split BSHD op reads back in BHSD order: scatter into the BSHD output.
-        if (this.#bshdTooLarge) copyHeads(bytes, piece, this.spec, ps.piece, false);
-        else bytes.set(piece, elemOffset * this.#eb);
-        reads[i].unmap();
+        if (this.#bshdTooLarge) copyHeads(bytes, piece, this.spec, p, false);
+        else bytes.set(piece, p.elemOffset * this.#eb);
       });
       return out;
     });
@@ -783,21 +784,50 @@ export class WebGpuOp implements DraftKernelOp {
     return run;
   }
 
+  /**
+   * Maps `buffers` for reading (all requested at once) and hands each to `use` as soon as it is
+   * mapped, in order, unmapping it after; failures as in {@linkcode #mapAll}.
+   */
+  async #mapEach(
+    buffers: GPUBuffer[],
+    use: (i: number, buffer: GPUBuffer) => void,
+  ): Promise<void> {
+    const maps = buffers.map((b) => b.mapAsync(GPUMapMode.READ));
+    // Rejections of maps not awaited below (after an earlier failure) are handled there.
+    for (const m of maps) m.catch(() => {});
+    try {
+      for (let i = 0; i < buffers.length; i++) {
+        await maps[i];
+        if (this.#ctx.lost) throw this.#ctx.lostError();
+        use(i, buffers[i]);
+        buffers[i].unmap();
+      }
+    } catch (e) {
+      await Promise.allSettled(maps);
+      await this.#failedMaps(buffers, e);
+    }
+  }
+
+  /** Unmaps what is mapped after a failed read-back and throws the error it means. */
+  async #failedMaps(buffers: GPUBuffer[], e: unknown): Promise<never> {
+    for (const b of buffers) {
+      try {
+        if (b.mapState === "mapped") b.unmap();
+      } catch {
+        // A buffer of a lost device may refuse to unmap; it is destroyed with the op.
+      }
+    }
+    if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "disposed during a run");
+    throw await this.#ctx.failure("reading back", e);
+  }
+
   async #mapAll(buffers: GPUBuffer[]): Promise<void> {
     try {
       await Promise.all(buffers.map((b) => b.mapAsync(GPUMapMode.READ)));
       // A destroyed device may still resolve maps; its loss is known by now.
       if (this.#ctx.lost) throw this.#ctx.lostError();
     } catch (e) {
-      for (const b of buffers) {
-        try {
-          if (b.mapState === "mapped") b.unmap();
-        } catch {
-          // A buffer of a lost device may refuse to unmap; it is destroyed with the op.
-        }
-      }
-      if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "disposed during a run");
-      throw await this.#ctx.failure("reading back", e);
+      await this.#failedMaps(buffers, e);
     }
   }
 
@@ -870,6 +900,7 @@ export class WebGpuOp implements DraftKernelOp {
     bases: Record<TensorName, number>[],
     readback: boolean,
     prof?: Profiler,
+    one?: { piece: number; due: boolean },
   ): void {
     const ctx = this.#ctx;
     const queue = ctx.device.queue;
@@ -879,8 +910,9 @@ export class WebGpuOp implements DraftKernelOp {
     const enc = ctx.device.createCommandEncoder({ label: "draftattn run" });
     const stage = this.#stage;
     // maskEvery: a run that reuses the mask records no pass before flash attention.
-    const due = this.#due = stage?.due() ?? false;
+    const due = one ? one.due : this.#nextDue();
     this.#pieces.forEach((ps, i) => {
+      if (one && i !== one.piece) return;
       const { nbh, headsPerRow } = ps.piece;
       const base = bases[i];
       queue.writeBuffer(
@@ -987,6 +1019,11 @@ export class WebGpuOp implements DraftKernelOp {
       enc.copyBufferToBuffer(prof.resolve, 0, prof.read, 0, n * 8);
     }
     queue.submit([enc.finish()]);
+  }
+
+  /** Whether this run computes the mask (advances the mask schedule: once per run). */
+  #nextDue(): boolean {
+    return this.#due = this.#stage?.due() ?? false;
   }
 
   /** The bound range of a caller's buffer for one piece (offset aligned down, base in vec4). */
