@@ -703,6 +703,9 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       "sg sub-rows q8",
     ],
     [64, sg64({ rg: 8, cg: sg / 4, tn: 2, td4: 64 / sg }), "sg quarter rows"],
+    // P V in f16 (f16 sums over runs of uj keys).
+    [64, sg64({ tm4: 2, sv: true, hs: true, q8: true, kx: true, ph: true, uj: 8 }), "sg ph"],
+    [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, hs: true, ph: true }), "sg sub-rows ph"],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -722,6 +725,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         kx: false,
         q8: false,
         kh: false,
+        ph: false,
       };
       // A variant the device cannot hold is refused at op creation (TOO_LARGE "variant");
       // run only the combinations that fit, and at least one per case.
@@ -747,6 +751,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         } else assert.ok(!c.q8, `${name}: no q8 for f32`);
         assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
         assert.equal(!!c.kh, !!variant.kh && !!c.sg, `${name}: kh`);
+        assert.equal(!!c.ph, !!variant.ph && !!c.sg && !!c.hs, `${name}: ph`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);
@@ -993,12 +998,12 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   const shape = (c: Picked) =>
     [
       `${c.br} rows`,
-      ...(["hs", "hq", "q8", "sg", "sv", "kx", "kh"] as const).filter((o) => c[o]),
+      ...(["hs", "hq", "q8", "sg", "sv", "kx", "kh", "ph"] as const).filter((o) => c[o]),
       `${c.smemBytes} B`,
       `${c.threads} threads`,
     ].join(" ");
   // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
-  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx 24576 B 256 threads");
+  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx ph 24576 B 256 threads");
   // f32 inputs, or f16 without shader-f16: f32 tiles with sub-rows (two row groups of 16 lanes
   // per subgroup), exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
@@ -1016,7 +1021,7 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
   assert.equal(
     shape(pick(128, "f16", true, dflt)),
-    "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
+    "32 rows hs hq q8 sg sv kx ph 16384 B 128 threads",
   );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
   // Head dim 64: sub-rows in f32 tiles (24 KiB) for both dtypes; within the default limits key

@@ -112,6 +112,13 @@ const KH: u32 = 0u;
 const SGS: u32 = 1u;
 /** 1: CG < SGS (sub-rows); 0: a row group is a whole subgroup (or no subgroups). */
 const SR: u32 = 0u;
+/**
+ * 1 (with SG and HS): P V in f16 arithmetic: P rounded to f16 (values in [0, 1]), products with
+ * the f16 V summed in f16 over runs of UJ keys, each run then added into the f32 O. Half the
+ * shuffles, no V conversions, packed f16 FMAs; the f16 sums stay relative to |P V| of a run,
+ * which the normalisation by l divides out (unlike f16 S, whose error is exponentiated).
+ */
+const PH: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
 
@@ -125,6 +132,16 @@ fn kv_in(x: Store4) -> Kv4 {
 alias Kv4 = vec4<f32>;
 fn kv_in(x: Store4) -> Kv4 {
   return load4(x);
+}
+// @endif
+// @if PH
+/** V as P V multiplies it (f16 with PH). */
+fn pv_in(x: Kv4) -> vec4<f16> {
+  return x;
+}
+// @else
+fn pv_in(x: Kv4) -> vec4<f32> {
+  return vec4<f32>(x);
 }
 // @endif
 // @if HQ
@@ -566,31 +583,66 @@ fn main(
       // @end
     }
     // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V). With
-    // KH a lane takes the keys of its subgroup half (kh..) at dims dcol.
+    // KH a lane takes the keys of its subgroup half (kh..) at dims dcol. With PH, P (in [0, 1])
+    // and V are f16 and each run of UJ keys is summed in f16 registers, then added into O.
+    // @if PH
+    // @unroll R TM4
+    // @unroll N TN
+    let ph_R_N = vec4<f16>(s_R_N);
+    // @end
+    // @end
+    // @endif
     // @unroll N TN
     for (var c0 = 0u; c0 < (CG >> KH); c0 += UJ) {
+      // @if PH
+      // @unroll R TM4
+      // @unroll C 4
+      // @unroll T TD4
+      var a_R_C_T = vec4<f16>(0.0);
+      // @end
+      // @end
+      // @end
+      // @endif
       // @unroll U UJ
       {
         let c = c0 + U + kh;
         // @unroll T TD4
         // @if SV
-        let v_T = vec4<f32>(kv[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
+        let v_T = pv_in(kv[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
         // @else
-        let v_T = vec4<f32>(vs[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
+        let v_T = pv_in(vs[(c + CG * N) * DP4 + dcol + (CG >> KH) * T]);
         // @endif
         // @end
         // @unroll R TM4
         {
+          // @if PH
+          let p = subgroupShuffle(ph_R_N, sbase + c);
+          // @unroll C 4
+          // @unroll T TD4
+          a_R_C_T = fma(vec4<f16>(p[C]), v_T, a_R_C_T);
+          // @end
+          // @end
+          // @else
           let p = subgroupShuffle(s_R_N, sbase + c);
           // @unroll C 4
           // @unroll T TD4
           o_R_C_T = fma(vec4<f32>(p[C]), v_T, o_R_C_T);
           // @end
           // @end
+          // @endif
         }
         // @end
       }
       // @end
+      // @if PH
+      // @unroll R TM4
+      // @unroll C 4
+      // @unroll T TD4
+      o_R_C_T += vec4<f32>(a_R_C_T);
+      // @end
+      // @end
+      // @end
+      // @endif
     }
     // @end
     // @else

@@ -93,6 +93,11 @@ export interface TiledVariant {
    * KH in the kernel): head dim 64 with subgroups of 32 without idle lanes (default false).
    */
   kh?: boolean;
+  /**
+   * With `hs` and `sg`: P V in f16 arithmetic, P rounded to f16 and each run of `uj` keys summed
+   * in f16 before it is added into the f32 output (default false; see PH in the kernel).
+   */
+  ph?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -128,6 +133,12 @@ const PACKED = {
   sv: true,
   kx: true,
 } as const;
+
+/**
+ * P V in f16 over whole 32-key chunks, the next chunk's K loaded right before staging (round
+ * 23): fewer instructions and registers in P V than f32 products of f16 values.
+ */
+const F16PV = { ph: true, uj: 32, pf: false } as const;
 
 /** The table: DP -> variants, preferred first. */
 export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> = {
@@ -177,13 +188,13 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
   128: [
     // f16 inputs, shader-f16 and subgroups of 32 (NVIDIA H100; dense 16,384 tokens x 8 heads,
     // draft 8x48x80 + 256 text at 0.9): 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over
-    // K, 24 KiB: 21.0 TFLOP/s dense, draft 31.1 ms (19.4 / 33.5 without the packing; 16.1 dense
-    // for the round-5 pick).
-    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED },
+    // K, P V in f16 per chunk, 24 KiB: 23.3 TFLOP/s dense, draft 29.8 ms (20.6 / 31.5 with f32
+    // P V, round 23; 19.4 / 33.5 without the packing; 16.1 dense for the round-5 pick).
+    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, ...F16PV },
     // Within WebGPU's default limits (16 KiB, 256 invocations): the same at 32 x 32, 128
-    // threads, exactly 16 KiB: 18.6 TFLOP/s dense, draft 33.9 ms (4.4 TFLOP/s and 134.7 ms for
-    // the chunked kernel that served 16 KiB before).
-    { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED },
+    // threads, exactly 16 KiB: 20.3 TFLOP/s dense, draft 32.6 ms (18.6 / 33.9 with f32 P V; 4.4
+    // TFLOP/s and 134.7 ms for the chunked kernel that served 16 KiB before).
+    { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED, ...F16PV },
     // Sub-rows, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 64 x 32, 256
     // threads, two row groups of 16 lanes per subgroup of 32 (2 keys, 8 dims per lane), 48 KiB
     // (H100 f32: 16.4 TFLOP/s, draft 34.8 ms, vs 11.6 for the next row; round 20).
@@ -264,6 +275,8 @@ export function flashConfig(
     if (sg && subRows(subgroupSize, v.cg) && (v.rg * v.cg) % subgroupSize === 0) {
       v = { ...v, sg: true };
     } else if (v.sv || v.kh) v = { ...v, sv: false, kh: false };
+    // f16 P V needs V in f16 workgroup memory and P from subgroup shuffles.
+    if (v.ph && !(v.hs && v.sg)) v = { ...v, ph: false };
   }
   if (v.kernel === "tiled" && v.kx) {
     const d4 = headDim / 4;
@@ -306,6 +319,7 @@ export function flashConfig(
         HQ: v.hq ? 1 : 0,
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
+        PH: v.ph ? 1 : 0,
         Q8: v.q8 ? 1 : 0,
         KH: v.kh ? 1 : 0,
         SG: v.sg ? 1 : 0,
@@ -426,7 +440,7 @@ export function pickFlashVariant(
   const fitting: FlashConfig[] = [];
   for (const v of table[dp]) {
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
-    const options16 = ["hs", "hq", "hm", "sg", "q8"] as const;
+    const options16 = ["hs", "hq", "hm", "sg", "q8", "ph"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
