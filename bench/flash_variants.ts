@@ -257,6 +257,7 @@ const T = (
     sv?: boolean;
     q8?: boolean;
     kh?: boolean;
+    ph?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -275,7 +276,198 @@ const KX = { ...SG, hq: false, kx: true };
 const SV = { ...SG, sv: true, kx: true };
 const SUB = { ...SV, hq: true }; // f16 K/V and Q^T, subgroup rows, V over K, swizzled K
 const SUBF = { ...FAST, sg: true, sv: true, kx: true }; // sub-rows in f32 workgroup memory
+const PK = { ...SV, tm4: 2, q8: true }; // the f16 head-dim-128 pick's options
+const PH = { ...PK, ph: true, uj: 32, pf: false, ve: false }; // round 22's best
 const CASES: Case[] = [
+  // round 23: f16 P V over whole chunks with plain loads: load timing, unroll, tile sizes
+  { name: "r23 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  { name: "r23 64x32 ph", variant: T(8, 32, 1, 1, PH), headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r23 64x32 ph ud16",
+    variant: T(8, 32, 1, 1, { ...PH, ud: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r23 64x32 ph pf",
+    variant: T(8, 32, 1, 1, { ...PH, pf: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r23 64x32 ph ve",
+    variant: T(8, 32, 1, 1, { ...PH, ve: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r23 64x32 ph ud4",
+    variant: T(8, 32, 1, 1, { ...PH, ud: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r23 32x32 ph (16 KiB)",
+    variant: T(4, 32, 1, 1, PH),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r23 128x32 ph 512thr",
+    variant: T(16, 32, 1, 1, PH),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r23 128x32 sub-rows ph uj16 512thr plain",
+    variant: T(32, 16, 2, 2, { ...SV, ph: true, uj: 16, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r23 d64 128x32 sub-rows q8 ph uj16 plain",
+    variant: T(16, 16, 2, 1, { ...SV, tm4: 2, q8: true, ph: true, uj: 16, pf: false, ve: false }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  // round 22: f16 P V, longer f16 runs, around the two best of round 21
+  { name: "r22 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r22 64x32 ph uj32",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r22 64x32 sub-rows ph uj16",
+    variant: T(16, 16, 2, 2, { ...SV, ph: true, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r22 128x32 sub-rows ph uj16 512thr",
+    variant: T(32, 16, 2, 2, { ...SV, ph: true, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r22 32x32 sub-rows ph uj16 (16 KiB)",
+    variant: T(8, 16, 2, 2, { ...SV, ph: true, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r22 32x32 ph uj32 (16 KiB)",
+    variant: T(4, 32, 1, 1, { ...PK, ph: true, uj: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r22 128x32 ph uj32 512thr",
+    variant: T(16, 32, 1, 1, { ...PK, ph: true, uj: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r22 64x32 ph uj32 ud16",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 32, ud: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r22 64x32 ph uj32 plain loads",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 32, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r22 128x32 sub-rows q8 ph uj16",
+    variant: T(16, 16, 2, 2, { ...SV, tm4: 2, q8: true, ph: true, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r22 d64 64x32 kh ph uj16",
+    variant: T(8, 32, 1, 1, { ...PK, kh: true, ph: true, uj: 16 }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r22 d64 128x32 sub-rows q8 ph uj16",
+    variant: T(16, 16, 2, 1, { ...SV, tm4: 2, q8: true, ph: true, uj: 16 }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  // round 21: P V in f16 arithmetic (f16 sums over runs of uj keys, added into f32 O)
+  { name: "r21 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r21 64x32 ph uj8",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r21 64x32 ph uj16",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r21 64x32 ph uj32",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r21 64x32 ph uj4",
+    variant: T(8, 32, 1, 1, { ...PK, ph: true, uj: 4 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r21 32x32 ph uj8 (16 KiB)",
+    variant: T(4, 32, 1, 1, { ...PK, ph: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r21 128x32 ph uj8 512thr",
+    variant: T(16, 32, 1, 1, { ...PK, ph: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r21 64x32 sub-rows ph uj8",
+    variant: T(16, 16, 2, 2, { ...SV, ph: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r21 64x32 kh ph td2",
+    variant: T(8, 32, 1, 2, { ...PK, kh: true, ph: true }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r21 d64 table pick", headDim: 64, dtypes: ["f16"], draft: true },
+  {
+    name: "r21 d64 64x32 kh ph",
+    variant: T(8, 32, 1, 1, { ...PK, kh: true, ph: true }),
+    headDim: 64,
+    dtypes: ["f16"],
+    draft: true,
+  },
   // round 20: sub-rows with f32 Q^T (no conversions in S), f32 tiles on f16 inputs, more shapes
   { name: "r20 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {
