@@ -234,7 +234,7 @@ fn next_chunk(c: Chunk, count: u32, list_base: u32) -> Chunk {
       n.kc = 0u;
       return n;
     }
-    if (params.dense != 0u) {
+    if (dense_mode()) {
       n.c0 = 0u;
       n.run_e = params.tokens;
       n.li = count;
@@ -384,7 +384,7 @@ fn main(
 
   var count = 1u;
   var list_base = 0u;
-  if (params.dense == 0u) {
+  if (!dense_mode()) {
     let row = bh * params.tiles + tile;
     count = counts[row];
     list_base = row * params.tiles;
@@ -552,11 +552,15 @@ fn main(
       sum += s_R_N;
       // @end
       l_R = l_R * alpha + sum;
-      // @unroll C 4
-      // @unroll T TD4
-      o_R_C_T *= alpha[C];
-      // @end
-      // @end
+      // alpha is exactly 1 where a row's max did not move (most chunks of a long row); the rows
+      // of a subgroup row group agree, so the branch is uniform there.
+      if (any(alpha != vec4<f32>(1.0))) {
+        // @unroll C 4
+        // @unroll T TD4
+        o_R_C_T *= alpha[C];
+        // @end
+        // @end
+      }
     }
     // @end
     // @if SV

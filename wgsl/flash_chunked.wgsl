@@ -205,7 +205,7 @@ fn main(
 
   var count = 1u;
   var list_base = 0u;
-  if (params.dense == 0u) {
+  if (!dense_mode()) {
     let row = bh * params.tiles + tile;
     count = counts[row];
     list_base = row * params.tiles;
@@ -215,7 +215,7 @@ fn main(
     // Next key run [run_s, run_e): consecutive listed tiles merged.
     var run_s = 0u;
     var run_e = params.tokens;
-    if (params.dense == 0u) {
+    if (!dense_mode()) {
       let t0 = tile_of(lists[list_base + li]);
       run_s = t0.x;
       run_e = t0.x + t0.y;

@@ -36,9 +36,21 @@ struct Params {
 @group(0) @binding(6) var<storage, read> counts: array<u32>;
 @group(0) @binding(7) var<storage, read> lists: array<u32>;
 
+/**
+ * 1: the pipeline serves a dense op only (set by the host): dense mode is then known when the
+ * shader is compiled, and the block-list and token-order lookups fold away. 0: `params.dense`
+ * decides at run time.
+ */
+const DENSE: u32 = 0u;
+
+/** Whether this dispatch runs dense attention (every query over every key, identity order). */
+fn dense_mode() -> bool {
+  return DENSE != 0u || params.dense != 0u;
+}
+
 /** Raster token of window-order position `p` (identity in dense mode). */
 fn token_of(p: u32) -> u32 {
-  if (params.dense != 0u) {
+  if (dense_mode()) {
     return p;
   }
   return table[p];

@@ -30,12 +30,15 @@ export const FLASH_PARAMS: ParamLayout = [
   ["items_at", "u32"],
 ];
 
-/** Flash attention (dense or block-sparse) for one head dim, dtype and tile variant. */
-export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType): Kernel {
+/**
+ * Flash attention (dense or block-sparse) for one head dim, dtype and tile variant; `dense`: the
+ * pipeline serves dense ops only (dense mode compiled in, see DENSE in wgsl/flash_io.wgsl).
+ */
+export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType, dense = false): Kernel {
   const file = c.kernel === "tiled" ? "flash_attention" : "flash_chunked";
   return ctx.kernel({
-    key: flashKey(c, dtype),
-    code: specialize(file, { storage: dtype, consts: c.consts }),
+    key: `${flashKey(c, dtype)}:DENSE${dense ? 1 : 0}`,
+    code: specialize(file, { storage: dtype, consts: { ...c.consts, DENSE: dense ? 1 : 0 } }),
     bindings: [
       ["params", "uniform"],
       ["q", "read"],

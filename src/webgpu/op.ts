@@ -296,7 +296,7 @@ export class WebGpuOp implements DraftKernelOp {
     const D = spec.headDim;
     const U = GPUBufferUsage;
     const STORE = U.STORAGE | U.COPY_DST;
-    this.#flash = flashKernel(ctx, this.config, spec.dtype);
+    this.#flash = flashKernel(ctx, this.config, spec.dtype, !plan);
     this.#dummy = this.#buffer("dummy", 16, STORE);
     let items: Uint32Array;
     if (plan) {
