@@ -278,7 +278,45 @@ const SUB = { ...SV, hq: true }; // f16 K/V and Q^T, subgroup rows, V over K, sw
 const SUBF = { ...FAST, sg: true, sv: true, kx: true }; // sub-rows in f32 workgroup memory
 const PK = { ...SV, tm4: 2, q8: true }; // the f16 head-dim-128 pick's options
 const PH = { ...PK, ph: true, uj: 32, pf: false, ve: false }; // round 22's best
+const PV = { ...PK, ph: true, uj: 32, pf: false }; // the round-23 pick's options
 const CASES: Case[] = [
+  // round 25: dense mode compiled into dense pipelines; O rescaled only where a row max moved
+  { name: "r25 table pick", headDim: 128, dtypes: BOTH, draft: true },
+  { name: "r25 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
+  // round 24: around the f16 P V pick: S unroll, swizzle, V's own buffer
+  { name: "r24 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  { name: "r24 ud16", variant: T(8, 32, 1, 1, { ...PV, ud: 16 }), headDim: 128, dtypes: ["f16"] },
+  {
+    name: "r24 padded K",
+    variant: T(8, 32, 1, 1, { ...PV, kx: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r24 V own buffer",
+    variant: T(8, 32, 1, 1, { ...PV, sv: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r24 V own buffer padded K",
+    variant: T(8, 32, 1, 1, { ...PV, sv: false, kx: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r24 V own buffer 128x32 512thr",
+    variant: T(16, 32, 1, 1, { ...PV, sv: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r24 32x32 V own buffer (24 KiB)",
+    variant: T(4, 32, 1, 1, { ...PV, sv: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
   // round 23: f16 P V over whole chunks with plain loads: load timing, unroll, tile sizes
   { name: "r23 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   { name: "r23 64x32 ph", variant: T(8, 32, 1, 1, PH), headDim: 128, dtypes: ["f16"], draft: true },
