@@ -39,6 +39,7 @@ export type {
   Layout,
   MaskResult,
   Policy,
+  Precision,
   TensorArray,
   TextPosition,
 } from "./src/types.ts";

@@ -14,6 +14,7 @@ import type {
   Estimator,
   Layout,
   Policy,
+  Precision,
   TextPosition,
 } from "./types.ts";
 
@@ -28,6 +29,7 @@ export const DEFAULT_SPARSITY = 0.9;
 
 const LAYOUTS: readonly Layout[] = ["BSHD", "BHSD"];
 const DTYPES: readonly DType[] = ["f32", "f16"];
+const PRECISIONS: readonly Precision[] = ["f32", "f16-pv"];
 const TEXT_POSITIONS: readonly TextPosition[] = ["after", "before"];
 const POLICIES: readonly Policy[] = ["percentile", "rowTopK", "rowMass"];
 const ESTIMATORS: readonly Estimator[] = ["draft", "sampled", "hybrid"];
@@ -162,6 +164,7 @@ export function resolveDense(options: AttentionOptions): DenseSpec {
     layout: oneOf("layout", o.layout, LAYOUTS, "BSHD"),
     dtype: oneOf("dtype", o.dtype, DTYPES, "f32"),
     scale: scaleOf(o.scale, headDim),
+    precision: oneOf("precision", o.precision, PRECISIONS, "f32"),
   };
   checkSize(spec);
   return spec;
@@ -254,6 +257,7 @@ export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
     layout: oneOf("layout", o.layout, LAYOUTS, "BSHD"),
     dtype: oneOf("dtype", o.dtype, DTYPES, "f32"),
     scale: scaleOf(o.scale, headDim),
+    precision: oneOf("precision", o.precision, PRECISIONS, "f32"),
     frames,
     height,
     width,

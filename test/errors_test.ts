@@ -126,6 +126,7 @@ const DENSE_OPTION_CASES: [
   ["dtype bf16", { dtype: "bf16" }, "UNSUPPORTED", "dtype", `got "bf16"`],
   ["dtype a number", { dtype: 16 }, "INVALID_OPTION", "dtype", "got 16"],
   ["layout BHDS", { layout: "BHDS" }, "UNSUPPORTED", "layout", `got "BHDS"`],
+  ["precision f16", { precision: "f16" }, "UNSUPPORTED", "precision", `got "f16"`],
   ["scale 0", { scale: 0 }, "INVALID_OPTION", "scale", "got 0"],
   ["scale NaN", { scale: NaN }, "INVALID_OPTION", "scale", "got NaN"],
   ["scale negative", { scale: -0.125 }, "INVALID_OPTION", "scale", "got -0.125"],
@@ -183,6 +184,7 @@ const DRAFT_OPTION_CASES: [
   ["headDim 260", { headDim: 260 }, "UNSUPPORTED", "headDim", "got 260"],
   ["dtype bf16", { dtype: "bf16" }, "UNSUPPORTED", "dtype", `got "bf16"`],
   ["layout BHDS", { layout: "BHDS" }, "UNSUPPORTED", "layout", `got "BHDS"`],
+  ["precision a boolean", { precision: true }, "INVALID_OPTION", "precision", "got true"],
   [
     "too many draft tokens",
     { frames: 1000, height: 1000, width: 1000 },

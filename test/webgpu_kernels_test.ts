@@ -775,6 +775,59 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
   dev.destroy();
 });
 
+// precision "f16-pv" through the table: the f16 P V tile serves f16 ops that ask for it on
+// devices with shader-f16 and subgroups of 32 (NVIDIA); elsewhere the default tile runs. Either
+// way the output stays within the f16 tolerance of float64 and of the default op.
+gpuTest("precision f16-pv: f16 P V where the table has it, the default elsewhere", async () => {
+  const a = adapter!;
+  const features = (["shader-f16", "subgroups"] as GPUFeatureName[]).filter((f) =>
+    a.features.has(f) || f === "subgroups"
+  );
+  const requiredLimits = {
+    maxComputeWorkgroupStorageSize: a.limits.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: a.limits.maxComputeInvocationsPerWorkgroup,
+  };
+  let dev: GPUDevice;
+  try {
+    dev = await a.requestDevice({ requiredFeatures: features, requiredLimits });
+  } catch {
+    dev = await a.requestDevice({
+      requiredFeatures: features.filter((f) => a.features.has(f)),
+      requiredLimits,
+    });
+  }
+  const ctx = new GpuContext(dev);
+  const f16Tiles = dev.features.has("shader-f16") && ctx.subgroupSize === 32;
+  const geom = geometry({ frames: 2, height: 16, width: 32, textTokens: 7 });
+  const plan = buildPlan(geom);
+  for (const N of [65, 257]) {
+    const spec = denseSpec({ tokens: N, headDim: 128, layout: "BSHD", dtype: "f16" });
+    const rng = new Rng(N + 5);
+    const [q, k, v] = [0, 1, 2].map(() => tensor("f16", N * 2 * 128, rng));
+    const fast = new WebGpuOp(ctx, { ...spec, precision: "f16-pv" }, undefined, () => {});
+    const ref = new WebGpuOp(ctx, spec, undefined, () => {});
+    assert.equal(!!(fast.config as TiledVariant).ph, f16Tiles, "f16 P V in use");
+    assert.ok(!(ref.config as TiledVariant).ph, "the default op keeps f32 P V");
+    const out = await fast.run(q, k, v);
+    assertClose(out, attention64(spec, q, k, v), TOL.f16, `f16-pv dense N=${N}`);
+    assertClose(out, await ref.run(q, k, v), TOL.f16, `f16-pv dense N=${N} vs default`);
+    fast.dispose();
+    ref.dispose();
+  }
+  const spec = draftSpec(geom, plan, { headDim: 128, layout: "BSHD", dtype: "f16" });
+  const rng = new Rng(17);
+  const [q, k, v] = [0, 1, 2].map(() => tensor("f16", plan.tokens * 2 * 128, rng));
+  const fast = new WebGpuOp(ctx, { ...spec, precision: "f16-pv" }, plan, () => {});
+  const ref = new WebGpuOp(ctx, spec, plan, () => {});
+  assert.equal(!!(fast.config as TiledVariant).ph, f16Tiles, "f16 P V in use (draft)");
+  const out = await fast.run(q, k, v), base = await ref.run(q, k, v);
+  assert.deepEqual((await fast.lastMask()).mask, (await ref.lastMask()).mask);
+  assertClose(out, base, TOL.f16, "f16-pv draft vs default");
+  fast.dispose();
+  ref.dispose();
+  dev.destroy();
+});
+
 gpuTest("variants: default limits pick 16 KiB tiles, adapter limits larger ones", async () => {
   const small = createWebGpuBackend({ device: await device("small"), reason: "t", features: [] });
   const full = createWebGpuBackend({ device: await device("full"), reason: "t", features: [] });
@@ -1003,7 +1056,19 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
       `${c.threads} threads`,
     ].join(" ");
   // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
-  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx ph 24576 B 256 threads");
+  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx 24576 B 256 threads");
+  // precision "f16-pv": the same tile with P V in f16 (and its 16 KiB twin below).
+  const fast = pickFlashVariant(128, limits, {
+    dtype: "f16",
+    shaderF16: true,
+    subgroupSize: 32,
+    f16PV: true,
+  }) as Picked;
+  assert.equal(shape(fast), "64 rows hs hq q8 sg sv kx ph 24576 B 256 threads");
+  // f32 inputs never take it.
+  assert.ok(
+    !(pickFlashVariant(128, limits, { dtype: "f32", subgroupSize: 32, f16PV: true }) as Picked).ph,
+  );
   // f32 inputs, or f16 without shader-f16: f32 tiles with sub-rows (two row groups of 16 lanes
   // per subgroup), exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
@@ -1021,6 +1086,15 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
   assert.equal(
     shape(pick(128, "f16", true, dflt)),
+    "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
+  );
+  assert.equal(
+    shape(pickFlashVariant(128, dflt, {
+      dtype: "f16",
+      shaderF16: true,
+      subgroupSize: 32,
+      f16PV: true,
+    }) as Picked),
     "32 rows hs hq q8 sg sv kx ph 16384 B 128 threads",
   );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");

@@ -229,6 +229,7 @@ export class WebGpuOp implements DraftKernelOp {
         dtype: spec.dtype,
         shaderF16,
         subgroupSize,
+        f16PV: spec.precision === "f16-pv",
       });
     if (
       this.config.smemBytes > ctx.limits.maxComputeWorkgroupStorageSize ||

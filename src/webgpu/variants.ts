@@ -140,6 +140,12 @@ const PACKED = {
  */
 const F16PV = { ph: true, uj: 32, pf: false } as const;
 
+/**
+ * The next chunk's K loaded right before staging rather than during P V, and P V unrolled over
+ * the whole 32-key chunk (round 26: +3.7% dense on an H200 for the f32 P V pick).
+ */
+const LATE_K = { pf: false, uj: 32 } as const;
+
 /** The table: DP -> variants, preferred first. */
 export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> = {
   32: [
@@ -186,15 +192,20 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: 1 }, // 16 x 32, 64 threads, 16.0 KiB
   ],
   128: [
-    // f16 inputs, shader-f16 and subgroups of 32 (NVIDIA H100; dense 16,384 tokens x 8 heads,
-    // draft 8x48x80 + 256 text at 0.9): 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over
-    // K, P V in f16 per chunk, 24 KiB: 23.3 TFLOP/s dense, draft 29.8 ms (20.6 / 31.5 with f32
-    // P V, round 23; 19.4 / 33.5 without the packing; 16.1 dense for the round-5 pick).
+    // precision "f16-pv" (P V in f16 per 32-key chunk), f16 inputs, shader-f16 and subgroups of
+    // 32 (NVIDIA H100; dense 16,384 tokens x 8 heads, draft 8x48x80 + 256 text at 0.9): the
+    // packed 64 x 32 tile below with f16 P V: 23.3 TFLOP/s dense, draft 29.8 ms (round 23), and
+    // its 16 KiB twin: 20.3, 32.6 ms. Skipped unless the op asks for it.
     { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, ...F16PV },
-    // Within WebGPU's default limits (16 KiB, 256 invocations): the same at 32 x 32, 128
-    // threads, exactly 16 KiB: 20.3 TFLOP/s dense, draft 32.6 ms (18.6 / 33.9 with f32 P V; 4.4
-    // TFLOP/s and 134.7 ms for the chunked kernel that served 16 KiB before).
     { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED, ...F16PV },
+    // f16 inputs, shader-f16 and subgroups of 32 (same card and shapes): 64 x 32, f16 tiles, Q^T
+    // packed 8 rows per load, V over K, 24 KiB: 20.6 TFLOP/s dense, draft 31.5 ms (19.4 / 33.5
+    // without the packing; 16.1 dense for the round-5 pick).
+    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, ...LATE_K },
+    // Within WebGPU's default limits (16 KiB, 256 invocations): the same at 32 x 32, 128
+    // threads, exactly 16 KiB: 18.6 TFLOP/s dense, draft 33.9 ms (4.4 TFLOP/s and 134.7 ms for
+    // the chunked kernel that served 16 KiB before).
+    { kernel: "tiled", tm4: 2, rg: 4, cg: 32, tn: 1, td4: 1, ...PACKED, ...LATE_K },
     // Sub-rows, f32 workgroup memory (f32 inputs, or f16 without shader-f16): 64 x 32, 256
     // threads, two row groups of 16 lanes per subgroup of 32 (2 keys, 8 dims per lane), 48 KiB
     // (H100 f32: 16.4 TFLOP/s, draft 34.8 ms, vs 11.6 for the next row; round 20).
@@ -364,6 +375,8 @@ export interface VariantOptions {
   /** The subgroup size where `subgroups` is enabled and the adapter has one size, else 0. */
   subgroupSize?: number;
   table?: Readonly<Record<number, readonly FlashVariant[]>>;
+  /** The op asked for `precision: "f16-pv"`: rows with `ph` may serve it (else skipped). */
+  f16PV?: boolean;
   /**
    * Token counts of the query tiles of a draft op (its plan's `tileLen`): work items hold `br`
    * rows of one tile, so ragged tiles leave rows idle; see {@linkcode pickFlashVariant}.
@@ -439,6 +452,8 @@ export function pickFlashVariant(
   if (dp === undefined) throw new Error(`no flash variant for headDim ${headDim}`);
   const fitting: FlashConfig[] = [];
   for (const v of table[dp]) {
+    // f16 P V departs from the reference's f32 accumulators: only where the op asked for it.
+    if (v.kernel === "tiled" && v.ph && !options.f16PV) continue;
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
     const options16 = ["hs", "hq", "hm", "sg", "q8", "ph"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
