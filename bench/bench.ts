@@ -20,7 +20,14 @@ import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
 import type { Runtime } from "../mod.ts";
 import { buildPlan } from "../src/plan.ts";
-import type { DraftAttentionOptions, DraftSpec, DType, Layout, TensorArray } from "../src/types.ts";
+import type {
+  DraftAttentionOptions,
+  DraftSpec,
+  DType,
+  Layout,
+  Precision,
+  TensorArray,
+} from "../src/types.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
 import { ortPeer } from "./_ort_webgpu.ts";
@@ -38,6 +45,7 @@ const { values: args } = parseArgs({
     limits: { type: "string", default: "adapter" },
     layout: { type: "string", default: "BSHD" },
     io: { type: "string", default: "buffers" },
+    precision: { type: "string", default: "f32" },
     threads: { type: "string", default: "" },
     // The onnxruntime-web WebGPU MultiHeadAttention row (bench/_ort_webgpu.ts).
     peer: { type: "boolean", default: false },
@@ -51,6 +59,7 @@ if (args.help) {
   console.log(`deno task bench [--backend auto|webgpu|wasm] [--quick] [--json]
   [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N]
   [--limits adapter|default|adapter,default] [--layout BSHD|BHSD] [--io buffers|typed]
+  [--precision f32|f16-pv] (P V arithmetic of our kernels; default f32)
   [--threads N] (WebAssembly threads; default every core)
   [--peer | --no-peer] [--peer-budget S] (onnxruntime-web WebGPU row after each dense row:
   default on a hardware GPU; at most S seconds a row, default 60; DRAFTATTN_ORT=bundle.mjs)
@@ -109,6 +118,8 @@ interface Row {
   extraShare?: number;
   layout: string;
   dtype: DType;
+  /** `--precision` where not the default f32 P V. */
+  precision?: Precision;
   tokens: number;
   sparsity: number | "dense";
   ms: number;
@@ -189,7 +200,8 @@ async function benchShape(
 ): Promise<Row[]> {
   const rows: Row[] = [];
   const layout = args.layout as Layout;
-  const geometry = { ...shape.geometry, layout };
+  const precision = args.precision as Precision;
+  const geometry = { ...shape.geometry, layout, precision };
   const probe = rt.draftAttention({ ...geometry, dtype, sparsity: 0 });
   const { batch = 1 } = shape.geometry;
   const spec = probe.spec;
@@ -226,7 +238,7 @@ async function benchShape(
   } else {
     run = (op) => (op.run as unknown as (...a: TensorArray[]) => Promise<unknown>)(q, k, v);
   }
-  const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout });
+  const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout, precision });
   const denseMs = await timeIt(() => run(denseOp), reps, sync);
   const denseSpec = denseOp.spec;
   denseOp.dispose();
@@ -237,6 +249,7 @@ async function benchShape(
     ...(device ? { io: io as Row["io"] } : {}),
     layout,
     dtype,
+    ...(precision === "f32" ? {} : { precision }),
     tokens,
   };
   rows.push({ ...base, sparsity: "dense", ms: denseMs, tflops: flops / denseMs / 1e9, speedup: 1 });
@@ -302,6 +315,7 @@ for (
   const [flag, value, allowed] of [
     ["--layout", args.layout, ["BSHD", "BHSD"]],
     ["--io", args.io, ["buffers", "typed"]],
+    ["--precision", args.precision, ["f32", "f16-pv"]],
     ...limitsList.map((l) => ["--limits", l, ["adapter", "default"]] as const),
   ] as const
 ) {
@@ -367,7 +381,7 @@ async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promis
           r.limits.padEnd(7),
           (r.io ?? "").padEnd(7),
           r.layout,
-          r.dtype,
+          r.dtype + (r.precision ? ` (${r.precision})` : ""),
           `${r.tokens}`.padStart(7),
           `${r.sparsity}`.padStart(6),
           `${r.ms.toFixed(2)} ms`.padStart(12),

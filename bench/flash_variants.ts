@@ -280,6 +280,48 @@ const PK = { ...SV, tm4: 2, q8: true }; // the f16 head-dim-128 pick's options
 const PH = { ...PK, ph: true, uj: 32, pf: false, ve: false }; // round 22's best
 const PV = { ...PK, ph: true, uj: 32, pf: false }; // the round-23 pick's options
 const CASES: Case[] = [
+  // round 26: the default (f32 P V) pick after round 25: load timing and unroll
+  { name: "r26 table pick", headDim: 128, dtypes: ["f16"], draft: true },
+  {
+    name: "r26 pf off",
+    variant: T(8, 32, 1, 1, { ...PK, pf: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r26 pf off uj32",
+    variant: T(8, 32, 1, 1, { ...PK, pf: false, uj: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r26 pf off uj16",
+    variant: T(8, 32, 1, 1, { ...PK, pf: false, uj: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r26 pf ve off",
+    variant: T(8, 32, 1, 1, { ...PK, pf: false, ve: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r26 uj32", variant: T(8, 32, 1, 1, { ...PK, uj: 32 }), headDim: 128, dtypes: ["f16"] },
+  {
+    name: "r26 pf off ud16",
+    variant: T(8, 32, 1, 1, { ...PK, pf: false, ud: 16 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  {
+    name: "r26 twin pf off",
+    variant: T(4, 32, 1, 1, { ...PK, pf: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  { name: "r26 f16-pv pick", variant: T(8, 32, 1, 1, PV), headDim: 128, dtypes: ["f16"] },
   // round 25: dense mode compiled into dense pipelines; O rescaled only where a row max moved
   { name: "r25 table pick", headDim: 128, dtypes: BOTH, draft: true },
   { name: "r25 d64 table pick", headDim: 64, dtypes: BOTH, draft: true },
