@@ -63,6 +63,32 @@ async function fullDevice(): Promise<GPUDevice> {
   });
 }
 
+/**
+ * A device with `shader-f16` (where the adapter lists it) and `subgroups` (requestable in Deno
+ * although unlisted; dropped if refused), and the adapter's compute limits: subgroup variants
+ * size workgroups from the subgroup size (32 on NVIDIA gives 512 threads for some test tiles,
+ * above WebGPU's default 256). The caller destroys it.
+ */
+async function featureDevice(): Promise<GPUDevice> {
+  const a = adapter!;
+  const features = (["shader-f16", "subgroups"] as GPUFeatureName[]).filter((f) =>
+    a.features.has(f) || f === "subgroups"
+  );
+  const requiredLimits = {
+    maxComputeInvocationsPerWorkgroup: a.limits.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: a.limits.maxComputeWorkgroupSizeX,
+    maxComputeWorkgroupStorageSize: a.limits.maxComputeWorkgroupStorageSize,
+  };
+  try {
+    return await a.requestDevice({ requiredFeatures: features, requiredLimits });
+  } catch {
+    return await a.requestDevice({
+      requiredFeatures: features.filter((f) => a.features.has(f)),
+      requiredLimits,
+    });
+  }
+}
+
 let devices: { full: GPUDevice; small: GPUDevice } | undefined;
 async function device(kind: "full" | "small" = "full"): Promise<GPUDevice> {
   devices ??= { full: await fullDevice(), small: await adapter!.requestDevice() };
@@ -629,26 +655,7 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
 // shader-f16 and subgroups. Subgroup variants need cg = the adapter's subgroup size (8 on
 // llvmpipe, 32 on NVIDIA); off that size they run as the plain variant, which is checked too.
 gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => {
-  const a = adapter!;
-  const want = ["shader-f16", "subgroups"].filter((f) =>
-    a.features.has(f as GPUFeatureName) || f === "subgroups"
-  ) as GPUFeatureName[];
-  // The cases below size workgroups from the subgroup size (32 on NVIDIA gives 512 threads for
-  // "sg d32"), so ask for the adapter's compute limits instead of WebGPU's defaults (256).
-  const requiredLimits = {
-    maxComputeInvocationsPerWorkgroup: a.limits.maxComputeInvocationsPerWorkgroup,
-    maxComputeWorkgroupSizeX: a.limits.maxComputeWorkgroupSizeX,
-    maxComputeWorkgroupStorageSize: a.limits.maxComputeWorkgroupStorageSize,
-  };
-  let dev: GPUDevice;
-  try {
-    dev = await a.requestDevice({ requiredFeatures: want, requiredLimits });
-  } catch {
-    dev = await a.requestDevice({
-      requiredFeatures: want.filter((f) => a.features.has(f)),
-      requiredLimits,
-    });
-  }
+  const dev = await featureDevice();
   const ctx = new GpuContext(dev);
   const sg = ctx.subgroupSize || 8;
   const geom = geometry({ frames: 2, height: 13, width: 21, textTokens: 5, textPosition: "after" });
@@ -779,23 +786,7 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
 // devices with shader-f16 and subgroups of 32 (NVIDIA); elsewhere the default tile runs. Either
 // way the output stays within the f16 tolerance of float64 and of the default op.
 gpuTest("precision f16-pv: f16 P V where the table has it, the default elsewhere", async () => {
-  const a = adapter!;
-  const features = (["shader-f16", "subgroups"] as GPUFeatureName[]).filter((f) =>
-    a.features.has(f) || f === "subgroups"
-  );
-  const requiredLimits = {
-    maxComputeWorkgroupStorageSize: a.limits.maxComputeWorkgroupStorageSize,
-    maxComputeInvocationsPerWorkgroup: a.limits.maxComputeInvocationsPerWorkgroup,
-  };
-  let dev: GPUDevice;
-  try {
-    dev = await a.requestDevice({ requiredFeatures: features, requiredLimits });
-  } catch {
-    dev = await a.requestDevice({
-      requiredFeatures: features.filter((f) => a.features.has(f)),
-      requiredLimits,
-    });
-  }
+  const dev = await featureDevice();
   const ctx = new GpuContext(dev);
   const f16Tiles = dev.features.has("shader-f16") && ctx.subgroupSize === 32;
   const geom = geometry({ frames: 2, height: 16, width: 32, textTokens: 7 });
