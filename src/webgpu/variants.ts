@@ -418,12 +418,14 @@ const RAGGED_GAIN = 1.1;
  * be far slower per row: the 32-row f32 tile runs at 0.7x the 64-row sub-rows tile).
  */
 function isTwin(a: FlashConfig, b: FlashConfig): boolean {
-  const { rg: _a, br: _ab, threads: _at, smemBytes: _as, consts: ca, overrides: oa, ...ra } = a;
-  const { rg: _b, br: _bb, threads: _bt, smemBytes: _bs, consts: cb, overrides: ob, ...rb } = b;
-  const key = (x: object) => JSON.stringify(Object.entries(x).sort(([p], [q]) => p < q ? -1 : 1));
-  const same = (x: object, y: object) => key(x) === key(y);
-  const { QPT: _aq, KPT: _ak, VPT: _av, ...ka } = ca, { QPT: _bq, KPT: _bk, VPT: _bv, ...kb } = cb;
-  return same(ra, rb) && same(ka, kb) && oa.CG === ob.CG && oa.D === ob.D;
+  // The kernel's consts and overrides are the whole variant; RG and the loads per thread
+  // (derived from the thread count) are what row groups change.
+  const shape = (c: FlashConfig) => {
+    const { QPT: _q, KPT: _k, VPT: _v, ...consts } = c.consts;
+    const { RG: _rg, ...overrides } = c.overrides;
+    return JSON.stringify([c.kernel, consts, overrides]);
+  };
+  return shape(a) === shape(b);
 }
 
 /**
