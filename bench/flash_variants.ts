@@ -279,7 +279,25 @@ const SUBF = { ...FAST, sg: true, sv: true, kx: true }; // sub-rows in f32 workg
 const PK = { ...SV, tm4: 2, q8: true }; // the f16 head-dim-128 pick's options
 const PH = { ...PK, ph: true, uj: 32, pf: false, ve: false }; // round 22's best
 const PV = { ...PK, ph: true, uj: 32, pf: false }; // the round-23 pick's options
+const LK = { ...PK, pf: false, uj: 32 }; // the round-26 pick's options (f32 P V)
 const CASES: Case[] = [
+  // round 28: native f16 loads, lane maxima before the row reductions, unswizzled K
+  { name: "r28 table pick", headDim: 128, dtypes: BOTH, draft: true },
+  {
+    name: "r28 kx off",
+    variant: T(8, 32, 1, 1, { ...LK, kx: false }),
+    headDim: 128,
+    dtypes: ["f16"],
+    draft: true,
+  },
+  {
+    name: "r28 kx off ud32",
+    variant: T(8, 32, 1, 1, { ...LK, kx: false, ud: 32 }),
+    headDim: 128,
+    dtypes: ["f16"],
+  },
+  { name: "r28 f16-pv pick", variant: T(8, 32, 1, 1, PV), headDim: 128, dtypes: ["f16"] },
+  { name: "r28 d64 table pick", headDim: 64, dtypes: ["f16"] },
   // round 26: the default (f32 P V) pick after round 25: load timing and unroll
   { name: "r26 table pick", headDim: 128, dtypes: ["f16"], draft: true },
   {

@@ -536,31 +536,45 @@ fn main(
 
     // Online softmax: chunk row max across the CG threads of a row group, then rescale.
     // @if SG
+    // Lane maxima first: where no lane of the subgroup has a score above its row's running max
+    // (most chunks of a long row), the row maxima cannot move, so the reductions, alpha and the
+    // rescale are skipped (subgroupAny is uniform over the subgroup); the values are the same.
+    var grow = false;
+    // @unroll R TM4
+    var mx_R = vec4<f32>(NEG);
+    // @unroll N TN
+    s_R_N = select(s_R_N, vec4<f32>(NEG), key_N >= cur.kc);
+    mx_R = max(mx_R, s_R_N);
+    // @end
+    grow = grow || any(mx_R > m_R);
+    // @end
+    if (subgroupAny(grow)) {
+      // @unroll R TM4
+      {
+        let m_new = max(m_R, row_max(mx_R));
+        let alpha = exp2(m_R - m_new);
+        m_R = m_new;
+        l_R *= alpha;
+        // alpha is exactly 1 where a row's max did not move; the rows of a row group agree, so
+        // the branch is uniform there.
+        if (any(alpha != vec4<f32>(1.0))) {
+          // @unroll C 4
+          // @unroll T TD4
+          o_R_C_T *= alpha[C];
+          // @end
+          // @end
+        }
+      }
+      // @end
+    }
     // @unroll R TM4
     {
-      var mx = vec4<f32>(NEG);
-      // @unroll N TN
-      s_R_N = select(s_R_N, vec4<f32>(NEG), key_N >= cur.kc);
-      mx = max(mx, s_R_N);
-      // @end
-      let m_new = max(m_R, row_max(mx));
-      let alpha = exp2(m_R - m_new);
-      m_R = m_new;
       var sum = vec4<f32>(0.0);
       // @unroll N TN
-      s_R_N = exp2(s_R_N - m_new);
+      s_R_N = exp2(s_R_N - m_R);
       sum += s_R_N;
       // @end
-      l_R = l_R * alpha + sum;
-      // alpha is exactly 1 where a row's max did not move (most chunks of a long row); the rows
-      // of a subgroup row group agree, so the branch is uniform there.
-      if (any(alpha != vec4<f32>(1.0))) {
-        // @unroll C 4
-        // @unroll T TD4
-        o_R_C_T *= alpha[C];
-        // @end
-        // @end
-      }
+      l_R += sum;
     }
     // @end
     // @if SV
