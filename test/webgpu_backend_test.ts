@@ -224,6 +224,9 @@ for (const [dtype, offset] of [["f16", 1], ["f32", 0]] as const) {
         const b = new WebGpuOp(split, spec, p, () => {});
         assert.equal(a.pieceCount, 1);
         assert.ok(b.pieceCount > spec.batch, `${b.pieceCount} pieces: finer than batch elements`);
+        // Two heads per piece: the middle piece holds the last head of one batch element and the
+        // first of the next (copied as two runs of heads).
+        if (!p) assert.equal(b.pieceCount, 3);
         const [q, k, v] = inputs(spec, 13).map((x) => {
           if (!offset) return x;
           // A view one element into its buffer: 2-byte aligned only (the 16-bit copy path).

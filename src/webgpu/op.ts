@@ -1160,7 +1160,9 @@ export class WebGpuOp implements DraftKernelOp {
  * Copies the rows of pairs [bh0, bh0 + nbh) between a whole BSHD tensor (`bshd`, bytes) and a
  * piece in BHSD order (`heads`, bytes): `toHeads` gathers into `heads`, else scatters back. Rows
  * move as 32-bit words where both ends are 4-byte aligned (always for f32; f16 rows are
- * headDim * 2 bytes, a multiple of 8), else as 16-bit halves.
+ * headDim * 2 bytes, a multiple of 8), else as 16-bit halves. Token by token, so that the BSHD
+ * side (the piece's heads of a token are adjacent) is walked in memory order: 1.7x faster than
+ * head by head for HunyuanVideo's 780 MB tensors.
  */
 function copyHeads(
   bshd: Uint8Array,
@@ -1179,14 +1181,20 @@ function copyHeads(
       : new Uint16Array(x.buffer, x.byteOffset, x.byteLength / 2);
   const a = view(bshd), b = view(heads);
   const row = (D * eb) / unit;
-  for (let x = 0; x < piece.nbh; x++) {
-    const bh = piece.bh0 + x;
-    const batch = Math.floor(bh / H), h = bh % H;
+  // Runs of pairs inside one batch element: pairs x0.. of the piece are heads h0.. of `batch`.
+  for (let x0 = 0; x0 < piece.nbh;) {
+    const bh0 = piece.bh0 + x0;
+    const batch = Math.floor(bh0 / H), h0 = bh0 % H;
+    const n = Math.min(piece.nbh - x0, H - h0);
     for (let t = 0; t < N; t++) {
-      const at = (((batch * N + t) * H + h) * D * eb) / unit;
-      const to = ((x * N + t) * D * eb) / unit;
-      if (toHeads) { for (let w = 0; w < row; w++) b[to + w] = a[at + w]; }
-      else for (let w = 0; w < row; w++) a[at + w] = b[to + w];
+      const at0 = ((batch * N + t) * H + h0) * row;
+      for (let x = 0; x < n; x++) {
+        const at = at0 + x * row;
+        const to = ((x0 + x) * N + t) * row;
+        if (toHeads) { for (let w = 0; w < row; w++) b[to + w] = a[at + w]; }
+        else for (let w = 0; w < row; w++) a[at + w] = b[to + w];
+      }
     }
+    x0 += n;
   }
 }
