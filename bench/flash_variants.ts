@@ -281,6 +281,9 @@ const PH = { ...PK, ph: true, uj: 32, pf: false, ve: false }; // round 22's best
 const PV = { ...PK, ph: true, uj: 32, pf: false }; // the round-23 pick's options
 const LK = { ...PK, pf: false, uj: 32 }; // the round-26 pick's options (f32 P V)
 const CASES: Case[] = [
+  // round 29: text query tiles (dense rows) dispatched ahead of the video tiles
+  { name: "r29 table pick", headDim: 128, dtypes: BOTH, draft: true },
+  { name: "r29 d64 table pick", headDim: 64, dtypes: ["f16"], draft: true },
   // round 28: native f16 loads, lane maxima before the row reductions, unswizzled K
   { name: "r28 table pick", headDim: 128, dtypes: BOTH, draft: true },
   {

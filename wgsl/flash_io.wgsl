@@ -20,6 +20,8 @@ struct Params {
   scale_log2: f32,
   tiles_at: u32,
   items_at: u32,
+  /** Work items per pair dispatched ahead of all others: the text query tiles (dense rows). */
+  lead: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -72,10 +74,24 @@ struct Item {
   head_off: u32,
 }
 
-/** Decodes workgroup `wg` (< items * nbh): work item wg % items of pair wg / items. */
+/**
+ * Decodes workgroup `wg` (< items * nbh). The last `lead` items of each pair (text query tiles,
+ * which visit every key tile) come first, all pairs' in turn: the longest items start early
+ * instead of running alone at the end of the dispatch. The other items follow pair by pair.
+ */
 fn work_item(wg: u32) -> Item {
-  let item = wg % params.items;
-  let bh = wg / params.items;
+  let lead = params.lead;
+  let ahead = lead * params.nbh;
+  var item: u32;
+  var bh: u32;
+  if (wg < ahead) {
+    item = params.items - lead + wg % lead;
+    bh = wg / lead;
+  } else {
+    let rest = params.items - lead;
+    item = (wg - ahead) % rest;
+    bh = (wg - ahead) / rest;
+  }
   let at = params.items_at + 3u * item;
   let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
   return Item(bh, table[at], table[at + 1u], table[at + 2u], head_off);

@@ -28,6 +28,7 @@ export const FLASH_PARAMS: ParamLayout = [
   ["scale_log2", "f32"],
   ["tiles_at", "u32"],
   ["items_at", "u32"],
+  ["lead", "u32"],
 ];
 
 /**

@@ -185,6 +185,8 @@ export class WebGpuOp implements DraftKernelOp {
   #tilesAt = 0;
   #itemsAt = 0;
   #itemCount!: number;
+  /** Work items per pair dispatched ahead of the others (the text query tiles'). */
+  #leadItems = 0;
   #invLen?: GPUBuffer;
   #dummy!: GPUBuffer;
   readonly #ready: Promise<void>;
@@ -343,6 +345,11 @@ export class WebGpuOp implements DraftKernelOp {
       this.#tiles = this.#dummy;
     }
     this.#itemCount = items.length / 3;
+    // Text query tiles (g.., last in the table, whose items are in tile order) go first.
+    if (plan) {
+      const n = this.#itemCount;
+      while (this.#leadItems < n && items[3 * (n - 1 - this.#leadItems)] >= g) this.#leadItems++;
+    }
     const order = plan ? plan.order.length : 0;
     const table = new Uint32Array(order + 2 * tiles + items.length);
     if (plan) table.set(plan.order);
@@ -936,6 +943,7 @@ export class WebGpuOp implements DraftKernelOp {
           scale_log2: spec.scale * Math.LOG2E,
           tiles_at: this.#tilesAt,
           items_at: this.#itemsAt,
+          lead: this.#leadItems,
         }),
       );
       const d = due ? ps.draft : undefined;
