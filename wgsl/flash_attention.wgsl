@@ -121,6 +121,11 @@ const SR: u32 = 0u;
 const PH: u32 = 0u;
 /** 1: any of HS, HQ, HM (the module enables f16). */
 const H16: u32 = 0u;
+/**
+ * 1: a thread's V rows are its K rows (DP = D, so VPT = KPT): V fetches reuse the K rows'
+ * tokens (kt_I) instead of looking them up again.
+ */
+const VT: u32 = 0u;
 
 // @if HS
 alias Kv4 = vec4<f16>;
@@ -257,6 +262,15 @@ fn next_chunk(c: Chunk, count: u32, list_base: u32) -> Chunk {
   return n;
 }
 
+/** Raster token of row `j` of chunk `c` (0 past the chunk). */
+fn chunk_token(c: Chunk, j: u32) -> u32 {
+  var t = 0u;
+  if (j < c.kc) {
+    t = token_of(c.c0 + j);
+  }
+  return t;
+}
+
 /** vec4 `e` of a K chunk (row e / D4, column e % D4); zero past the chunk. */
 fn fetch_k(c: Chunk, e: u32, head_off: u32) -> Store4 {
   let j = e / D4;
@@ -274,6 +288,25 @@ fn fetch_v(c: Chunk, e: u32, head_off: u32) -> Store4 {
   var x = Store4();
   if (j < c.kc && col < D4) {
     x = v[params.base_v + token_of(c.c0 + j) * params.s_t + head_off + col];
+  }
+  return x;
+}
+
+/** fetch_k with the row's token looked up beforehand (`tok`, see kt_I). */
+fn fetch_k_at(c: Chunk, e: u32, head_off: u32, tok: u32) -> Store4 {
+  var x = Store4();
+  if (e / D4 < c.kc) {
+    x = k[params.base_k + tok * params.s_t + head_off + e % D4];
+  }
+  return x;
+}
+
+/** fetch_v with the row's token looked up beforehand (`tok`, see kt_I). */
+fn fetch_v_at(c: Chunk, e: u32, head_off: u32, tok: u32) -> Store4 {
+  let col = e % DP4;
+  var x = Store4();
+  if (e / DP4 < c.kc && col < D4) {
+    x = v[params.base_v + tok * params.s_t + head_off + col];
   }
   return x;
 }
@@ -406,6 +439,15 @@ fn main(
   // @end
 
   var cur = next_chunk(Chunk(0u, 0u, 0u, 0u), count, list_base);
+  // Sparse pipelines: the tokens of the K rows this thread stages (and of its V rows with VT),
+  // looked up as soon as the next chunk is known (before P V), so that the K loads after B1 wait
+  // for one global load, not two. Dense pipelines (identity order, VT = 0) keep no such registers.
+  // @if DENSE
+  // @else
+  // @unroll I KPT
+  var kt_I = chunk_token(cur, (lid + NT * I) / D4);
+  // @end
+  // @endif
   // @unroll I KPT
   var kp_I = Store4();
   // @end
@@ -414,7 +456,11 @@ fn main(
   // @end
   if (PF != 0u) {
     // @unroll I KPT
+    // @if DENSE
     kp_I = fetch_k(cur, lid + NT * I, head_off);
+    // @else
+    kp_I = fetch_k_at(cur, lid + NT * I, head_off, kt_I);
+    // @endif
     // @end
   }
 
@@ -422,7 +468,11 @@ fn main(
     workgroupBarrier(); // B1: the previous chunk is done with kv, pt and red
     if (PF == 0u) {
       // @unroll I KPT
+      // @if DENSE
       kp_I = fetch_k(cur, lid + NT * I, head_off);
+      // @else
+      kp_I = fetch_k_at(cur, lid + NT * I, head_off, kt_I);
+      // @endif
       // @end
     }
     // @unroll I KPT
@@ -437,7 +487,11 @@ fn main(
     // @if SV
     if (VE != 0u) {
       // @unroll I VPT
+      // @if VT
+      vp_I = fetch_v_at(cur, lid + NT * I, head_off, kt_I);
+      // @else
       vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @endif
       // @end
     }
     // @else
@@ -445,7 +499,11 @@ fn main(
     {
       let e = lid + NT * I;
       if (e < BC * DP4) {
+        // @if VT
+        vs[e] = kv_in(fetch_v_at(cur, e, head_off, kt_I));
+        // @else
         vs[e] = kv_in(fetch_v(cur, e, head_off));
+        // @endif
       }
     }
     // @end
@@ -453,7 +511,11 @@ fn main(
     // @else
     if (VE != 0u) {
       // @unroll I VPT
+      // @if VT
+      vp_I = fetch_v_at(cur, lid + NT * I, head_off, kt_I);
+      // @else
       vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @endif
       // @end
     }
     // @endif
@@ -581,7 +643,11 @@ fn main(
     workgroupBarrier(); // B3: K consumed; V goes over it
     if (VE == 0u) {
       // @unroll I VPT
+      // @if VT
+      vp_I = fetch_v_at(cur, lid + NT * I, head_off, kt_I);
+      // @else
       vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @endif
       // @end
     }
     // @unroll I VPT
@@ -595,9 +661,19 @@ fn main(
     workgroupBarrier(); // B4: V staged
     // @endif
     let nxt = next_chunk(cur, count, list_base);
+    // @if DENSE
+    // @else
+    // @unroll I KPT
+    kt_I = chunk_token(nxt, (lid + NT * I) / D4);
+    // @end
+    // @endif
     if (PF != 0u) {
       // @unroll I KPT
+      // @if DENSE
       kp_I = fetch_k(nxt, lid + NT * I, head_off);
+      // @else
+      kp_I = fetch_k_at(nxt, lid + NT * I, head_off, kt_I);
+      // @endif
       // @end
     }
     // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V). With
@@ -700,7 +776,11 @@ fn main(
     // @end
     if (VE == 0u) {
       // @unroll I VPT
+      // @if VT
+      vp_I = fetch_v_at(cur, lid + NT * I, head_off, kt_I);
+      // @else
       vp_I = fetch_v(cur, lid + NT * I, head_off);
+      // @endif
       // @end
     }
     // @unroll I VPT
@@ -714,9 +794,19 @@ fn main(
     workgroupBarrier(); // B4: P and V staged
 
     let nxt = next_chunk(cur, count, list_base);
+    // @if DENSE
+    // @else
+    // @unroll I KPT
+    kt_I = chunk_token(nxt, (lid + NT * I) / D4);
+    // @end
+    // @endif
     if (PF != 0u) {
       // @unroll I KPT
+      // @if DENSE
       kp_I = fetch_k(nxt, lid + NT * I, head_off);
+      // @else
+      kp_I = fetch_k_at(nxt, lid + NT * I, head_off, kt_I);
+      // @endif
       // @end
     }
 

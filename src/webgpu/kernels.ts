@@ -39,7 +39,11 @@ export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType, dense
   const file = c.kernel === "tiled" ? "flash_attention" : "flash_chunked";
   return ctx.kernel({
     key: `${flashKey(c, dtype)}:DENSE${dense ? 1 : 0}`,
-    code: specialize(file, { storage: dtype, consts: { ...c.consts, DENSE: dense ? 1 : 0 } }),
+    code: specialize(file, {
+      storage: dtype,
+      // Dense pipelines read K and V through the identity order: no token registers (VT = 0).
+      consts: { ...c.consts, DENSE: dense ? 1 : 0, ...(dense && c.consts.VT ? { VT: 0 } : {}) },
+    }),
     bindings: [
       ["params", "uniform"],
       ["q", "read"],

@@ -330,6 +330,7 @@ export function flashConfig(
         HQ: v.hq ? 1 : 0,
         HM: v.hm ? 1 : 0,
         H16: v.hs || v.hq || v.hm ? 1 : 0,
+        VT: dp === headDim ? 1 : 0,
         PH: v.ph ? 1 : 0,
         Q8: v.q8 ? 1 : 0,
         KH: v.kh ? 1 : 0,
