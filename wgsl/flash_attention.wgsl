@@ -292,7 +292,11 @@ fn fetch_v(c: Chunk, e: u32, head_off: u32) -> Store4 {
   return x;
 }
 
-/** fetch_k with the row's token looked up beforehand (`tok`, see kt_I). */
+/**
+ * fetch_k with the row's token looked up beforehand (`tok`, see kt_I): sparse pipelines only.
+ * Dense ones keep fetch_k: the same loads with the token computed outside the branch ran 1-3%
+ * slower on NVIDIA (bench/RESULTS.md, round 30).
+ */
 fn fetch_k_at(c: Chunk, e: u32, head_off: u32, tok: u32) -> Store4 {
   var x = Store4();
   if (e / D4 < c.kc) {
