@@ -34,7 +34,7 @@ export type BackendKind = "webgpu" | "wasm";
  * `shader-f16` and subgroups of 32, P (in [0, 1]) and the products with the f16 V in f16,
  * summed in f16 over each 32-key chunk and then added into the f32 accumulators; S = Q K^T, the
  * softmax statistics and the output accumulators stay f32. About 9% faster dense attention on
- * an H100 at the HunyuanVideo shape (27.2 vs 24.9 TFLOP/s), with a max error against float64
+ * an H100 at the HunyuanVideo shape (27.8 vs 25.6 TFLOP/s), with a max error against float64
  * about twice the default's (still within an f16 ulp of the outputs). Elsewhere (f32 inputs,
  * the WebAssembly backend, other devices) the default arithmetic runs.
  */
