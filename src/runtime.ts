@@ -7,7 +7,14 @@
 import { arrayView, describeValue, DraftAttentionError } from "./errors.ts";
 import { getModel } from "./models.ts";
 import { buildPlan } from "./plan.ts";
-import { checkKeys, positiveInt, resolveDense, resolveDraft, tensorElements } from "./validate.ts";
+import {
+  checkKeys,
+  positiveInt,
+  resolveDense,
+  resolveDraft,
+  tensorElements,
+  TEXT_TILE,
+} from "./validate.ts";
 import { createWasmBackend } from "./wasm/backend.ts";
 import { createWebGpuBackend } from "./webgpu/backend.ts";
 import type {
@@ -682,12 +689,19 @@ class RuntimeImpl implements Runtime {
   attention(options: AttentionOptions): AttentionOp {
     this.#check();
     const spec = resolveDense(options);
+    this.#current.backend.checkSize?.(spec, 0, Math.ceil(spec.tokens / TEXT_TILE));
     return this.#build(new Op(this, spec as DraftSpec, undefined));
   }
 
   draftAttention(options: DraftAttentionOptions): DraftAttentionOp {
     this.#check();
     const spec: DraftSpec = resolveDraft(withModel(options));
+    // Sizes first: planning a geometry that cannot run here would take seconds and gigabytes
+    // (2^27 tokens: 7 s and 2.1 GB) before the backend said TOO_LARGE.
+    const g = spec.frames * Math.ceil(spec.height / spec.poolH) *
+      Math.ceil(spec.width / spec.poolW);
+    const tiles = g + Math.ceil(spec.textTokens / TEXT_TILE);
+    this.#current.backend.checkSize?.(spec, g, tiles);
     return this.#build(new Op(this, spec, buildPlan(spec)));
   }
 
