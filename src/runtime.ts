@@ -214,8 +214,10 @@ function scan(x: TensorArray, needMax: boolean): { bad: number; max: number } {
  * the caller may reuse or overwrite its array as soon as `run()` returns, and what was checked
  * is what runs. The array is read through its internal slots (a `Proxy`, an overridden `length`
  * or a detached buffer gives INVALID_INPUT naming the tensor, never a raw TypeError). The copy
- * costs about as much as the scan (both stream memory once): measured on a 2-core x86 VM,
- * 256 MiB of f32 take ~40 ms to copy and ~70 ms to scan.
+ * costs 1.5-2x the NaN scan and holds a second copy of q, k and v until the run settles:
+ * measured on a 2-core x86 VM, 256 MiB of f32 copy in 110-160 ms (mostly first-touch page
+ * faults of the new array) and scan in 60-95 ms; the three 744 MiB f16 tensors of HunyuanVideo
+ * 768p take about 1 s to copy there.
  */
 function inputArray(field: string, x: unknown, spec: DenseSpec): TensorArray {
   const want = spec.dtype === "f16" ? Float16Array : Float32Array;
