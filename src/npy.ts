@@ -19,6 +19,7 @@ import {
   type Tensor,
 } from "./_tensor.ts";
 import type { DType } from "./types.ts";
+import { checkKeys } from "./validate.ts";
 
 export type { Tensor } from "./_tensor.ts";
 
@@ -155,6 +156,7 @@ class HeaderParser {
  * ```
  */
 export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tensor {
+  checkKeys("parseNpy", options);
   return parse(bytes, options.name ?? "npy", false) as Tensor;
 }
 
@@ -172,6 +174,7 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
  * ```
  */
 export function npyFileBytes(head: Uint8Array, options: ParseNpyOptions = {}): number {
+  checkKeys("parseNpy", options);
   return parse(head, options.name ?? "npy", true) as number;
 }
 

@@ -99,6 +99,14 @@ export function createStepSchedule(options: StepScheduleOptions = {}): StepSched
     denseSteps,
     denseLayers,
     mode(query: StepQuery): "dense" | "sparse" {
+      if (typeof query !== "object" || query === null) {
+        throw new DraftAttentionError(
+          "INVALID_OPTION",
+          "query",
+          `must be an object, got ${describeValue(query)}`,
+        );
+      }
+      checkKeys("mode", query);
       const step = positiveInt("step", query.step, 0, steps - 1);
       const layer = positiveInt("layer", query.layer, 0);
       if (query.cross || layer < denseLayers) return "dense";

@@ -185,21 +185,33 @@ export const OPTION_KEYS = {
     "seed",
     "concentration",
   ],
+  /** `StepSchedule.mode()`'s query. */
+  mode: ["step", "layer", "timestep", "cross"],
+  /** `denseStats()`. */
+  denseStats: ["v", "onProgress"],
+  /** `parseNpy()`. */
+  parseNpy: ["name"],
 } as const satisfies Record<string, readonly string[]>;
 
-/** Edit distance of two short strings (case-insensitive), for "did you mean" hints. */
+/**
+ * Edit distance of two short strings, case-insensitive, a swap of two neighbours counting as one
+ * edit (optimal string alignment), for "did you mean" hints.
+ */
 function distance(a: string, b: string): number {
   a = a.toLowerCase();
   b = b.toLowerCase();
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
     for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
     }
-    prev = cur;
   }
-  return prev[b.length];
+  return d[a.length][b.length];
 }
 
 /**

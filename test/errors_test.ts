@@ -19,7 +19,7 @@ import {
   type Runtime,
 } from "../mod.ts";
 import type { AttentionOptions, DraftAttentionOptions } from "../src/types.ts";
-import { createStepSchedule, encodeNpy, generateWorkload } from "../mod.ts";
+import { createStepSchedule, denseStats, encodeNpy, generateWorkload, parseNpy } from "../mod.ts";
 import { buildPlan, densePlan, PLANNER_KEEP_BYTES, plannerMemoryBytes } from "../src/plan.ts";
 import { OPTION_KEYS } from "../src/validate.ts";
 import { type Availability, gpuMissing, reasonOf } from "./_cases.ts";
@@ -756,6 +756,8 @@ bufferCase("no out buffer", {
 // Unknown options: a typo must not silently run at the default
 // ---------------------------------------------------------------------------------------------
 
+const STATS_SHAPE = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2 };
+
 {
   const cases: [
     string,
@@ -805,6 +807,27 @@ bufferCase("no out buffer", {
       { frames: 1, height: 2, width: 2, heads: 1, headDim: 4, sed: 3 },
       { code: "INVALID_OPTION", field: "sed", names: `did you mean "seed"` },
       (_rt, o) => generateWorkload(o),
+    ],
+    [
+      "`schedule.mode()`",
+      "a misspelt field of the query: `{ step: 0, layer: 3, crosss: true }`",
+      { step: 0, layer: 3, crosss: true },
+      { code: "INVALID_OPTION", field: "crosss", names: `did you mean "cross"` },
+      (_rt, o) => createStepSchedule().mode(o),
+    ],
+    [
+      "`denseStats()`",
+      "a misspelt option: `{ onprogress: f }`",
+      { onprogress: () => {} },
+      { code: "INVALID_OPTION", field: "onprogress", names: `did you mean "onProgress"` },
+      (_rt, o) => denseStats(new Float32Array(8), new Float32Array(8), STATS_SHAPE, o),
+    ],
+    [
+      "`parseNpy()`",
+      'a misspelt option: `{ nmae: "q.npy" }`',
+      { nmae: "q.npy" },
+      { code: "INVALID_OPTION", field: "nmae", names: `did you mean "name"` },
+      (_rt, o) => parseNpy(encodeNpy({ dtype: "f32", shape: [1], data: new Float32Array(1) }), o),
     ],
   ];
   for (const [call, input, options, want, make] of cases) {
