@@ -77,12 +77,19 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 
 /** An attention op bound to one size; build once, run many times. */
 export interface AttentionOp {
-  /** Computes attention on typed arrays; resolves to a new array of the same type and layout. */
+  /**
+   * Computes attention on typed arrays; resolves to a new array of the same type and layout.
+   * q, k and v are checked and copied before `run()` returns (a NaN, an infinity or values
+   * whose logits could overflow f32 reject with `INVALID_INPUT`), so the caller may overwrite
+   * them at once: the run reads the copy, however long it waits behind earlier runs.
+   */
   run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
   /**
    * WebGPU only: reads caller-owned buffers and writes `out`, with no readback. Runs issued back
    * to back are submitted without waiting for each other (the GPU queue keeps their order); the
-   * promise settles once WebGPU has checked this run, with its own errors.
+   * promise settles once WebGPU has checked this run, with its own errors. The buffers are read
+   * when the run executes, not copied: a `queue.writeBuffer` to them issued after `run()` lands
+   * after the run only if `run()` submitted first, so leave them alone until the promise settles.
    */
   run(buffers: GpuRunArgs): Promise<void>;
   /** Frees the op's buffers; later calls reject with code `DISPOSED`. */
