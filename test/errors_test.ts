@@ -1220,7 +1220,7 @@ function renderDoc(): string {
     "",
     "Logits beyond f32's range would turn the softmax into inf - inf = NaN and the rows into zeros;",
     "instead, typed-array inputs are rejected with `INVALID_INPUT` when `headDim * max|q| * max|k| *",
-    "scale` or `tokens * max|v|` exceeds 2^120 (about 1.3e36; the kernels fail past about 2^125).",
+    "scale` or `tokens * max|v|` exceeds 2^120 (about 1.3e36; both backends gave zero rows from 2^126).",
     "The maxima come from the same scan as the NaN check. Below the bound every output row is",
     "finite (tested at 2^119 on both backends). f16 inputs reach the bound only with a scale above",
     "about 1e24.",

@@ -207,7 +207,7 @@ function totalBytes(sizes: Record<string, number>, slots: number, draft: boolean
  * A lower bound of {@linkcode allocate}'s total, from the sizes alone (no plan): one head staged,
  * one slot: q, k, v, out, the window-order copies qw, kw, vw and the packed keys (at least
  * `tokens * headDim` f32 each), the token order and, for a draft op, the draft map, the mask
- * and the block lists. 2^27 tokens at headDim 4 need 16.6 GiB: refused before planning.
+ * and the block lists. 2^27 tokens at headDim 4 need 16.5 GiB: refused before planning.
  */
 export function leastRunBytes(spec: DenseSpec, g: number, tiles: number): number {
   const { tokens: n, headDim: d } = spec;
