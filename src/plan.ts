@@ -16,22 +16,25 @@ let planner: AsmInstance | undefined;
 
 /**
  * Linear memory the planner keeps between calls: 64 MiB covers every bundled model (HunyuanVideo
- * 768p's plan takes 1 MiB, its block lists 4 MiB). WebAssembly memory never shrinks, so after a
- * call that grew it past this the instance is dropped (a new one costs well under a millisecond:
+ * 768p's plan takes 1 MiB, its block lists 4 MiB). WebAssembly memory never shrinks, so once a
+ * call has grown it past this the instance is dropped (a new one costs well under a millisecond:
  * the module stays compiled) and the garbage collector takes its memory back.
  */
 export const PLANNER_KEEP_BYTES = 64 * 2 ** 20;
 
-/** Runs `fn` on the planner instance (memory reset), then drops an instance grown too large. */
-function withPlanner<T>(fn: (a: AsmInstance) => T): T {
+/**
+ * The planner instance, memory reset. Every planner call is synchronous, so a microtask queued
+ * here runs once the calling task is done, returned or thrown: it drops an instance grown too
+ * large (several calls of one task, such as a plan and its work items, share it first).
+ */
+function instance(): AsmInstance {
   if (!planner) planner = new AsmInstance(plannerBuild);
   const a = planner;
   a.reset();
-  try {
-    return fn(a);
-  } finally {
-    if (a.memoryBytes > PLANNER_KEEP_BYTES && planner === a) planner = undefined;
-  }
+  queueMicrotask(() => {
+    if (planner === a && a.memoryBytes > PLANNER_KEEP_BYTES) planner = undefined;
+  });
+  return a;
 }
 
 /** Bytes of linear memory the planner holds now (0 when none is instantiated); for tests. */
@@ -104,40 +107,39 @@ export function buildPlan(geometry: Geometry): Plan {
   }
   const textTiles = Math.ceil(textTokens / TEXT_TILE);
   const tiles = g + textTiles;
-  return withPlanner((a) => {
-    const order = a.alloc(tokens * 4, "the token order");
-    const inverse = a.alloc(tokens * 4, "the token order");
-    const tileStart = a.alloc(tiles * 4, "the tile table");
-    const tileLen = a.alloc(tiles * 4, "the tile table");
-    const maxTileLen = a.x.planBuild(
-      frames,
-      height,
-      width,
-      textTokens,
-      textPosition === "before" ? 1 : 0,
-      poolH,
-      poolW,
-      order,
-      inverse,
-      tileStart,
-      tileLen,
-    );
-    return {
-      geometry: { frames, height, width, textTokens, textPosition, poolH, poolW },
-      tokens,
-      videoTokens,
-      nh,
-      nw,
-      g,
-      textTiles,
-      tiles,
-      order: a.i32(order, tokens).slice(),
-      inverse: a.i32(inverse, tokens).slice(),
-      tileStart: a.i32(tileStart, tiles).slice(),
-      tileLen: a.i32(tileLen, tiles).slice(),
-      maxTileLen,
-    };
-  });
+  const a = instance();
+  const order = a.alloc(tokens * 4, "the token order");
+  const inverse = a.alloc(tokens * 4, "the token order");
+  const tileStart = a.alloc(tiles * 4, "the tile table");
+  const tileLen = a.alloc(tiles * 4, "the tile table");
+  const maxTileLen = a.x.planBuild(
+    frames,
+    height,
+    width,
+    textTokens,
+    textPosition === "before" ? 1 : 0,
+    poolH,
+    poolW,
+    order,
+    inverse,
+    tileStart,
+    tileLen,
+  );
+  return {
+    geometry: { frames, height, width, textTokens, textPosition, poolH, poolW },
+    tokens,
+    videoTokens,
+    nh,
+    nw,
+    g,
+    textTiles,
+    tiles,
+    order: a.i32(order, tokens).slice(),
+    inverse: a.i32(inverse, tokens).slice(),
+    tileStart: a.i32(tileStart, tiles).slice(),
+    tileLen: a.i32(tileLen, tiles).slice(),
+    maxTileLen,
+  };
 }
 
 /**
@@ -191,13 +193,12 @@ export function selectMask(p: Float32Array, g: number, keep: number): Uint8Array
       `must be an integer in [1, ${g * g}], got ${describeValue(keep)}`,
     );
   }
-  return withPlanner((a) => {
-    const pp = a.alloc(g * g * 4, "the draft map");
-    const mask = a.alloc(g * g, "the block mask");
-    a.f32(pp, g * g).set(p);
-    a.x.selectMask(pp, g, keep, mask);
-    return a.u8(mask, g * g).slice();
-  });
+  const a = instance();
+  const pp = a.alloc(g * g * 4, "the draft map");
+  const mask = a.alloc(g * g, "the block mask");
+  a.f32(pp, g * g).set(p);
+  a.x.selectMask(pp, g, keep, mask);
+  return a.u8(mask, g * g).slice();
 }
 
 /** Block lists of a mask: row `t` of `list` (`tiles` wide) holds `count[t]` tile ids. */
@@ -231,15 +232,14 @@ export function maskToSchedule(mask: Uint8Array, plan: Plan): Schedule {
       `must hold g * g = ${g * g} bytes, got ${mask.length}`,
     );
   }
-  return withPlanner((a) => {
-    const m = a.alloc(g * g, "the block mask");
-    const count = a.alloc(tiles * 4, "the block lists");
-    const list = a.alloc(tiles * tiles * 4, "the block lists");
-    a.u8(m, g * g).set(mask);
-    a.i32(list, tiles * tiles).fill(0);
-    a.x.maskToSchedule(m, g, tiles, count, list);
-    return { count: a.i32(count, tiles).slice(), list: a.i32(list, tiles * tiles).slice() };
-  });
+  const a = instance();
+  const m = a.alloc(g * g, "the block mask");
+  const count = a.alloc(tiles * 4, "the block lists");
+  const list = a.alloc(tiles * tiles * 4, "the block lists");
+  a.u8(m, g * g).set(mask);
+  a.i32(list, tiles * tiles).fill(0);
+  a.x.maskToSchedule(m, g, tiles, count, list);
+  return { count: a.i32(count, tiles).slice(), list: a.i32(list, tiles * tiles).slice() };
 }
 
 /**
@@ -257,17 +257,16 @@ export function maskToSchedule(mask: Uint8Array, plan: Plan): Schedule {
  */
 export function workItems(plan: Plan, rowsPerItem: number): Int32Array {
   int("rowsPerItem", rowsPerItem, 1);
-  return withPlanner((a) => {
-    const { tiles } = plan;
-    const start = a.alloc(tiles * 4, "the tile table");
-    const len = a.alloc(tiles * 4, "the tile table");
-    a.i32(start, tiles).set(plan.tileStart);
-    a.i32(len, tiles).set(plan.tileLen);
-    const n = a.x.workItemCount(len, tiles, rowsPerItem);
-    const out = a.alloc(n * 12, "the work items");
-    a.x.workItemsFill(start, len, tiles, rowsPerItem, out);
-    return a.i32(out, 3 * n).slice();
-  });
+  const a = instance();
+  const { tiles } = plan;
+  const start = a.alloc(tiles * 4, "the tile table");
+  const len = a.alloc(tiles * 4, "the tile table");
+  a.i32(start, tiles).set(plan.tileStart);
+  a.i32(len, tiles).set(plan.tileLen);
+  const n = a.x.workItemCount(len, tiles, rowsPerItem);
+  const out = a.alloc(n * 12, "the work items");
+  a.x.workItemsFill(start, len, tiles, rowsPerItem, out);
+  return a.i32(out, 3 * n).slice();
 }
 
 /** One piece of an op: a run of (batch, head) pairs that one storage-buffer binding holds. */
@@ -342,29 +341,28 @@ export function planPieces(shape: PieceShape, maxBytes: number, perPairBytes: nu
   // maxBytes may be < 0 (a binding limit less the alignment slack): then nothing fits.
   bytes("maxBytes", maxBytes, -Number.MAX_SAFE_INTEGER);
   bytes("perPairBytes", perPairBytes, 0);
-  return withPlanner((a) => {
-    const sizes = a.alloc(16, "the piece plan");
-    const args = [batch, tokens, heads, headDim, elemBytes, shape.bshd ? 1 : 0] as const;
-    const n = a.x.planPieces(...args, maxBytes, perPairBytes, sizes, 0);
-    let [unitBytes, internalBytes] = a.f64(sizes, 2);
-    if (n < 0) {
-      const reason = PIECE_REASONS[n as -1 | -2 | -3];
-      return { ok: false, reason, unitBytes, internalBytes };
-    }
-    const out = a.alloc(n * PIECE_SLOTS * 8, "the piece plan");
-    a.x.planPieces(...args, maxBytes, perPairBytes, sizes, out);
-    [unitBytes, internalBytes] = a.f64(sizes, 2);
-    const t = a.f64(out, n * PIECE_SLOTS);
-    const pieces: Piece[] = [];
-    for (let i = 0; i < n * PIECE_SLOTS; i += PIECE_SLOTS) {
-      pieces.push({
-        bh0: t[i],
-        nbh: t[i + 1],
-        headsPerRow: t[i + 2],
-        elemOffset: t[i + 3],
-        elems: t[i + 4],
-      });
-    }
-    return { ok: true, pieces, unitBytes, internalBytes };
-  });
+  const a = instance();
+  const sizes = a.alloc(16, "the piece plan");
+  const args = [batch, tokens, heads, headDim, elemBytes, shape.bshd ? 1 : 0] as const;
+  const n = a.x.planPieces(...args, maxBytes, perPairBytes, sizes, 0);
+  let [unitBytes, internalBytes] = a.f64(sizes, 2);
+  if (n < 0) {
+    const reason = PIECE_REASONS[n as -1 | -2 | -3];
+    return { ok: false, reason, unitBytes, internalBytes };
+  }
+  const out = a.alloc(n * PIECE_SLOTS * 8, "the piece plan");
+  a.x.planPieces(...args, maxBytes, perPairBytes, sizes, out);
+  [unitBytes, internalBytes] = a.f64(sizes, 2);
+  const t = a.f64(out, n * PIECE_SLOTS);
+  const pieces: Piece[] = [];
+  for (let i = 0; i < n * PIECE_SLOTS; i += PIECE_SLOTS) {
+    pieces.push({
+      bh0: t[i],
+      nbh: t[i + 1],
+      headsPerRow: t[i + 2],
+      elemOffset: t[i + 3],
+      elems: t[i + 4],
+    });
+  }
+  return { ok: true, pieces, unitBytes, internalBytes };
 }
