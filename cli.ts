@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { DraftAttentionError } from "./src/errors.ts";
 import { MODELS } from "./src/models.ts";
-import { encodeNpy, parseNpy } from "./src/npy.ts";
+import { encodeNpy, npyFileBytes, parseNpy } from "./src/npy.ts";
 import { openRuntime, type RuntimeOptions } from "./src/runtime.ts";
 import { buildRequest, runRequest } from "./src/_request.ts";
 import type { Tensor } from "./src/_tensor.ts";
@@ -146,12 +146,60 @@ async function info(args: string[]): Promise<void> {
   console.log(lines.join("\n"));
 }
 
+/** Reads into `buf` from `at` until it is full or the file ends; returns the bytes it holds. */
+async function fill(file: Deno.FsFile, buf: Uint8Array, at = 0): Promise<number> {
+  while (at < buf.length) {
+    const n = await file.read(buf.subarray(at));
+    if (n === null) break;
+    at += n;
+  }
+  return at;
+}
+
+/**
+ * The bytes of a `.npy` file, read with a bound: a regular file up to the size `stat` gives, and
+ * anything else (a pipe, a device such as /dev/zero, whose end may never come) up to the length
+ * its header announces: its first 10,012 bytes at most decide, so garbage fails at once.
+ */
+async function readNpyBytes(path: string): Promise<Uint8Array> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const info = await file.stat();
+    if (info.isFile) {
+      const bytes = new Uint8Array(info.size);
+      // A file that shrinks meanwhile comes out short, and parseNpy says it is truncated.
+      return bytes.subarray(0, await fill(file, bytes));
+    }
+    const first = new Uint8Array(12);
+    const got = await fill(file, first);
+    // Version 1.0 keeps the header length in 2 bytes at offset 8 (data after 10 + it), later
+    // versions in 4 (after 12 + it); parseNpy caps it at 10,000 bytes.
+    const view = new DataView(first.buffer);
+    const headerEnd = got < 12
+      ? got
+      : first[6] === 1
+      ? 10 + view.getUint16(8, true)
+      : 12 + Math.min(view.getUint32(8, true), 10_001);
+    const head = new Uint8Array(Math.max(got, headerEnd));
+    head.set(first.subarray(0, got));
+    const headLen = got < 12 ? got : await fill(file, head, got);
+    const total = npyFileBytes(head.subarray(0, headLen), { name: path });
+    const bytes = new Uint8Array(total + 1); // one byte more: trailing data is an error
+    bytes.set(head.subarray(0, Math.min(headLen, total)));
+    const n = headLen > total ? headLen : await fill(file, bytes, headLen);
+    return bytes.subarray(0, n);
+  } finally {
+    file.close();
+  }
+}
+
 async function readTensor(flag: string, path: string | undefined): Promise<Tensor> {
   if (!path) throw new DraftAttentionError("INVALID_OPTION", `--${flag}`, "is required");
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    bytes = await readNpyBytes(path);
   } catch (e) {
+    if (e instanceof DraftAttentionError) throw e;
     throw new DraftAttentionError(
       "INVALID_INPUT",
       path,

@@ -67,17 +67,76 @@ export class DraftAttentionError extends Error {
   }
 }
 
-/** Formats a value for an error message: strings quoted, arrays and objects summarised. */
+/** `%TypedArray%.prototype`, whose getters read a typed array's internal slots. */
+const TYPED_ARRAY = Object.getPrototypeOf(Uint8Array.prototype) as object;
+const getterOf = (key: PropertyKey) =>
+  Object.getOwnPropertyDescriptor(TYPED_ARRAY, key)!.get! as (this: unknown) => unknown;
+const TAG = getterOf(Symbol.toStringTag);
+const LENGTH = getterOf("length");
+const BUFFER = getterOf("buffer");
+const BYTE_OFFSET = getterOf("byteOffset");
+
+/** What a typed array really holds, read from its internal slots. */
+export interface ArrayView {
+  /** Constructor name of the array's kind (`"Float32Array"`, ...), whatever its class says. */
+  name: string;
+  /** Elements (0 once its buffer is detached). */
+  length: number;
+  buffer: ArrayBufferLike;
+  byteOffset: number;
+}
+
+/**
+ * The internal slots of a typed array, or undefined for anything else (a `Proxy` around a
+ * typed array, a `DataView`, an object posing as one). Never throws and never runs caller code:
+ * `%TypedArray%.prototype`'s getters ignore own properties such as an overridden `length` and
+ * do not pass through proxies, so what this returns is what the memory holds.
+ *
+ * @example
+ * ```ts
+ * import { arrayView } from "./errors.ts";
+ * const x = new Float32Array(4);
+ * Object.defineProperty(x, "length", { value: 1000 });
+ * console.assert(arrayView(x)!.length === 4);
+ * console.assert(arrayView(new Proxy(x, {})) === undefined);
+ * ```
+ */
+export function arrayView(value: unknown): ArrayView | undefined {
+  // ArrayBuffer.isView does not see through proxies; the tag getter answers undefined for a
+  // DataView.
+  if (!ArrayBuffer.isView(value)) return undefined;
+  const name = TAG.call(value);
+  if (typeof name !== "string") return undefined;
+  return {
+    name,
+    length: LENGTH.call(value) as number,
+    buffer: BUFFER.call(value) as ArrayBufferLike,
+    byteOffset: BYTE_OFFSET.call(value) as number,
+  };
+}
+
+/**
+ * Formats a value for an error message: strings quoted, arrays and objects summarised. Never
+ * throws: a proxy whose traps throw, or a revoked one, reads "an unreadable object".
+ */
 export function describeValue(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "number" || typeof value === "boolean" || value == null) {
     return String(value);
   }
   if (typeof value === "bigint") return `${value}n`;
-  if (ArrayBuffer.isView(value)) {
-    return `${value.constructor.name}(${(value as unknown as ArrayLike<unknown>).length})`;
+  const view = arrayView(value);
+  if (view) return `${view.name}(${view.length})`;
+  try {
+    if (Array.isArray(value)) {
+      return value.length > 64
+        ? `an Array(${value.length})`
+        : `[${value.map(describeValue).join(", ")}]`;
+    }
+    if (ArrayBuffer.isView(value)) return `a ${value.constructor.name}`;
+    const name = (value as object).constructor?.name;
+    return typeof name === "string" && name ? `a ${name}` : typeof value;
+  } catch {
+    return `an unreadable ${typeof value}`;
   }
-  if (Array.isArray(value)) return `[${value.map(describeValue).join(", ")}]`;
-  const name = (value as object).constructor?.name;
-  return name ? `a ${name}` : typeof value;
 }

@@ -14,7 +14,7 @@
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type { Layout, TextPosition } from "./types.ts";
-import { DEFAULT_POOL } from "./validate.ts";
+import { checkKeys, DEFAULT_POOL } from "./validate.ts";
 
 /** The geometry and tensor shape the metrics need. A `Workload` satisfies it. */
 export interface AttentionShape {
@@ -269,6 +269,7 @@ export function denseStats(
   shape: AttentionShape,
   options: DenseStatsOptions = {},
 ): DenseStats {
+  checkKeys("denseStats", options);
   const r = resolveQk(q, k, shape);
   if (options.v !== undefined) checkLength("v", options.v, elements(r));
   const { tokens: N, headDim: D, g } = r;

@@ -19,6 +19,7 @@ import {
   type Tensor,
 } from "./_tensor.ts";
 import type { DType } from "./types.ts";
+import { checkKeys } from "./validate.ts";
 
 export type { Tensor } from "./_tensor.ts";
 
@@ -155,7 +156,30 @@ class HeaderParser {
  * ```
  */
 export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tensor {
-  const field = options.name ?? "npy";
+  checkKeys("parseNpy", options);
+  return parse(bytes, options.name ?? "npy", false) as Tensor;
+}
+
+/**
+ * The length of the whole `.npy` file that `head` starts, read from its header alone (`head`
+ * must hold the header: 10 or 12 bytes, then the header length they give, at most 10,000):
+ * lets a reader of a pipe or a device stop after the data instead of reading to an end that
+ * may never come. Errors as {@linkcode parseNpy}'s.
+ *
+ * @example
+ * ```ts
+ * import { encodeNpy, npyFileBytes } from "./npy.ts";
+ * const bytes = encodeNpy({ dtype: "f16", shape: [3], data: new Float16Array([1, 2, 3]) });
+ * console.assert(npyFileBytes(bytes.subarray(0, 128)) === bytes.length);
+ * ```
+ */
+export function npyFileBytes(head: Uint8Array, options: ParseNpyOptions = {}): number {
+  checkKeys("parseNpy", options);
+  return parse(head, options.name ?? "npy", true) as number;
+}
+
+/** parseNpy, or with `headerOnly` the file's length from its header. */
+function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | number {
   if (!(bytes instanceof Uint8Array)) {
     invalid(field, `must be a Uint8Array, got ${describeValue(bytes)}`);
   }
@@ -229,6 +253,7 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
   }
   const n = elementCount(field, shape, dtype);
   const need = n * itemSize(dtype);
+  if (headerOnly) return start + headerLen + need;
   const have = bytes.length - start - headerLen;
   if (have !== need) {
     invalid(

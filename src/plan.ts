@@ -14,10 +14,32 @@ import { type AsmBuild, AsmInstance } from "./wasm/instance.ts";
 let plannerBuild: AsmBuild = "release";
 let planner: AsmInstance | undefined;
 
+/**
+ * Linear memory the planner keeps between calls: 64 MiB covers every bundled model (HunyuanVideo
+ * 768p's plan takes 1 MiB, its block lists 4 MiB). WebAssembly memory never shrinks, so once a
+ * call has grown it past this the instance is dropped (a new one costs well under a millisecond:
+ * the module stays compiled) and the garbage collector takes its memory back.
+ */
+export const PLANNER_KEEP_BYTES = 64 * 2 ** 20;
+
+/**
+ * The planner instance, memory reset. Every planner call is synchronous, so a microtask queued
+ * here runs once the calling task is done, returned or thrown: it drops an instance grown too
+ * large (several calls of one task, such as a plan and its work items, share it first).
+ */
 function instance(): AsmInstance {
   if (!planner) planner = new AsmInstance(plannerBuild);
-  planner.reset();
-  return planner;
+  const a = planner;
+  a.reset();
+  queueMicrotask(() => {
+    if (planner === a && a.memoryBytes > PLANNER_KEEP_BYTES) planner = undefined;
+  });
+  return a;
+}
+
+/** Bytes of linear memory the planner holds now (0 when none is instantiated); for tests. */
+export function plannerMemoryBytes(): number {
+  return planner?.memoryBytes ?? 0;
 }
 
 /**

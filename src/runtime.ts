@@ -4,10 +4,17 @@
  *
  * @module
  */
-import { describeValue, DraftAttentionError } from "./errors.ts";
+import { arrayView, describeValue, DraftAttentionError } from "./errors.ts";
 import { getModel } from "./models.ts";
 import { buildPlan } from "./plan.ts";
-import { positiveInt, resolveDense, resolveDraft, tensorElements } from "./validate.ts";
+import {
+  checkKeys,
+  positiveInt,
+  resolveDense,
+  resolveDraft,
+  tensorElements,
+  TEXT_TILE,
+} from "./validate.ts";
 import { createWasmBackend } from "./wasm/backend.ts";
 import { createWebGpuBackend } from "./webgpu/backend.ts";
 import type {
@@ -70,12 +77,19 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 
 /** An attention op bound to one size; build once, run many times. */
 export interface AttentionOp {
-  /** Computes attention on typed arrays; resolves to a new array of the same type and layout. */
+  /**
+   * Computes attention on typed arrays; resolves to a new array of the same type and layout.
+   * q, k and v are checked and copied before `run()` returns (a NaN, an infinity or values
+   * whose logits could overflow f32 reject with `INVALID_INPUT`), so the caller may overwrite
+   * them at once: the run reads the copy, however long it waits behind earlier runs.
+   */
   run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
   /**
    * WebGPU only: reads caller-owned buffers and writes `out`, with no readback. Runs issued back
    * to back are submitted without waiting for each other (the GPU queue keeps their order); the
-   * promise settles once WebGPU has checked this run, with its own errors.
+   * promise settles once WebGPU has checked this run, with its own errors. The buffers are read
+   * when the run executes, not copied: a `queue.writeBuffer` to them issued after `run()` lands
+   * after the run only if `run()` submitted first, so leave them alone until the promise settles.
    */
   run(buffers: GpuRunArgs): Promise<void>;
   /** Frees the op's buffers; later calls reject with code `DISPOSED`. */
@@ -149,34 +163,169 @@ function coordsOf(i: number, spec: DenseSpec): string {
   return `(b=${Math.floor(i / (N * H * D))}, t=${t}, h=${h}, d=${d})`;
 }
 
-function checkArray(field: string, x: unknown, spec: DenseSpec): void {
+/**
+ * Largest logit bound accepted, `2^120` (about 1.3e36): `headDim * max|q| * max|k| * scale` and
+ * `tokens * max|v|` must stay below it. Past f32's range (about 2^128) a logit or an unnormalised
+ * P V sum becomes infinite and the softmax gives inf - inf = NaN, which the kernels turn into
+ * zero rows (both backends did from logits of 2^126 in a 65-token test); the margin of 2^8
+ * covers the kernels' base-2 rescaling of the logits and the difference of two logits.
+ */
+export const MAX_LOGIT = 2 ** 120;
+
+const bits = new Int32Array(1);
+const asF32 = new Float32Array(bits.buffer);
+
+/** The f32 value of magnitude bits `b` (sign cleared). */
+function f32Of(b: number): number {
+  bits[0] = b;
+  return asF32[0];
+}
+
+/**
+ * The largest `|x|` of an array known to be finite: the magnitude bits of non-negative IEEE
+ * floats order like integers, so the scan compares integers. f16 values all fit f32.
+ */
+function maxAbsF16(x: Float16Array): number {
+  const u = new Uint16Array(x.buffer, x.byteOffset, x.length);
+  let m = 0;
+  for (let i = 0; i < u.length; i++) {
+    const a = u[i] & 0x7fff;
+    if (a > m) m = a;
+  }
+  return Math.abs(new Float16Array(new Uint16Array([m]).buffer)[0]);
+}
+
+/**
+ * The largest `|x|` of `x` and the index of its first NaN or infinity (-1 when none), in one
+ * pass over the bits for f32 (a non-finite value has the largest magnitude bits); for f16 the
+ * pass of {@linkcode firstNonFinite}, and the maximum only when `needMax` (f16 inputs cannot
+ * overflow f32 logits unless `scale` is huge).
+ */
+function scan(x: TensorArray, needMax: boolean): { bad: number; max: number } {
+  if (x instanceof Float32Array) {
+    const u = new Int32Array(x.buffer, x.byteOffset, x.length);
+    let m = 0;
+    for (let i = 0; i < u.length; i++) {
+      const a = u[i] & 0x7fffffff;
+      if (a > m) m = a;
+    }
+    if (m >= 0x7f800000) return { bad: firstNonFinite(x), max: Infinity };
+    return { bad: -1, max: f32Of(m) };
+  }
+  const bad = firstNonFinite(x);
+  return { bad, max: bad >= 0 ? Infinity : needMax ? maxAbsF16(x) : 65504 };
+}
+
+/**
+ * Checks one typed-array input and returns a copy of it taken now: the run reads the copy, so
+ * the caller may reuse or overwrite its array as soon as `run()` returns, and what was checked
+ * is what runs. The array is read through its internal slots (a `Proxy`, an overridden `length`
+ * or a detached buffer gives INVALID_INPUT naming the tensor, never a raw TypeError). The copy
+ * costs 1.5-2x the NaN scan and holds a second copy of q, k and v until the run settles:
+ * measured on a 2-core x86 VM, 256 MiB of f32 copy in 110-160 ms (mostly first-touch page
+ * faults of the new array) and scan in 60-95 ms; the three 744 MiB f16 tensors of HunyuanVideo
+ * 768p take about 1 s to copy there.
+ */
+function inputArray(field: string, x: unknown, spec: DenseSpec): TensorArray {
   const want = spec.dtype === "f16" ? Float16Array : Float32Array;
-  if (!(x instanceof want)) {
+  let view;
+  try {
+    view = arrayView(x);
+  } catch (e) {
+    // Unreachable by construction (the getters throw only for non-typed arrays); kept so that
+    // nothing raw leaves run().
+    throw new DraftAttentionError("INVALID_INPUT", field, `cannot be read: ${e}`, { cause: e });
+  }
+  if (!view || view.name !== want.name) {
     throw new DraftAttentionError(
       "INVALID_INPUT",
       field,
-      `must be a ${want.name} for dtype "${spec.dtype}", got ${describeValue(x)}`,
+      `must be a ${want.name} for dtype "${spec.dtype}", got ${describeValue(x)}` +
+        (!view && ArrayBuffer.isView(x) === false && isProxyLike(x)
+          ? " (a Proxy or an object posing as a typed array; pass the typed array itself)"
+          : ""),
     );
   }
   const n = tensorElements(spec);
-  if (x.length !== n) {
+  if (view.length !== n) {
     const shape = spec.layout === "BSHD"
       ? `[${spec.batch}, ${spec.tokens}, ${spec.heads}, ${spec.headDim}]`
       : `[${spec.batch}, ${spec.heads}, ${spec.tokens}, ${spec.headDim}]`;
     throw new DraftAttentionError(
       "INVALID_INPUT",
       field,
-      `must hold ${n} elements (${spec.layout} ${shape}), got ${x.length}`,
+      `must hold ${n} elements (${spec.layout} ${shape}), got ${view.length}` +
+        ((view.buffer as ArrayBuffer).detached ? " (its ArrayBuffer is detached)" : ""),
     );
   }
-  const bad = firstNonFinite(x);
-  if (bad >= 0) {
+  try {
+    return new want(view.buffer as ArrayBuffer, view.byteOffset, n).slice();
+  } catch (e) {
     throw new DraftAttentionError(
       "INVALID_INPUT",
       field,
-      `holds ${x[bad]} at index ${bad} ${coordsOf(bad, spec)}; inputs must be finite`,
+      `cannot be read: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
     );
   }
+}
+
+/** Whether `x` claims to be a typed array without being one (a proxy, a look-alike). */
+function isProxyLike(x: unknown): boolean {
+  try {
+    return typeof x === "object" && x !== null &&
+      Object.prototype.isPrototypeOf.call(TYPED_ARRAY_PROTO, x);
+  } catch {
+    return true; // a revoked proxy
+  }
+}
+
+const TYPED_ARRAY_PROTO = Object.getPrototypeOf(Uint8Array.prototype) as object;
+
+/**
+ * Copies and checks q, k and v: each finite (a NaN or an infinity is named with its
+ * `(b, t, h, d)`), and small enough that no logit and no unnormalised P V sum leaves f32's range
+ * ({@linkcode MAX_LOGIT}); such inputs are rejected rather than run into zero rows.
+ */
+function inputs(q: unknown, k: unknown, v: unknown, spec: DenseSpec): TensorArray[] {
+  const arrays = [inputArray("q", q, spec), inputArray("k", k, spec), inputArray("v", v, spec)];
+  // Only f32 storage (or a huge scale) can overflow: f16 holds at most 65504.
+  const f16Safe = spec.dtype === "f16" &&
+    spec.headDim * 65504 * 65504 * spec.scale <= MAX_LOGIT && spec.tokens * 65504 <= MAX_LOGIT;
+  const max: number[] = [];
+  for (const [i, field] of (["q", "k", "v"] as const).entries()) {
+    const { bad, max: m } = scan(arrays[i], !f16Safe);
+    const x = arrays[i];
+    if (bad >= 0) {
+      throw new DraftAttentionError(
+        "INVALID_INPUT",
+        field,
+        `holds ${x[bad]} at index ${bad} ${coordsOf(bad, spec)}; inputs must be finite`,
+      );
+    }
+    max.push(m);
+  }
+  const [mq, mk, mv] = max;
+  const logit = spec.headDim * mq * mk * spec.scale;
+  if (logit > MAX_LOGIT) {
+    const field = mk > mq ? "k" : "q";
+    throw new DraftAttentionError(
+      "INVALID_INPUT",
+      field,
+      `max |q| = ${mq} and max |k| = ${mk} bound the logits by headDim * |q| * |k| * scale = ` +
+        `${logit.toExponential(3)}, beyond 2^120 (f32 overflows at ~2^128 and would give zero ` +
+        `rows); scale the inputs down`,
+    );
+  }
+  if (spec.tokens * mv > MAX_LOGIT) {
+    throw new DraftAttentionError(
+      "INVALID_INPUT",
+      "v",
+      `max |v| = ${mv} times ${spec.tokens} tokens = ${(spec.tokens * mv).toExponential(3)} ` +
+        `exceeds 2^120: the f32 accumulators of P V could overflow; scale v down`,
+    );
+  }
+  return arrays;
 }
 
 class Op implements DraftAttentionOp {
@@ -249,14 +398,30 @@ class Op implements DraftAttentionOp {
             `GPUBuffer inputs need the webgpu backend; this runtime uses ${this.rt.backend}`,
           );
         }
+        const bufs = {} as GpuRunArgs;
         for (const f of ["q", "k", "v", "out"] as const) {
-          if (!isGpuBuffer(args[f])) {
+          let value: unknown;
+          let ok = false;
+          try {
+            value = args[f];
+            ok = isGpuBuffer(value);
+          } catch (e) {
+            // A proxy whose traps throw: named, not passed on raw.
             throw new DraftAttentionError(
               "INVALID_INPUT",
               f,
-              `must be a GPUBuffer, got ${describeValue(args[f])}`,
+              `cannot be read: ${e instanceof Error ? e.message : String(e)}`,
+              { cause: e },
             );
           }
+          if (!ok) {
+            throw new DraftAttentionError(
+              "INVALID_INPUT",
+              f,
+              `must be a GPUBuffer, got ${describeValue(value)}`,
+            );
+          }
+          bufs[f] = value as GPUBuffer;
         }
         return this.#call((kernel) => {
           if (!kernel.runBuffers) {
@@ -266,13 +431,13 @@ class Op implements DraftAttentionOp {
               `GPUBuffer inputs need the webgpu backend; this runtime uses ${this.rt.backend}`,
             );
           }
-          return kernel.runBuffers(args);
+          return kernel.runBuffers(bufs);
         });
       }
-      checkArray("q", a, this.spec);
-      checkArray("k", k, this.spec);
-      checkArray("v", v, this.spec);
-      return this.#call((kernel) => kernel.run(a as TensorArray, k!, v!));
+      // Checked and copied now, before run() returns: later writes to the caller's arrays
+      // (a NaN included) do not reach this run, however long it waits in the op's queue.
+      const [qs, ks, vs] = inputs(a, k, v, this.spec);
+      return this.#call((kernel) => kernel.run(qs, ks, vs));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -533,12 +698,19 @@ class RuntimeImpl implements Runtime {
   attention(options: AttentionOptions): AttentionOp {
     this.#check();
     const spec = resolveDense(options);
+    this.#current.backend.checkSize?.(spec, 0, Math.ceil(spec.tokens / TEXT_TILE));
     return this.#build(new Op(this, spec as DraftSpec, undefined));
   }
 
   draftAttention(options: DraftAttentionOptions): DraftAttentionOp {
     this.#check();
     const spec: DraftSpec = resolveDraft(withModel(options));
+    // Sizes first: planning a geometry that cannot run here would take seconds and gigabytes
+    // (2^27 tokens: 7 s and 2.1 GB) before the backend said TOO_LARGE.
+    const g = spec.frames * Math.ceil(spec.height / spec.poolH) *
+      Math.ceil(spec.width / spec.poolW);
+    const tiles = g + Math.ceil(spec.textTokens / TEXT_TILE);
+    this.#current.backend.checkSize?.(spec, g, tiles);
     return this.#build(new Op(this, spec, buildPlan(spec)));
   }
 
@@ -668,6 +840,7 @@ export async function openRuntime(options: RuntimeOptions = {}): Promise<Runtime
       `must be an object, got ${describeValue(options)}`,
     );
   }
+  checkKeys("openRuntime", options);
   const want = options.backend ?? (options.device ? "webgpu" : "auto");
   if (!["auto", "webgpu", "wasm"].includes(want as string)) {
     throw new DraftAttentionError(

@@ -8,7 +8,7 @@
  * @module
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
-import { positiveInt } from "./validate.ts";
+import { checkKeys, positiveInt } from "./validate.ts";
 
 /** Options of {@linkcode createStepSchedule}; model profiles carry their own defaults. */
 export interface StepScheduleOptions {
@@ -74,6 +74,14 @@ function fraction(field: string, value: unknown): number {
  * ```
  */
 export function createStepSchedule(options: StepScheduleOptions = {}): StepSchedule {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "options",
+      `must be an object, got ${describeValue(options)}`,
+    );
+  }
+  checkKeys("createStepSchedule", options);
   const steps = positiveInt("steps", options.steps ?? 50);
   const denseLayers = positiveInt("denseLayers", options.denseLayers ?? 1, 0);
   const frac = fraction("denseStepFraction", options.denseStepFraction ?? 0.3);
@@ -91,6 +99,14 @@ export function createStepSchedule(options: StepScheduleOptions = {}): StepSched
     denseSteps,
     denseLayers,
     mode(query: StepQuery): "dense" | "sparse" {
+      if (typeof query !== "object" || query === null) {
+        throw new DraftAttentionError(
+          "INVALID_OPTION",
+          "query",
+          `must be an object, got ${describeValue(query)}`,
+        );
+      }
+      checkKeys("mode", query);
       const step = positiveInt("step", query.step, 0, steps - 1);
       const layer = positiveInt("layer", query.layer, 0);
       if (query.cross || layer < denseLayers) return "dense";

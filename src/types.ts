@@ -263,5 +263,11 @@ export interface Backend {
   info(): BackendInfo;
   dense(spec: DenseSpec): KernelOp;
   draft(spec: DraftSpec, plan: Plan): DraftKernelOp;
+  /**
+   * Throws `TOO_LARGE` when an op of `spec` can never run here (`g` draft tokens and `tiles`
+   * tiles; 0 and `ceil(tokens / 128)` for dense attention), from the sizes alone: the runtime
+   * asks before it plans, since planning a huge geometry takes seconds and gigabytes.
+   */
+  checkSize?(spec: DenseSpec, g: number, tiles: number): void;
   dispose(): void;
 }

@@ -135,6 +135,135 @@ function optionsObject(options: unknown): Record<string, unknown> {
   return options as Record<string, unknown>;
 }
 
+/**
+ * The keys of every public options object. An unknown key is an error (`sparsty: 0.5` must not
+ * silently run at the default sparsity), as in the edge handler. A new option must be added to
+ * its list here.
+ */
+export const OPTION_KEYS = {
+  /** `openRuntime()`. */
+  openRuntime: ["backend", "device", "limits", "threads"],
+  /** `runtime.attention()`. */
+  attention: ["batch", "tokens", "heads", "headDim", "layout", "dtype", "scale", "precision"],
+  /** `runtime.draftAttention()`. */
+  draftAttention: [
+    "model",
+    "frames",
+    "height",
+    "width",
+    "textTokens",
+    "textPosition",
+    "heads",
+    "headDim",
+    "batch",
+    "layout",
+    "dtype",
+    "pool",
+    "sparsity",
+    "policy",
+    "tau",
+    "estimator",
+    "samples",
+    "maskEvery",
+    "scale",
+    "precision",
+  ],
+  /** `createStepSchedule()`. */
+  createStepSchedule: ["steps", "denseStepFraction", "denseLayers", "denseAboveTimestep"],
+  /** `generateWorkload()`. */
+  generateWorkload: [
+    "frames",
+    "height",
+    "width",
+    "heads",
+    "headDim",
+    "textTokens",
+    "textPosition",
+    "batch",
+    "layout",
+    "dtype",
+    "seed",
+    "concentration",
+  ],
+  /** `StepSchedule.mode()`'s query. */
+  mode: ["step", "layer", "timestep", "cross"],
+  /** `denseStats()`. */
+  denseStats: ["v", "onProgress"],
+  /** `parseNpy()`. */
+  parseNpy: ["name"],
+} as const satisfies Record<string, readonly string[]>;
+
+/**
+ * Edit distance of two short strings, case-insensitive, a swap of two neighbours counting as one
+ * edit (optimal string alignment), for "did you mean" hints.
+ */
+function distance(a: string, b: string): number {
+  a = a.toLowerCase();
+  b = b.toLowerCase();
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * Rejects an options object holding a key that `call` does not know, with `INVALID_OPTION`
+ * naming the key, the closest known key when one is near (at most 2 edits, or the same letters
+ * in another case) and the known keys. Keys whose value is `undefined` are skipped, as absent
+ * ones are (and as the edge handler skips them).
+ *
+ * @example
+ * ```ts
+ * import { checkKeys } from "./validate.ts";
+ * try {
+ *   checkKeys("draftAttention", { frames: 2, sparsty: 0.5 });
+ * } catch (e) {
+ *   console.assert((e as Error).message.includes('did you mean "sparsity"'));
+ * }
+ * ```
+ */
+export function checkKeys(call: keyof typeof OPTION_KEYS, options: object): void {
+  const known: readonly string[] = OPTION_KEYS[call];
+  let keys: string[];
+  try {
+    keys = Object.keys(options).filter((key) =>
+      (options as Record<string, unknown>)[key] !== undefined
+    );
+  } catch (e) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "options",
+      `cannot be read: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
+    );
+  }
+  for (const key of keys) {
+    if (known.includes(key)) continue;
+    let best = "";
+    let bestDistance = 3;
+    for (const k of known) {
+      const d = distance(key, k);
+      if (d < bestDistance) [best, bestDistance] = [k, d];
+    }
+    // Two edits turn any 2-letter key into any other: short keys get a hint at one edit only.
+    const near = bestDistance <= (key.length > 4 ? 2 : 1);
+    const hint = best && near ? ` (did you mean "${best}"?)` : "";
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      key,
+      `is not an option of ${call}()${hint}; options: ${known.join(", ")}`,
+    );
+  }
+}
+
 /** Elements of one of q, k, v, out; checked against `Number.MAX_SAFE_INTEGER` overflow. */
 export function tensorElements(spec: DenseSpec): number {
   return spec.batch * spec.tokens * spec.heads * spec.headDim;
@@ -155,6 +284,7 @@ function checkSize(spec: DenseSpec): void {
 /** Resolves and validates `runtime.attention()` options. */
 export function resolveDense(options: AttentionOptions): DenseSpec {
   const o = optionsObject(options);
+  checkKeys("attention", o);
   const headDim = headDimOf(o.headDim);
   const spec: DenseSpec = {
     batch: o.batch === undefined ? 1 : positiveInt("batch", o.batch),
@@ -224,6 +354,7 @@ function policyOptions(
 /** Resolves and validates `runtime.draftAttention()` options. */
 export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
   const o = optionsObject(options);
+  checkKeys("draftAttention", o);
   const frames = positiveInt("frames", o.frames);
   const height = positiveInt("height", o.height);
   const width = positiveInt("width", o.width);

@@ -27,7 +27,7 @@
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type { DType, Layout, TensorArray, TextPosition } from "./types.ts";
-import { MAX_HEAD_DIM, positiveInt } from "./validate.ts";
+import { checkKeys, MAX_HEAD_DIM, positiveInt } from "./validate.ts";
 
 /** Channels of the rendered latent (Wan's and HunyuanVideo's VAEs have 16). */
 export const LATENT_CHANNELS = 16;
@@ -551,6 +551,7 @@ export function generateWorkload(options: WorkloadOptions): Workload {
   if (typeof options !== "object" || options === null) {
     invalid("options", `must be an object, got ${describeValue(options)}`);
   }
+  checkKeys("generateWorkload", options);
   const frames = positiveInt("frames", options.frames);
   const height = positiveInt("height", options.height);
   const width = positiveInt("width", options.width);

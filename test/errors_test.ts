@@ -19,7 +19,11 @@ import {
   type Runtime,
 } from "../mod.ts";
 import type { AttentionOptions, DraftAttentionOptions } from "../src/types.ts";
+import { createStepSchedule, denseStats, encodeNpy, generateWorkload, parseNpy } from "../mod.ts";
+import { buildPlan, densePlan, PLANNER_KEEP_BYTES, plannerMemoryBytes } from "../src/plan.ts";
+import { OPTION_KEYS } from "../src/validate.ts";
 import { type Availability, gpuMissing, reasonOf } from "./_cases.ts";
+import { attentionF64, maxAbsErr } from "./reference.ts";
 
 /** What the error must say: code, field, and a substring of the message naming the value. */
 interface Want {
@@ -736,19 +740,418 @@ bufferCase("no out buffer", {
     expectThrow(() => rt.draftAttention(options), gpuWant, "draft map beyond binding");
     return Promise.resolve();
   });
+  // Answered from the sizes before the plan is built (it used to be the first run()'s answer).
   const wasmWant = entry(
-    "`op.run()`",
+    "`draftAttention()`",
     "a draft map beyond WebAssembly memory: g = 60,000",
     { code: "TOO_LARGE", field: "tokens", names: "g = 60000" },
     "wasm",
   );
-  wasmTest("run() of a draft op whose draft map exceeds WebAssembly memory", async (rt) => {
-    const op = rt.draftAttention(options);
-    const x = new Float32Array(60000 * 4).fill(0.5);
+  wasmTest("draftAttention() whose draft map exceeds WebAssembly memory", (rt) => {
+    expectThrow(() => rt.draftAttention(options), wasmWant, "draft map beyond wasm memory");
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown options: a typo must not silently run at the default
+// ---------------------------------------------------------------------------------------------
+
+const STATS_SHAPE = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2 };
+
+{
+  const cases: [
+    string,
+    string,
+    Record<string, unknown>,
+    Want,
+    (rt: Runtime, o: never) => unknown,
+  ][] = [
+    [
+      "`draftAttention()`",
+      "a misspelt option: `{ sparsty: 0.5 }`",
+      { ...DRAFT, sparsty: 0.5 },
+      { code: "INVALID_OPTION", field: "sparsty", names: `did you mean "sparsity"` },
+      (rt, o) => rt.draftAttention(o),
+    ],
+    [
+      "`draftAttention()`",
+      'a misspelt option next to a model: `{ model: "ltx-video", sparsityy: 0.5 }`',
+      { model: "ltx-video", sparsityy: 0.5 },
+      { code: "INVALID_OPTION", field: "sparsityy", names: `did you mean "sparsity"` },
+      (rt, o) => rt.draftAttention(o),
+    ],
+    [
+      "`attention()`",
+      'an option in the wrong case: `{ Layout: "BHSD" }`',
+      { ...DENSE, Layout: "BHSD" },
+      { code: "INVALID_OPTION", field: "Layout", names: `did you mean "layout"` },
+      (rt, o) => rt.attention(o),
+    ],
+    [
+      "`attention()`",
+      "an option of draftAttention(): `{ sparsity: 0.5 }`",
+      { ...DENSE, sparsity: 0.5 },
+      { code: "INVALID_OPTION", field: "sparsity", names: "not an option of attention()" },
+      (rt, o) => rt.attention(o),
+    ],
+    [
+      "`createStepSchedule()`",
+      "a misspelt option: `{ step: 10 }`",
+      { step: 10 },
+      { code: "INVALID_OPTION", field: "step", names: `did you mean "steps"` },
+      (_rt, o) => createStepSchedule(o),
+    ],
+    [
+      "`generateWorkload()`",
+      "a misspelt option: `{ sed: 3 }`",
+      { frames: 1, height: 2, width: 2, heads: 1, headDim: 4, sed: 3 },
+      { code: "INVALID_OPTION", field: "sed", names: `did you mean "seed"` },
+      (_rt, o) => generateWorkload(o),
+    ],
+    [
+      "`schedule.mode()`",
+      "a misspelt field of the query: `{ step: 0, layer: 3, crosss: true }`",
+      { step: 0, layer: 3, crosss: true },
+      { code: "INVALID_OPTION", field: "crosss", names: `did you mean "cross"` },
+      (_rt, o) => createStepSchedule().mode(o),
+    ],
+    [
+      "`denseStats()`",
+      "a misspelt option: `{ onprogress: f }`",
+      { onprogress: () => {} },
+      { code: "INVALID_OPTION", field: "onprogress", names: `did you mean "onProgress"` },
+      (_rt, o) => denseStats(new Float32Array(8), new Float32Array(8), STATS_SHAPE, o),
+    ],
+    [
+      "`parseNpy()`",
+      'a misspelt option: `{ nmae: "q.npy" }`',
+      { nmae: "q.npy" },
+      { code: "INVALID_OPTION", field: "nmae", names: `did you mean "name"` },
+      (_rt, o) => parseNpy(encodeNpy({ dtype: "f32", shape: [1], data: new Float32Array(1) }), o),
+    ],
+  ];
+  for (const [call, input, options, want, make] of cases) {
+    const w = entry(call, input, want);
+    wasmTest(`${call.replace(/`/g, "")} with ${input.replace(/`/g, "")}`, (rt) => {
+      expectThrow(() => make(rt, options as never), w, input);
+    });
+  }
+  const open = entry("`openRuntime()`", 'a misspelt option: `{ backnd: "wasm" }`', {
+    code: "INVALID_OPTION",
+    field: "backnd",
+    names: `did you mean "backend"`,
+  });
+  Deno.test("errors: openRuntime() with a misspelt option", async () => {
+    const call = openRuntime as (o: unknown) => Promise<Runtime>;
+    await expectReject(() => call({ backnd: "wasm" }), open, "backnd");
+  });
+}
+
+wasmTest("every documented option key is accepted (none rejected as unknown)", (rt) => {
+  // Every key of OPTION_KEYS with a valid value: a key missing from the list fails here.
+  const draft = {
+    frames: 2,
+    height: 8,
+    width: 16,
+    textTokens: 3,
+    textPosition: "before",
+    heads: 1,
+    headDim: 8,
+    batch: 1,
+    layout: "BHSD",
+    dtype: "f16",
+    pool: [4, 8],
+    sparsity: 0.5,
+    policy: "rowMass",
+    tau: 0.8,
+    estimator: "hybrid",
+    samples: 2,
+    maskEvery: 2,
+    scale: 0.3,
+    precision: "f16-pv",
+  } as const;
+  const model = { model: "ltx-video", ...draft };
+  assert.deepEqual(Object.keys(model).sort(), [...OPTION_KEYS.draftAttention].sort());
+  rt.draftAttention(model).dispose();
+  const dense = {
+    batch: 2,
+    tokens: 9,
+    heads: 1,
+    headDim: 8,
+    layout: "BSHD",
+    dtype: "f32",
+    scale: 0.3,
+    precision: "f32",
+  } as const;
+  assert.deepEqual(Object.keys(dense).sort(), [...OPTION_KEYS.attention].sort());
+  rt.attention(dense).dispose();
+  // Undefined values count as absent, as in the edge handler.
+  rt.attention({ ...dense, unused: undefined } as never).dispose();
+  const schedule = { steps: 30, denseStepFraction: 0.2, denseLayers: 2, denseAboveTimestep: 900 };
+  assert.deepEqual(Object.keys(schedule).sort(), [...OPTION_KEYS.createStepSchedule].sort());
+  createStepSchedule(schedule);
+  const workload = {
+    frames: 1,
+    height: 2,
+    width: 3,
+    heads: 1,
+    headDim: 4,
+    textTokens: 2,
+    textPosition: "after",
+    batch: 1,
+    layout: "BSHD",
+    dtype: "f32",
+    seed: 5,
+    concentration: "sharp",
+  } as const;
+  assert.deepEqual(Object.keys(workload).sort(), [...OPTION_KEYS.generateWorkload].sort());
+  generateWorkload(workload);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Inputs read through their internal slots: proxies, overridden length, detached buffers
+// ---------------------------------------------------------------------------------------------
+
+runCase("a `Proxy` around a `Float32Array` q", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "Proxy",
+}, (rt) => ({ op: rt.attention(DENSE), args: [new Proxy(f32(N), {}), f32(N), f32(N)] }));
+
+runCase("a revoked `Proxy` k", {
+  code: "INVALID_INPUT",
+  field: "k",
+  names: "unreadable",
+}, (rt) => {
+  const { proxy, revoke } = Proxy.revocable(f32(N), {});
+  revoke();
+  return { op: rt.attention(DENSE), args: [f32(N), proxy, f32(N)] };
+});
+
+runCase("a `Proxy` q whose traps throw", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "unreadable",
+}, (rt) => {
+  const boom = () => {
+    throw new Error("boom");
+  };
+  const q = new Proxy(f32(N), { get: boom, getPrototypeOf: boom, ownKeys: boom });
+  return { op: rt.attention(DENSE), args: [q, f32(N), f32(N)] };
+});
+
+runCase("a 10-element q whose `length` is overridden to the right count", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "got 10",
+}, (rt) => {
+  const q = f32(10);
+  Object.defineProperty(q, "length", { value: N });
+  return { op: rt.attention(DENSE), args: [q, f32(N), f32(N)] };
+});
+
+runCase("a v whose `ArrayBuffer` is detached", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: "detached",
+}, (rt) => {
+  const v = f32(N);
+  structuredClone(v.buffer, { transfer: [v.buffer] });
+  return { op: rt.attention(DENSE), args: [f32(N), f32(N), v] };
+});
+
+// ---------------------------------------------------------------------------------------------
+// Logits beyond f32: rejected (2^120 bound) rather than run into zero rows
+// ---------------------------------------------------------------------------------------------
+
+runCase("f32 q and k of 1e19 (logits up to 5.7e38)", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "beyond 2^120",
+}, (rt) => ({ op: rt.attention(DENSE), args: [f32(N).fill(1e19), f32(N).fill(-1e19), f32(N)] }));
+
+runCase("an f32 v of 1e35 (P V sums up to 65 x 1e35)", {
+  code: "INVALID_INPUT",
+  field: "v",
+  names: "exceeds 2^120",
+}, (rt) => ({ op: rt.attention(DENSE), args: [f32(N), f32(N), f32(N, 3, 1e35)] }));
+
+runCase("f16 inputs with scale 1e36", {
+  code: "INVALID_INPUT",
+  field: "q",
+  names: "beyond 2^120",
+}, (rt) => ({
+  op: rt.attention({ ...DENSE, dtype: "f16", scale: 1e36 }),
+  args: [f16(N), f16(N), f16(N)],
+}));
+
+// ---------------------------------------------------------------------------------------------
+// A geometry that can never run: TOO_LARGE from the sizes, before the planner allocates
+// ---------------------------------------------------------------------------------------------
+
+/** 2^27 video tokens in 8 windows: planning it took 7 s and 2.1 GB before the backend refused. */
+const HUGE = {
+  frames: 8,
+  height: 4096,
+  width: 4096,
+  pool: [4096, 4096] as [number, number],
+  heads: 1,
+  headDim: 4,
+};
+
+{
+  const want = entry("`draftAttention()`", "2^27 video tokens (8 x 4096 x 4096 in 8 windows)", {
+    code: "TOO_LARGE",
+    field: "tokens",
+    names: "tokens = 134217728",
+  }, "wasm");
+  wasmTest("draftAttention() with 2^27 tokens: TOO_LARGE before planning", (rt) => {
+    const before = plannerMemoryBytes();
+    expectThrow(() => rt.draftAttention(HUGE), want, "2^27 tokens");
+    assert.ok(plannerMemoryBytes() <= Math.max(before, PLANNER_KEEP_BYTES));
+  });
+  const gpuWant = entry("`draftAttention()`", "2^27 video tokens, one head of q beyond a binding", {
+    code: "TOO_LARGE",
+    field: "q",
+    names: String(2 ** 27 * 4 * 4),
+  }, "webgpu");
+  gpuTest("draftAttention() with 2^27 tokens: TOO_LARGE before planning", (rt) => {
+    const max = rt.device!.limits.maxStorageBufferBindingSize;
+    if (max >= 2 ** 31) return Promise.resolve(); // a head of 2 GiB fits this device's bindings
+    expectThrow(() => rt.draftAttention(HUGE), gpuWant, "2^27 tokens");
+    return Promise.resolve();
+  });
+}
+
+Deno.test("errors: the planner gives back the memory of a large plan", async () => {
+  // 2^23 + 2^22 tokens: 96 MiB of token order in the planner's memory, past what it keeps.
+  const plan = buildPlan({
+    frames: 3,
+    height: 2048,
+    width: 2048,
+    textTokens: 0,
+    textPosition: "after",
+    poolH: 2048,
+    poolW: 2048,
+  });
+  assert.equal(plan.tokens, 3 * 2 ** 22);
+  assert.ok(plannerMemoryBytes() > PLANNER_KEEP_BYTES);
+  await Promise.resolve(); // the release runs once the synchronous call is done
+  assert.equal(plannerMemoryBytes(), 0, "the grown planner instance was dropped");
+  // The next plan gets a fresh, small instance.
+  assert.equal(densePlan(300).tiles, 3);
+  assert.ok(plannerMemoryBytes() > 0 && plannerMemoryBytes() <= PLANNER_KEEP_BYTES);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Inputs are taken at run(): later writes do not reach a queued run (both backends)
+// ---------------------------------------------------------------------------------------------
+
+/** Several runs queued on one op, the inputs overwritten (NaN included) right after run(). */
+async function snapshotStory(rt: Runtime): Promise<void> {
+  const opts = { frames: 2, height: 5, width: 9, pool: [2, 4] as [number, number], heads: 2 };
+  const op = rt.draftAttention({ ...opts, headDim: 8, textTokens: 3, sparsity: 0.5 });
+  const n = (2 * 5 * 9 + 3) * 2 * 8;
+  const make = (seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * seed));
+  const q = make(1.1), k = make(2.3), v = make(0.7);
+  try {
+    const want = await op.run(q, k, v);
+    const runs = [op.run(q, k, v), op.run(q, k, v), op.run(q, k, v)];
+    q.fill(NaN);
+    k.fill(1e30);
+    v.fill(0);
+    for (const [i, out] of (await Promise.all(runs)).entries()) {
+      assert.deepEqual(out, want, `run ${i} read inputs written after run() returned`);
+    }
+    // The caller's arrays were not touched by the runs either.
+    assert.ok(q.every(Number.isNaN) && v.every((x) => x === 0));
+  } finally {
+    op.dispose();
+  }
+}
+
+wasmTest("inputs written after run() do not reach queued runs", snapshotStory);
+gpuTest("inputs written after run() do not reach queued runs", snapshotStory);
+
+/**
+ * Logits just under the bound (2^119) run NaN-free with no zero rows, and match the float64
+ * reference (a one-hot softmax: each row takes the v of its largest logit).
+ */
+async function largeLogitStory(rt: Runtime): Promise<void> {
+  const tokens = 9, headDim = 4;
+  const scale = 1 / Math.sqrt(headDim);
+  const n = tokens * headDim;
+  const c = Math.sqrt(2 ** 119 / (headDim * scale));
+  // Distinct directions per token: each row's largest logit is unique.
+  const q = Float32Array.from({ length: n }, (_, i) => c * Math.cos(i * 0.7 + 0.3));
+  const k = Float32Array.from({ length: n }, (_, i) => c * Math.sin(i * 1.3 + 0.1));
+  const v = Float32Array.from({ length: n }, (_, i) => Math.cos(i));
+  const op = rt.attention({ tokens, heads: 1, headDim });
+  try {
+    const out = await op.run(q, k, v);
+    const ref = attentionF64({
+      q,
+      k,
+      v,
+      scale,
+      dims: { batch: 1, tokens, heads: 1, headDim, layout: "BSHD" },
+    });
+    for (let t = 0; t < tokens; t++) {
+      const row = out.subarray(t * headDim, (t + 1) * headDim);
+      assert.ok(row.every(Number.isFinite) && row.some((x) => x !== 0), `row ${t}: ${row}`);
+    }
+    const { err } = maxAbsErr(out, ref);
+    assert.ok(err < 1e-6, `max error ${err} against float64`);
+  } finally {
+    op.dispose();
+  }
+}
+
+wasmTest("logits of 2^119 run NaN-free and match float64", largeLogitStory);
+gpuTest("logits of 2^119 run NaN-free and match float64", largeLogitStory);
+
+// ---------------------------------------------------------------------------------------------
+// cli run: an input that never ends
+// ---------------------------------------------------------------------------------------------
+
+{
+  const want = entry("`cli run`", "`--q /dev/zero` (a device that never ends)", {
+    code: "INVALID_INPUT",
+    field: "/dev/zero",
+    names: "not a .npy file",
+  });
+  Deno.test("errors: cli run --q /dev/zero fails at once instead of reading forever", async () => {
+    const dir = await Deno.makeTempDir();
     try {
-      await expectReject(() => op.run(x, x, x), wasmWant, "draft map beyond wasm memory");
+      const x = encodeNpy({ dtype: "f32", shape: [1, 4, 1, 4], data: new Float32Array(16) });
+      await Deno.writeFile(`${dir}/x.npy`, x);
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../cli.ts", import.meta.url).href,
+          "run",
+          "--q",
+          "/dev/zero",
+          "--k",
+          `${dir}/x.npy`,
+          "--v",
+          `${dir}/x.npy`,
+          "--dense",
+          "--backend",
+          "wasm",
+          "--out",
+          `${dir}/o.npy`,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+        signal: AbortSignal.timeout(60_000),
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 1, stderr);
+      assert.ok(stderr.includes(`Invalid ${want.field}: ${want.names}`), stderr);
     } finally {
-      op.dispose();
+      await Deno.remove(dir, { recursive: true });
     }
   });
 }
@@ -809,6 +1212,26 @@ function renderDoc(): string {
     "Inputs are checked for NaN and infinities when they are typed arrays (a scan of the bits,",
     "about 1 ns per element); `GPUBuffer` inputs are not read back for it, and a non-finite value",
     "there gives undefined outputs for the rows it reaches (never a hang, and the op stays usable).",
+    "",
+    "Typed-array inputs are checked and copied when `run()` is called, before it returns: writing",
+    "to them afterwards (a NaN included) does not reach the run, however long it waits in the op's",
+    "queue. They are read through their internal slots, so a `Proxy`, an overridden `length` or a",
+    "detached buffer is `INVALID_INPUT` naming the tensor. `GPUBuffer` inputs are read when the run",
+    "executes: the caller must not write them until its promise settles (a `writeBuffer` issued",
+    "after `run()` is ordered after it by the GPU queue).",
+    "",
+    "Logits beyond f32's range would turn the softmax into inf - inf = NaN and the rows into zeros;",
+    "instead, typed-array inputs are rejected with `INVALID_INPUT` when `headDim * max|q| * max|k| *",
+    "scale` or `tokens * max|v|` exceeds 2^120 (about 1.3e36; both backends gave zero rows from 2^126).",
+    "The maxima come from the same scan as the NaN check. Below the bound every output row is",
+    "finite (tested at 2^119 on both backends). f16 inputs reach the bound only with a scale above",
+    "about 1e24.",
+    "",
+    "Unknown option keys are `INVALID_OPTION` naming the key (with the closest known key when one is",
+    "near) for `openRuntime()`, `attention()`, `draftAttention()`, `createStepSchedule()` and",
+    "`generateWorkload()`; keys whose value is `undefined` count as absent. A geometry that can",
+    "never run on the backend (WebAssembly memory, a device's bindings) is `TOO_LARGE` from its",
+    "sizes before the token order is planned.",
     "",
     `## Catalogue (${CATALOGUE.length} malformed calls, each a test)`,
     "",

@@ -203,6 +203,17 @@ function totalBytes(sizes: Record<string, number>, slots: number, draft: boolean
   return total;
 }
 
+/**
+ * A lower bound of {@linkcode allocate}'s total, from the sizes alone (no plan): one head staged,
+ * one slot: q, k, v, out, the window-order copies qw, kw, vw and the packed keys (at least
+ * `tokens * headDim` f32 each), the token order and, for a draft op, the draft map, the mask
+ * and the block lists. 2^27 tokens at headDim 4 need 16.5 GiB: refused before planning.
+ */
+export function leastRunBytes(spec: DenseSpec, g: number, tiles: number): number {
+  const { tokens: n, headDim: d } = spec;
+  return 8 * n * d * 4 + n * 4 + (g > 0 ? 3 * g * d * 4 + g * g * 5 + tiles * tiles * 4 : 0);
+}
+
 interface Allocation {
   staging: Staging;
   slots: number;
@@ -644,6 +655,19 @@ class WasmBackend implements Backend {
       features: threads > 1 ? ["simd", "relaxed-simd", "threads"] : ["simd", "relaxed-simd"],
       threads,
     };
+  }
+
+  checkSize(spec: DenseSpec, g: number, tiles: number): void {
+    const least = leastRunBytes(spec, g, tiles);
+    if (least > this.memoryLimit) {
+      throw new DraftAttentionError(
+        "TOO_LARGE",
+        "tokens",
+        `the WebAssembly backend needs at least ${least} bytes of memory for one head of ` +
+          `tokens = ${spec.tokens}, headDim = ${spec.headDim}${g ? `, g = ${g}` : ""}; the ` +
+          `limit is ${this.memoryLimit} (WebAssembly memory holds 4 GiB at most)`,
+      );
+    }
   }
 
   dense(spec: DenseSpec): KernelOp {

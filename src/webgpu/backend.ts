@@ -16,6 +16,7 @@ import type {
 } from "../types.ts";
 import { GpuContext } from "./context.ts";
 import { WebGpuOp } from "./op.ts";
+import { splitPieces } from "./pieces.ts";
 
 /** Options of {@linkcode createWebGpuBackend}. */
 export interface WebGpuBackendOptions {
@@ -69,6 +70,26 @@ class WebGpuBackend implements Backend {
   #track(op: WebGpuOp): WebGpuOp {
     this.#ops.add(op);
     return op;
+  }
+
+  /**
+   * The binding checks of `WebGpuOp`'s constructor (src/webgpu/op.ts), made from the sizes
+   * before the runtime plans: one head of q and one pair's draft map and block lists must fit
+   * a binding (a BSHD batch element that does not fit goes per head).
+   */
+  checkSize(spec: DenseSpec, g: number, tiles: number): void {
+    const lim = this.#ctx.limits;
+    const limits = {
+      maxBytes: Math.min(lim.maxStorageBufferBindingSize, lim.maxBufferSize) -
+        lim.minStorageBufferOffsetAlignment,
+      perPairBytes: g > 0 ? Math.max(g * spec.headDim * 4, g * g * 4, tiles * tiles * 4) : 0,
+    };
+    try {
+      splitPieces(spec, limits);
+    } catch (e) {
+      if (!(spec.layout === "BSHD" && e instanceof DraftAttentionError && e.field === "q")) throw e;
+      splitPieces({ ...spec, layout: "BHSD" }, limits);
+    }
   }
 
   dense(spec: DenseSpec): KernelOp {
