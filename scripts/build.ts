@@ -11,7 +11,7 @@
  * generated modules); its output is deterministic, so `--check` compares the embedded bytes.
  */
 import { parseArgs } from "node:util";
-import asc from "assemblyscript/asc";
+import asc from "npm:assemblyscript@0.28.20/asc";
 
 const root = new URL("../", import.meta.url);
 const { values: args } = parseArgs({

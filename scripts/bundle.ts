@@ -7,7 +7,7 @@
  * Flags: `--outfile PATH` (default dist/draftattn.js), `--no-minify`, `--max-kb N` (default 300:
  * fail when the bundle is larger).
  */
-import * as esbuild from "esbuild";
+import * as esbuild from "npm:esbuild@0.28.2";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 
