@@ -608,7 +608,9 @@ async function openBackend(
     owned: false,
   });
   if (want === "wasm") return wasm('backend "wasm" was requested');
-  const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+  const adapter = await globalThis.navigator?.gpu?.requestAdapter({
+    powerPreference: "high-performance",
+  });
   if (!adapter) {
     if (want === "webgpu") {
       throw new DraftAttentionError(
