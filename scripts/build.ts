@@ -17,6 +17,9 @@
  * generated modules); its output is deterministic, so `--check` compares the embedded bytes.
  */
 import { parseArgs } from "node:util";
+// Build-only dependencies, pinned here and not in deno.json's imports: an npm entry there makes
+// every `deno task` (demo, serve, bench) fetch it first, which fails on a machine with no registry.
+// deno-lint-ignore no-import-prefix
 import asc from "npm:assemblyscript@0.28.20/asc";
 
 const root = new URL("../", import.meta.url);

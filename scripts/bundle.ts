@@ -13,7 +13,11 @@
  * Flags: `--outfile PATH` (default dist/draftattn.js), `--no-minify`, `--max-kb N` (default 300:
  * fail when the bundle is larger).
  */
+// Build-only dependencies, pinned here and not in deno.json's imports: an npm entry there makes
+// every `deno task` (demo, serve, bench) fetch it first, which fails on a machine with no registry.
+// deno-lint-ignore no-import-prefix
 import * as esbuild from "npm:esbuild@0.28.2";
+// deno-lint-ignore no-import-prefix
 import { generateDtsBundle } from "npm:dts-bundle-generator@10.0.0";
 import { parseArgs } from "node:util";
 import { basename, dirname, join, resolve } from "node:path";
