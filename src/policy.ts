@@ -106,9 +106,10 @@ export interface MaskConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { maskConfig } from "./policy.ts";
  * const c = maskConfig({ policy: "rowMass", sparsity: 0, keep: 9 }, 3);
- * console.assert(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
+ * assert.ok(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
  * ```
  */
 export function maskConfig(
@@ -155,13 +156,14 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPlan } from "./plan.ts";
  * import { sampleTable } from "./policy.ts";
  * const plan = buildPlan({
  *   frames: 1, height: 8, width: 16, textTokens: 0, textPosition: "after", poolH: 8, poolW: 16,
  * });
  * const { table, coef } = sampleTable(plan, 2);
- * console.assert(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
+ * assert.ok(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
  * ```
  */
 export function sampleTable(plan: Plan, samples: number): SampleTable {
@@ -210,10 +212,11 @@ let reference: AsmInstance | undefined;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectRowMask } from "./policy.ts";
  * const p = new Float32Array([0.6, 0.3, 0.1, 0.2, 0.2, 0.6, 0.5, 0.25, 0.25]);
- * console.assert(selectRowMask(p, 3, { rowKeep: 1 }).join() === "1,0,0,0,0,1,1,0,0");
- * console.assert(selectRowMask(p, 3, { rowKeep: 3, tau: 0.7 }).join() === "1,1,0,1,1,1,1,1,1");
+ * assert.equal(selectRowMask(p, 3, { rowKeep: 1 }).join(), "1,0,0,0,0,1,1,0,0");
+ * assert.equal(selectRowMask(p, 3, { rowKeep: 3, tau: 0.7 }).join(), "1,1,0,1,1,1,1,1,1");
  * ```
  */
 export function selectRowMask(

@@ -653,12 +653,13 @@ async function openBackend(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openRuntime } from "../mod.ts";
  * const rt = await openRuntime({ backend: "wasm" });
  * const op = rt.attention({ tokens: 65, heads: 2, headDim: 32 });
  * const q = new Float32Array(65 * 2 * 32).fill(0.1);
  * const out = await op.run(q, q, q);
- * console.assert(out.length === q.length);
+ * assert.equal(out.length, q.length);
  * rt.dispose();
  * ```
  */

@@ -692,6 +692,7 @@ class WasmBackend implements Backend {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createWasmBackend } from "./backend.ts";
  * const backend = createWasmBackend("example");
  * const op = backend.dense({
@@ -699,7 +700,7 @@ class WasmBackend implements Backend {
  * });
  * const x = new Float32Array(12).fill(1);
  * const out = await op.run(x, x, x);
- * console.assert(out.every((y) => Math.abs(y - 1) < 1e-6));
+ * assert.ok(out.every((y) => Math.abs(y - 1) < 1e-6));
  * backend.dispose();
  * ```
  */
