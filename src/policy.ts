@@ -1,5 +1,5 @@
 /**
- * Block-selection policies and block-importance estimators beyond the reference (SPEC.md stage
+ * Block-selection policies and block-importance estimators beyond the reference (docs/spec.md stage
  * 2), shared by both backends: the exact definitions, the per-geometry sample tables, and the
  * WebAssembly reference of the row policies that the GPU mask is tested against.
  *
@@ -12,7 +12,7 @@
  *   text keys included); each sample's probability mass is summed over the keys of each video
  *   block `j` (text keys count towards no block), and
  *   `I[i][j] = len_i / (maxLen * n_i) * sum over samples of mass(j)`: the estimated true block
- *   mass of SPEC.md's oracle (`sum over the queries of block i of their mass on block j`), divided
+ *   mass of docs/spec.md's oracle (`sum over the queries of block i of their mass on block j`), divided
  *   by the constant `maxLen` (the largest video window) to keep rows <= 1. Cost: `g * samples`
  *   query rows against all `tokens` keys, about `samples / 128` of dense attention's `QK^T`.
  * - `"hybrid"`: `0.5 * (len_i / maxLen * P[i][j] + I[i][j])`, the mean of the draft map and the
