@@ -20,7 +20,7 @@ import * as esbuild from "npm:esbuild@0.28.2";
 // deno-lint-ignore no-import-prefix
 import { generateDtsBundle } from "npm:dts-bundle-generator@10.0.0";
 import { parseArgs } from "node:util";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
@@ -110,7 +110,7 @@ try {
   }
   const dtsPath = join(dirname(outfile), dtsName);
   const dtsBytes = await emitDts(dtsPath);
-  console.log(`bundle: ${dtsPath} ${dtsBytes} bytes of declarations`);
+  console.log(`bundle: ${relative(root, dtsPath)} ${dtsBytes} bytes of declarations`);
 } catch (e) {
   // esbuild has already printed the located errors.
   console.error(`bundle: ${(e as Error).message.split("\n")[0]}`);
