@@ -23,6 +23,7 @@ Deno.test("wasm simd: the plain build runs on 1 and 2 threads and matches the re
     try {
       const info = rt.describe();
       assert.equal(info.features.includes("relaxed-simd"), level === "relaxed");
+      assert.equal(info.threads, threads);
       const op = rt.attention({ tokens: dims.tokens, heads: dims.heads, headDim: dims.headDim });
       const out = await op.run(q, k, v) as Float32Array;
       op.dispose();
