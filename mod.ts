@@ -4,13 +4,14 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openRuntime } from "./mod.ts";
  * const rt = await openRuntime({ backend: "wasm" });
  * const op = rt.draftAttention({ frames: 2, height: 8, width: 16, heads: 1, headDim: 32 });
  * const n = 2 * 8 * 16 * 32;
  * const q = Float32Array.from({ length: n }, (_, i) => Math.sin(i));
  * const out = await op.run(q, q, q);
- * console.assert(out.length === n);
+ * assert.equal(out.length, n);
  * rt.dispose();
  * ```
  *

@@ -1,7 +1,7 @@
 // deno-fmt-ignore-file: deno fmt drops AssemblyScript's @inline decorators.
 // The per-geometry plan (token order and tiles), the exact block-mask selection and the block
 // lists. Every table is an integer table written through raw pointers that the host allocated
-// with `alloc` (asm/memory.ts). See CONTEXT.md "Plan" for the contract.
+// with `alloc` (asm/memory.ts). See docs/spec.md, "The plan", for the contract.
 
 /** Text tokens per text tile; mirrors TEXT_TILE of src/validate.ts. */
 @inline export const TEXT_TILE: i32 = 128;

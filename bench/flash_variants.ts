@@ -111,7 +111,7 @@ function maxErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
   return worst;
 }
 
-/** Raster keys of every query of a draft op, from its mask (SPEC.md stage 4). */
+/** Raster keys of every query of a draft op, from its mask (docs/spec.md stage 4). */
 function draftKeys(plan: Plan, heads: number, mask: Uint8Array) {
   const { g, tiles } = plan;
   const tileOf = new Int32Array(plan.tokens);

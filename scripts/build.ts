@@ -2,16 +2,25 @@
  * Generates the committed modules under src/generated/ so that importing mod.ts needs no build
  * step, no file reads and no flags:
  * - src/generated/wgsl.ts: every wgsl/*.wgsl as a string, keyed by file name without extension.
- * - src/generated/asm_release.ts, src/generated/asm_threads.ts, src/generated/asm_debug.ts: asm/
- *   compiled by AssemblyScript (targets "release", "threads" and "debug" of asm/asconfig.json),
- *   embedded as base64. "threads" is "release" importing a shared memory, for worker threads.
+ * - src/generated/asm_release.ts, src/generated/asm_threads.ts: asm/ compiled by AssemblyScript
+ *   (targets "release" and "threads" of asm/asconfig.json), embedded as base64. "threads" is
+ *   "release" importing a shared memory, for worker threads. Both use relaxed SIMD.
+ * - src/generated/asm_release_plain.ts, src/generated/asm_threads_plain.ts: the same two without
+ *   relaxed SIMD (fixed-width SIMD only), for engines that lack it (Safari, Node before 22,
+ *   Firefox before 120). The loader (src/wasm/instance.ts) picks one at load time.
+ * - src/generated/asm_debug.ts: target "debug" (assertions on), for tests only: no runtime
+ *   module imports it, so neither mod.ts nor the bundle ships it (tests load it with
+ *   test/_asm_debug.ts).
  *
  * `--check` regenerates into memory and exits 1 when a committed file differs (CI runs this).
  * The AssemblyScript compiler runs in this process (no Node, no files written besides the
  * generated modules); its output is deterministic, so `--check` compares the embedded bytes.
  */
 import { parseArgs } from "node:util";
-import asc from "assemblyscript/asc";
+// Build-only dependencies, pinned here and not in deno.json's imports: an npm entry there makes
+// every `deno task` (demo, serve, bench) fetch it first, which fails on a machine with no registry.
+// deno-lint-ignore no-import-prefix
+import asc from "npm:assemblyscript@0.28.20/asc";
 
 const root = new URL("../", import.meta.url);
 const { values: args } = parseArgs({
@@ -39,16 +48,45 @@ async function embedWgsl(): Promise<void> {
   outputs.set("src/generated/wgsl.ts", out);
 }
 
-/** Compiles one target of asm/asconfig.json in memory and returns the wasm bytes. */
-type AsmTarget = "release" | "threads" | "debug";
+/** A target of asm/asconfig.json. */
+type AsmTarget = "release" | "threads" | "release-plain" | "threads-plain" | "debug";
 
 /** What each target is, for the generated file's header. */
 const TARGET_FLAGS: Record<AsmTarget, string> = {
-  release: "-O3, assertions off",
-  threads: "-O3, assertions off, imported shared memory, threads",
-  debug: "assertions on, debug info",
+  release: "-O3, assertions off, relaxed SIMD",
+  threads: "-O3, assertions off, relaxed SIMD, imported shared memory, threads",
+  "release-plain": "-O3, assertions off, SIMD without relaxed SIMD",
+  "threads-plain":
+    "-O3, assertions off, SIMD without relaxed SIMD, imported shared memory, threads",
+  debug: "assertions on, debug info, relaxed SIMD",
 };
 
+/**
+ * The "-plain" targets compile the same sources with each relaxed-SIMD instruction replaced by
+ * its plain-SIMD meaning, so asm/ keeps one copy of every kernel. Both replacements are among
+ * the results the relaxed instruction may give: `relaxed_madd` may round once (fused) or twice
+ * (multiply, then add), and `relaxed_trunc` equals `trunc_sat` for in-range lanes (the callers
+ * clamp to [-126, 127] first). Any other relaxed instruction fails the build.
+ */
+const PLAIN_HELPER = "\n// Added by scripts/build.ts for the plain-SIMD targets.\n" +
+  "@inline function __plainMadd(a: v128, b: v128, c: v128): v128 {\n" +
+  "  return f32x4.add(f32x4.mul(a, b), c);\n}\n";
+
+function plainSimd(path: string, text: string): string {
+  let used = false;
+  let out = text.replaceAll("f32x4.relaxed_madd(", () => {
+    used = true;
+    return "__plainMadd(";
+  });
+  out = out.replaceAll("i32x4.relaxed_trunc_f32x4_s(", "i32x4.trunc_sat_f32x4_s(");
+  const left = out.match(/\b\w+\.relaxed_\w+/);
+  if (left) {
+    throw new Error(`build: ${path} uses ${left[0]}, which has no plain-SIMD replacement here`);
+  }
+  return used ? out + PLAIN_HELPER : out;
+}
+
+/** Compiles one target of asm/asconfig.json in memory and returns the wasm bytes. */
 async function compileAsm(target: AsmTarget): Promise<Uint8Array> {
   const rootDir = new URL(".", root).pathname;
   let wasm: Uint8Array | undefined;
@@ -57,11 +95,13 @@ async function compileAsm(target: AsmTarget): Promise<Uint8Array> {
     {
       readFile(name: string, baseDir: string): string | null {
         const path = name.startsWith("/") ? name : `${baseDir.replace(/\/$/, "")}/${name}`;
+        let text: string;
         try {
-          return Deno.readTextFileSync(path);
+          text = Deno.readTextFileSync(path);
         } catch {
           return null;
         }
+        return target.endsWith("-plain") && path.endsWith(".ts") ? plainSimd(path, text) : text;
       },
       writeFile(name: string, contents: Uint8Array | string): void {
         if (name.endsWith(".wasm") && contents instanceof Uint8Array) wasm = contents;
@@ -89,18 +129,20 @@ function base64(bytes: Uint8Array): string {
 
 async function embedAsm(target: AsmTarget): Promise<void> {
   const wasm = await compileAsm(target);
-  const name = `ASM_${target.toUpperCase()}`;
+  const name = `ASM_${target.toUpperCase().replace("-", "_")}`;
   const flags = TARGET_FLAGS[target];
   const out = "// Generated by scripts/build.ts from asm/ (AssemblyScript 0.28.20, target " +
     `"${target}": ${flags}). Do not edit.\n\n` +
     `/** The ${target} build of asm/ (${wasm.length} bytes of wasm), base64. */\n` +
     `export const ${name} = ${JSON.stringify(base64(wasm))};\n`;
-  outputs.set(`src/generated/asm_${target}.ts`, out);
+  outputs.set(`src/generated/asm_${target.replace("-", "_")}.ts`, out);
 }
 
 await embedWgsl();
 await embedAsm("release");
 await embedAsm("threads");
+await embedAsm("release-plain");
+await embedAsm("threads-plain");
 await embedAsm("debug");
 
 let stale = 0;

@@ -6,12 +6,12 @@
 # Usage, from the project root: sh scripts/pack_ort.sh   (.device-ort/ is git-ignored)
 set -eu
 VERSION=1.30.0
-DIST=node_modules/.deno/onnxruntime-web@$VERSION/node_modules/onnxruntime-web/dist
 FILES="ort.webgpu.bundle.min.mjs ort-wasm-simd-threaded.asyncify.wasm"
-if [ ! -f "$DIST/ort.webgpu.bundle.min.mjs" ]; then
-  # Installs the pinned package into node_modules (nodeModulesDir is "auto").
-  deno cache "npm:onnxruntime-web@$VERSION/webgpu"
-fi
+# Fetches the pinned package into Deno's global npm cache (nodeModulesDir is "none": no
+# node_modules, so the runtime tasks never install it); this step needs the registry.
+deno cache --lock=deno.lock "npm:onnxruntime-web@$VERSION/webgpu"
+NPM_CACHE=$(deno info --json | sed -n 's/.*"npmCache": "\(.*\)".*/\1/p')
+DIST=$NPM_CACHE/registry.npmjs.org/onnxruntime-web/$VERSION/dist
 mkdir -p .device-ort
 # shellcheck disable=SC2086
 tar -C "$DIST" -cf - $FILES | gzip -9n > ".device-ort/ort-webgpu-$VERSION.tgz"
@@ -22,5 +22,8 @@ mkdir -p /tmp/ort
 tar xzf .device-ort/ort-webgpu-$VERSION.tgz -C /tmp/ort
 export DRAFTATTN_ORT=/tmp/ort/ort.webgpu.bundle.min.mjs
 EOS
-grep -qx '/.device-ort/' .git/info/exclude 2>/dev/null || echo '/.device-ort/' >> .git/info/exclude
+# .git is a file in a worktree: ask git where the exclude file is.
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.device-ort/' "$exclude" 2>/dev/null || echo '/.device-ort/' >> "$exclude"
 ls -l .device-ort/

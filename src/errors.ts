@@ -35,9 +35,10 @@ export type DraftAttentionErrorCode =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { DraftAttentionError } from "./errors.ts";
  * const e = new DraftAttentionError("INVALID_OPTION", "heads", "must be a positive integer, got 0");
- * console.assert(e.message === "Invalid heads: must be a positive integer, got 0");
+ * assert.equal(e.message, "Invalid heads: must be a positive integer, got 0");
  * ```
  */
 export class DraftAttentionError extends Error {

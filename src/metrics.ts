@@ -183,9 +183,10 @@ export interface OutputError {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { compareOutputs } from "./metrics.ts";
  * const e = compareOutputs(new Float32Array([3, 4]), new Float32Array([3, 3]));
- * console.assert(Math.abs(e.relL2 - 0.2) < 1e-12);
+ * assert.ok(Math.abs(e.relL2 - 0.2) < 1e-12);
  * ```
  */
 export function compareOutputs(
@@ -255,12 +256,13 @@ export interface DenseStatsOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { denseStats } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2, pool: [1, 1] as const };
  * const z = new Float32Array(8);
  * const s = denseStats(z, z, shape); // all logits 0: uniform attention
- * console.assert(s.g === 2 && s.blockMass.every((m) => m === 0.5));
- * console.assert(Math.abs(s.effectiveKeys[0] - 2) < 1e-12);
+ * assert.ok(s.g === 2 && s.blockMass.every((m) => m === 0.5));
+ * assert.ok(Math.abs(s.effectiveKeys[0] - 2) < 1e-12);
  * ```
  */
 export function denseStats(
@@ -405,10 +407,11 @@ function videoTotal(stats: DenseStats, bh: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { denseStats, maskRecall } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2, pool: [1, 1] as const };
  * const s = denseStats(new Float32Array(8), new Float32Array(8), shape);
- * console.assert(maskRecall(s, new Uint8Array([1, 0, 0, 1])).mean === 0.5);
+ * assert.equal(maskRecall(s, new Uint8Array([1, 0, 0, 1])).mean, 0.5);
  * ```
  */
 export function maskRecall(stats: DenseStats, mask: ArrayLike<number>): Recall {
@@ -439,10 +442,11 @@ export function maskRecall(stats: DenseStats, mask: ArrayLike<number>): Recall {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { denseStats, oracleRecall } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2, pool: [1, 1] as const };
  * const s = denseStats(new Float32Array(8), new Float32Array(8), shape);
- * console.assert(oracleRecall(s, 4).mean === 1);
+ * assert.equal(oracleRecall(s, 4).mean, 1);
  * ```
  */
 export function oracleRecall(stats: DenseStats, kept: number | ArrayLike<number>): Recall {
@@ -481,9 +485,10 @@ export interface EffectiveKeysOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { effectiveKeys } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 2, width: 3 };
- * console.assert(Math.abs(effectiveKeys(new Float32Array(24), new Float32Array(24), shape) - 6) < 1e-9);
+ * assert.ok(Math.abs(effectiveKeys(new Float32Array(24), new Float32Array(24), shape) - 6) < 1e-9);
  * ```
  */
 export function effectiveKeys(
@@ -534,10 +539,11 @@ export function effectiveKeys(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { draftMap } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 2, height: 1, width: 1, pool: [1, 1] as const };
  * const p = draftMap(new Float32Array(8), new Float32Array(8), shape);
- * console.assert(p.length === 4 && p.every((x) => x === 0.5));
+ * assert.ok(p.length === 4 && p.every((x) => x === 0.5));
  * ```
  */
 export function draftMap(

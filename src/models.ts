@@ -103,10 +103,11 @@ export function checkProfile(p: unknown): ModelProfile {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MODELS } from "./models.ts";
  * const names = Object.keys(MODELS);
- * console.assert(names.includes("wan2.1-t2v-1.3b-480p"));
- * console.assert(Object.values(MODELS).every((m) => m.headDim % 4 === 0));
+ * assert.ok(names.includes("wan2.1-t2v-1.3b-480p"));
+ * assert.ok(Object.values(MODELS).every((m) => m.headDim % 4 === 0));
  * ```
  */
 export const MODELS: Readonly<Record<string, ModelProfile>> = Object.freeze(
@@ -123,8 +124,9 @@ export const MODELS: Readonly<Record<string, ModelProfile>> = Object.freeze(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { getModel } from "./models.ts";
- * console.assert(getModel("wan2.1-t2v-1.3b-480p").frames === 21);
+ * assert.equal(getModel("wan2.1-t2v-1.3b-480p").frames, 21);
  * ```
  */
 export function getModel(name: string): ModelProfile {

@@ -149,10 +149,11 @@ class HeaderParser {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeNpy, parseNpy } from "./npy.ts";
  * const bytes = encodeNpy({ dtype: "f32", shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) });
  * const t = parseNpy(bytes, { name: "x.npy" });
- * console.assert(t.shape.join() === "2,2" && t.data[3] === 4);
+ * assert.ok(t.shape.join() === "2,2" && t.data[3] === 4);
  * ```
  */
 export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tensor {
@@ -273,9 +274,10 @@ function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeNpy } from "./npy.ts";
  * const bytes = encodeNpy({ dtype: "f16", shape: [3], data: new Float16Array([1, 2, 3]) });
- * console.assert(bytes.length === 128 + 6);
+ * assert.equal(bytes.length, 128 + 6);
  * ```
  */
 export function encodeNpy(tensor: Tensor): Uint8Array<ArrayBuffer> {

@@ -70,12 +70,13 @@ function int(field: string, value: unknown, min: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPlan } from "./plan.ts";
  * const plan = buildPlan({
  *   frames: 1, height: 3, width: 4, textTokens: 2, textPosition: "after", poolH: 2, poolW: 2,
  * });
- * console.assert(plan.g === 4 && plan.tiles === 5);
- * console.assert(plan.order.join() === "0,1,4,5,2,3,6,7,8,9,10,11,12,13");
+ * assert.ok(plan.g === 4 && plan.tiles === 5);
+ * assert.equal(plan.order.join(), "0,1,4,5,2,3,6,7,8,9,10,11,12,13");
  * ```
  */
 export function buildPlan(geometry: Geometry): Plan {
@@ -148,9 +149,10 @@ export function buildPlan(geometry: Geometry): Plan {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { densePlan } from "./plan.ts";
  * const plan = densePlan(300);
- * console.assert(plan.tiles === 3 && plan.tileLen.join() === "128,128,44");
+ * assert.ok(plan.tiles === 3 && plan.tileLen.join() === "128,128,44");
  * ```
  */
 export function densePlan(tokens: number): Plan {
@@ -172,9 +174,10 @@ export function densePlan(tokens: number): Plan {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectMask } from "./plan.ts";
  * const mask = selectMask(new Float32Array([0.5, 0.5, 0.1, 0.9]), 2, 1);
- * console.assert(mask.join() === "1,1,0,1");
+ * assert.equal(mask.join(), "1,1,0,1");
  * ```
  */
 export function selectMask(p: Float32Array, g: number, keep: number): Uint8Array {
@@ -215,12 +218,13 @@ export interface Schedule {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPlan, maskToSchedule } from "./plan.ts";
  * const plan = buildPlan({
  *   frames: 1, height: 1, width: 2, textTokens: 1, textPosition: "after", poolH: 1, poolW: 1,
  * });
  * const { count, list } = maskToSchedule(new Uint8Array([1, 0, 1, 1]), plan);
- * console.assert(count.join() === "2,3,3" && list.join() === "0,2,0,0,1,2,0,1,2");
+ * assert.ok(count.join() === "2,3,3" && list.join() === "0,2,0,0,1,2,0,1,2");
  * ```
  */
 export function maskToSchedule(mask: Uint8Array, plan: Plan): Schedule {
@@ -250,9 +254,10 @@ export function maskToSchedule(mask: Uint8Array, plan: Plan): Schedule {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { densePlan, workItems } from "./plan.ts";
  * const items = workItems(densePlan(200), 64);
- * console.assert(items.join() === "0,0,64,0,64,64,1,128,64,1,192,8");
+ * assert.equal(items.join(), "0,0,64,0,64,64,1,128,64,1,192,8");
  * ```
  */
 export function workItems(plan: Plan, rowsPerItem: number): Int32Array {
@@ -325,11 +330,12 @@ const PIECE_REASONS = { [-1]: "unit", [-2]: "internal", [-3]: "count" } as const
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planPieces } from "./plan.ts";
  * const shape = { batch: 2, tokens: 8, heads: 2, headDim: 4, elemBytes: 4, bshd: false };
  * const plan = planPieces(shape, 300, 0);
- * console.assert(plan.ok && plan.pieces.length === 2 && plan.pieces[1].elemOffset === 64);
- * console.assert(!planPieces(shape, 100, 0).ok && plan.unitBytes === 128);
+ * assert.ok(plan.ok && plan.pieces.length === 2 && plan.pieces[1].elemOffset === 64);
+ * assert.ok(!planPieces(shape, 100, 0).ok && plan.unitBytes === 128);
  * ```
  */
 export function planPieces(shape: PieceShape, maxBytes: number, perPairBytes: number): PiecePlan {

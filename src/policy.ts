@@ -1,5 +1,5 @@
 /**
- * Block-selection policies and block-importance estimators beyond the reference (SPEC.md stage
+ * Block-selection policies and block-importance estimators beyond the reference (docs/spec.md stage
  * 2), shared by both backends: the exact definitions, the per-geometry sample tables, and the
  * WebAssembly reference of the row policies that the GPU mask is tested against.
  *
@@ -12,7 +12,7 @@
  *   text keys included); each sample's probability mass is summed over the keys of each video
  *   block `j` (text keys count towards no block), and
  *   `I[i][j] = len_i / (maxLen * n_i) * sum over samples of mass(j)`: the estimated true block
- *   mass of SPEC.md's oracle (`sum over the queries of block i of their mass on block j`), divided
+ *   mass of docs/spec.md's oracle (`sum over the queries of block i of their mass on block j`), divided
  *   by the constant `maxLen` (the largest video window) to keep rows <= 1. Cost: `g * samples`
  *   query rows against all `tokens` keys, about `samples / 128` of dense attention's `QK^T`.
  * - `"hybrid"`: `0.5 * (len_i / maxLen * P[i][j] + I[i][j])`, the mean of the draft map and the
@@ -106,9 +106,10 @@ export interface MaskConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { maskConfig } from "./policy.ts";
  * const c = maskConfig({ policy: "rowMass", sparsity: 0, keep: 9 }, 3);
- * console.assert(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
+ * assert.ok(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
  * ```
  */
 export function maskConfig(
@@ -155,13 +156,14 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPlan } from "./plan.ts";
  * import { sampleTable } from "./policy.ts";
  * const plan = buildPlan({
  *   frames: 1, height: 8, width: 16, textTokens: 0, textPosition: "after", poolH: 8, poolW: 16,
  * });
  * const { table, coef } = sampleTable(plan, 2);
- * console.assert(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
+ * assert.ok(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
  * ```
  */
 export function sampleTable(plan: Plan, samples: number): SampleTable {
@@ -210,10 +212,11 @@ let reference: AsmInstance | undefined;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectRowMask } from "./policy.ts";
  * const p = new Float32Array([0.6, 0.3, 0.1, 0.2, 0.2, 0.6, 0.5, 0.25, 0.25]);
- * console.assert(selectRowMask(p, 3, { rowKeep: 1 }).join() === "1,0,0,0,0,1,1,0,0");
- * console.assert(selectRowMask(p, 3, { rowKeep: 3, tau: 0.7 }).join() === "1,1,0,1,1,1,1,1,1");
+ * assert.equal(selectRowMask(p, 3, { rowKeep: 1 }).join(), "1,0,0,0,0,1,1,0,0");
+ * assert.equal(selectRowMask(p, 3, { rowKeep: 3, tau: 0.7 }).join(), "1,1,0,1,1,1,1,1,1");
  * ```
  */
 export function selectRowMask(

@@ -780,7 +780,9 @@ async function openBackend(
     owned: false,
   });
   if (want === "wasm") return wasm('backend "wasm" was requested');
-  const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" });
+  const adapter = await globalThis.navigator?.gpu?.requestAdapter({
+    powerPreference: "high-performance",
+  });
   if (!adapter) {
     if (want === "webgpu") {
       throw new DraftAttentionError(
@@ -823,12 +825,13 @@ async function openBackend(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openRuntime } from "../mod.ts";
  * const rt = await openRuntime({ backend: "wasm" });
  * const op = rt.attention({ tokens: 65, heads: 2, headDim: 32 });
  * const q = new Float32Array(65 * 2 * 32).fill(0.1);
  * const out = await op.run(q, q, q);
- * console.assert(out.length === q.length);
+ * assert.equal(out.length, q.length);
  * rt.dispose();
  * ```
  */

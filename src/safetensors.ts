@@ -68,13 +68,14 @@ const ENTRY_KEYS = "data_offsets, dtype, shape";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeSafetensors, parseSafetensors } from "./safetensors.ts";
  * const bytes = encodeSafetensors({
  *   tensors: { x: { dtype: "f32", shape: [2], data: new Float32Array([1, 2]) } },
  *   metadata: { frames: "2" },
  * });
  * const file = parseSafetensors(bytes);
- * console.assert(file.tensors.x.data[1] === 2 && file.metadata.frames === "2");
+ * assert.ok(file.tensors.x.data[1] === 2 && file.metadata.frames === "2");
  * ```
  */
 export function parseSafetensors(
@@ -222,11 +223,12 @@ function readMetadata(field: string, raw: unknown): Record<string, string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeSafetensors } from "./safetensors.ts";
  * const bytes = encodeSafetensors({
  *   tensors: { out: { dtype: "f16", shape: [1, 2], data: new Float16Array([0.5, 1]) } },
  * });
- * console.assert(bytes.length % 2 === 0);
+ * assert.equal(bytes.length % 2, 0);
  * ```
  */
 export function encodeSafetensors(

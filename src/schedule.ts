@@ -65,12 +65,13 @@ function fraction(field: string, value: unknown): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createStepSchedule } from "./schedule.ts";
  * const s = createStepSchedule({ steps: 50 });
- * console.assert(s.mode({ step: 0, layer: 5 }) === "dense");
- * console.assert(s.mode({ step: 20, layer: 0 }) === "dense");
- * console.assert(s.mode({ step: 20, layer: 5 }) === "sparse");
- * console.assert(s.mode({ step: 20, layer: 5, cross: true }) === "dense");
+ * assert.equal(s.mode({ step: 0, layer: 5 }), "dense");
+ * assert.equal(s.mode({ step: 20, layer: 0 }), "dense");
+ * assert.equal(s.mode({ step: 20, layer: 5 }), "sparse");
+ * assert.equal(s.mode({ step: 20, layer: 5, cross: true }), "dense");
  * ```
  */
 export function createStepSchedule(options: StepScheduleOptions = {}): StepSchedule {

@@ -142,10 +142,11 @@ async function readBody(request: Request, max: number): Promise<Uint8Array> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createHandler } from "./serve.ts";
  * const handler = createHandler({ backend: "wasm", maxConcurrent: 1 });
  * const res = await handler(new Request("http://x/health"));
- * console.assert(res.status === 200);
+ * assert.equal(res.status, 200);
  * handler.close();
  * ```
  */

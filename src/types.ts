@@ -12,7 +12,7 @@ export type DType = "f32" | "f16";
 export type TextPosition = "after" | "before";
 /**
  * Block-selection policy (src/policy.ts has the exact definitions). `"percentile"` is the
- * reference policy of SPEC.md: the `keep` largest entries of each (batch, head) map plus each
+ * reference policy of docs/spec.md: the `keep` largest entries of each (batch, head) map plus each
  * row's largest. `"rowTopK"`: each query row keeps its `ceil((1 - sparsity) * g)` largest
  * entries. `"rowMass"`: each query row keeps its largest entries until they hold `tau` of the
  * row's mass, at most as many as rowTopK keeps. Ties at a threshold are kept by every policy.
@@ -230,7 +230,7 @@ export interface BackendInfo {
   limits?: Record<string, number>;
 }
 
-/** Caller-owned GPU buffers for `op.runBuffers()` (WebGPU only); nothing is read back. */
+/** Caller-owned GPU buffers for `op.run({ q, k, v, out })` (WebGPU only); nothing is read back. */
 export interface GpuRunArgs {
   /** Queries, same bytes as the typed-array input (the op's layout and dtype). */
   q: GPUBuffer;

@@ -47,9 +47,10 @@ export const MAX_SAMPLES = 16;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { keepCount } from "./validate.ts";
- * console.assert(keepCount(10, 0.9) === 10);
- * console.assert(keepCount(10, 0) === 100);
+ * assert.equal(keepCount(10, 0.9), 10);
+ * assert.equal(keepCount(10, 0), 100);
  * ```
  */
 export function keepCount(g: number, sparsity: number): number {
@@ -64,8 +65,9 @@ export function keepCount(g: number, sparsity: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rowKeepCount } from "./validate.ts";
- * console.assert(rowKeepCount(54, 0.75) === 14 && rowKeepCount(10, 0.9) === 1);
+ * assert.ok(rowKeepCount(54, 0.75) === 14 && rowKeepCount(10, 0.9) === 1);
  * ```
  */
 export function rowKeepCount(g: number, sparsity: number): number {

@@ -46,12 +46,13 @@ const ROPE_THETA = 10000;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { CONCENTRATION_LEVELS, generateWorkload } from "./workload.ts";
- * console.assert(CONCENTRATION_LEVELS.sharp > CONCENTRATION_LEVELS.flat);
+ * assert.ok(CONCENTRATION_LEVELS.sharp > CONCENTRATION_LEVELS.flat);
  * const w = generateWorkload({
  *   frames: 1, height: 2, width: 2, heads: 1, headDim: 8, concentration: "sharp",
  * });
- * console.assert(w.concentration === CONCENTRATION_LEVELS.sharp);
+ * assert.equal(w.concentration, CONCENTRATION_LEVELS.sharp);
  * ```
  */
 export const CONCENTRATION_LEVELS: Readonly<Record<ConcentrationLevel, number>> = Object.freeze({
@@ -540,11 +541,12 @@ export function resolveConcentration(value: unknown): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { generateWorkload } from "./workload.ts";
  * const w = generateWorkload({ frames: 2, height: 8, width: 16, heads: 2, headDim: 32, seed: 3 });
- * console.assert(w.q.length === 2 * 8 * 16 * 2 * 32 && w.tokens === 256);
+ * assert.ok(w.q.length === 2 * 8 * 16 * 2 * 32 && w.tokens === 256);
  * const again = generateWorkload({ frames: 2, height: 8, width: 16, heads: 2, headDim: 32, seed: 3 });
- * console.assert(again.q.every((x, i) => x === w.q[i]));
+ * assert.ok(again.q.every((x, i) => x === w.q[i]));
  * ```
  */
 export function generateWorkload(options: WorkloadOptions): Workload {

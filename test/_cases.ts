@@ -27,7 +27,7 @@ import {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * STYLE.md: a kernel passes when its max error against the float64 reference is at most about
+ * docs/spec.md, "Conformance": a kernel passes when its max error against the float64 reference is at most about
  * twice the error of a naive kernel in the same precision, plus a small absolute floor (for
  * cases where the naive kernel happens to be exact, e.g. one token, whose output is `v`).
  * The floor is a few f32 ulps of the O(1) outputs for f32, a fifth of an f16 ulp at 1 for f16.

@@ -3,13 +3,16 @@ import assert from "node:assert/strict";
 const ROOT = new URL("../", import.meta.url);
 
 /**
- * Runs inside a fresh `deno run` in a directory that holds only the bundle and this script (no
- * deno.json, no node_modules, no repository). Computes dense attention and draft attention in
- * cases where the draft keeps every block (one window; sparsity 0), so a 15-line float64 dense
- * reference is the exact answer, and prints one JSON line per backend.
+ * Runs inside a fresh `deno run` (and under Node: see below) in a directory that holds only the
+ * bundle and this script (no deno.json, no node_modules, no repository). Computes dense
+ * attention and draft attention in cases where the draft keeps every block (one window;
+ * sparsity 0), so a 15-line float64 dense reference is the exact answer, and prints one JSON
+ * line per backend.
  */
 const CHECK = `
 import { openRuntime, DraftAttentionError } from "./draftattn.js";
+
+const argv = globalThis.Deno ? Deno.args : process.argv.slice(2);
 
 function reference(q, k, v, n, h, d) {
   const out = new Float64Array(n * h * d);
@@ -36,7 +39,7 @@ function reference(q, k, v, n, h, d) {
 const data = (n, seed) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.61 + seed));
 const maxErr = (a, b) => a.reduce((e, x, i) => Math.max(e, Number.isNaN(x) ? Infinity : Math.abs(x - b[i])), 0);
 
-for (const arg of Deno.args) {
+for (const arg of argv) {
   // "wasm:2": two threads, so the worker source embedded in the bundle must run.
   const [backend, threads] = arg.split(":");
   let rt;
@@ -64,10 +67,20 @@ for (const arg of Deno.args) {
     op.dispose();
   }
   const info = rt.describe();
-  console.log(JSON.stringify({ backend, chosen: rt.backend, adapter: info.adapter, threads: info.threads, errors }));
+  console.log(JSON.stringify({ backend, chosen: rt.backend, adapter: info.adapter, threads: info.threads, features: info.features, errors }));
   rt.dispose();
 }
 `;
+
+/** The system node's version ("v20.20.2"), or undefined where there is none. */
+async function systemNode(): Promise<string | undefined> {
+  try {
+    const out = await new Deno.Command("node", { args: ["--version"] }).output();
+    return out.code === 0 ? new TextDecoder().decode(out.stdout).trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 async function hasAdapter(): Promise<boolean> {
   try {
@@ -77,12 +90,49 @@ async function hasAdapter(): Promise<boolean> {
   }
 }
 
-Deno.test("bundle: one minified file under 300 KiB runs alone in a fresh Deno", async () => {
+/** Parses the CHECK script's lines and asserts every backend ran within tolerance. */
+function checkLines(stdout: string, backends: string[], where: string): { features: string[] }[] {
+  const lines = stdout.trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(lines.length, backends.length, `${where}: ${stdout}`);
+  for (const line of lines) {
+    assert.equal(line.error, undefined, `${where}: ${JSON.stringify(line)}`);
+    assert.equal(line.chosen, line.backend);
+    if (line.errors.threads !== undefined) assert.equal(line.threads, 2, JSON.stringify(line));
+    for (const [name, err] of Object.entries(line.errors as Record<string, number>)) {
+      assert.ok(err < 2e-5, `${where}: ${line.backend} ${name}: max error ${err}`);
+    }
+  }
+  return lines;
+}
+
+/** Runs `cmd args` in `cwd`; fails the test with its output when it exits non-zero. */
+async function exec(cmd: string, args: string[], cwd: string): Promise<string> {
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd,
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `${cmd} ${args.join(" ")}:\n${stdout}${stderr}`);
+  return stdout;
+}
+
+/** A consumer that uses the declarations (and one line that they must reject). */
+const CONSUMER = `
+import { DraftAttentionError, openRuntime, type Runtime } from "./draftattn.js";
+const rt: Runtime = await openRuntime({ backend: "wasm" });
+const op = rt.attention({ tokens: 8, heads: 1, headDim: 4 });
+const out: Float32Array | Float16Array = await op.run(new Float32Array(32), new Float32Array(32), new Float32Array(32));
+console.log(out.length, DraftAttentionError.name);
+`;
+
+Deno.test("bundle: one minified file under 300 KiB with its .d.ts runs alone in a fresh Deno and in Node", async () => {
   const dir = await Deno.makeTempDir({ prefix: "draftattn-bundle-" });
   try {
     const outfile = `${dir}/build/draftattn.js`;
     const build = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "scripts/bundle.ts", "--outfile", outfile],
+      args: ["run", "-A", "--lock=deno.lock", "scripts/bundle.ts", "--outfile", outfile],
       cwd: new URL(ROOT).pathname,
       env: { NO_COLOR: "1" },
     }).output();
@@ -95,36 +145,57 @@ Deno.test("bundle: one minified file under 300 KiB runs alone in a fresh Deno", 
     assert.doesNotMatch(text, /^\s*import\s/m, "the bundle imports nothing");
     assert.ok(!text.includes("models/"), "model JSON is inlined, not imported");
 
+    assert.match(text, /^\/\/ @ts-self-types="\.\/draftattn\.d\.ts"\n/);
+
     const run = `${dir}/run`;
     await Deno.mkdir(run);
     await Deno.copyFile(outfile, `${run}/draftattn.js`);
+    await Deno.copyFile(`${dir}/build/draftattn.d.ts`, `${run}/draftattn.d.ts`);
     await Deno.writeTextFile(`${run}/check.mjs`, CHECK);
-    const backends = ["wasm", "wasm:2", ...(await hasAdapter()) ? ["webgpu"] : []];
-    const child = await new Deno.Command(Deno.execPath(), {
-      // No config, no lock file, no npm, no remote imports, no permissions.
-      args: [
-        "run",
-        "--no-config",
-        "--no-lock",
-        "--no-npm",
-        "--no-remote",
-        "check.mjs",
-        ...backends,
-      ],
+
+    // The declarations: a correct consumer type-checks, a wrong argument type does not.
+    await Deno.writeTextFile(`${run}/consumer.ts`, CONSUMER);
+    await Deno.writeTextFile(
+      `${run}/wrong.ts`,
+      CONSUMER.replace("tokens: 8,", `tokens: "8",`),
+    );
+    await exec(Deno.execPath(), ["check", "--no-config", "--no-lock", "consumer.ts"], run);
+    const wrong = await new Deno.Command(Deno.execPath(), {
+      args: ["check", "--no-config", "--no-lock", "wrong.ts"],
       cwd: run,
-      env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+      env: { NO_COLOR: "1" },
     }).output();
-    const stdout = new TextDecoder().decode(child.stdout);
-    assert.equal(child.code, 0, stdout + new TextDecoder().decode(child.stderr));
-    const lines = stdout.trim().split("\n").map((l) => JSON.parse(l));
-    assert.equal(lines.length, backends.length);
-    for (const line of lines) {
-      assert.equal(line.error, undefined, JSON.stringify(line));
-      assert.equal(line.chosen, line.backend);
-      if (line.errors.threads !== undefined) assert.equal(line.threads, 2, JSON.stringify(line));
-      for (const [name, err] of Object.entries(line.errors as Record<string, number>)) {
-        assert.ok(err < 2e-5, `${line.backend} ${name}: max error ${err}`);
+    assert.notEqual(wrong.code, 0, "a string for `tokens` must fail type checking");
+    assert.match(new TextDecoder().decode(wrong.stderr), /TS2322/);
+
+    const backends = ["wasm", "wasm:2", ...(await hasAdapter()) ? ["webgpu"] : []];
+    // No config, no lock file, no npm, no remote imports, no permissions.
+    const flags = ["--no-config", "--no-lock", "--no-npm", "--no-remote"];
+    const deno = await exec(Deno.execPath(), ["run", ...flags, "check.mjs", ...backends], run);
+    const [denoWasm] = checkLines(deno, backends, "deno");
+    assert.ok(denoWasm.features.includes("relaxed-simd"), JSON.stringify(denoWasm));
+
+    // Node 22 from npm (CI reaches the registry; without it this fails rather than skips). Node
+    // has no WebGPU and no global Worker: one thread of WebAssembly, relaxed SIMD (V8 12.4).
+    const node22 = await exec("npx", ["-y", "node@22", "check.mjs", "wasm"], run);
+    const [n22] = checkLines(node22, ["wasm"], "node 22");
+    assert.ok(n22.features.includes("relaxed-simd"), JSON.stringify(n22));
+
+    // The system Node, where there is one: Node 20's V8 (11.3) lacks relaxed SIMD, so there the
+    // bundle must pick its plain-SIMD build by itself.
+    const system = await systemNode();
+    if (system) {
+      const lines = checkLines(
+        await exec("node", ["check.mjs", "wasm"], run),
+        ["wasm"],
+        `node ${system}`,
+      );
+      console.log(`  node ${system}: features ${lines[0].features.join(", ")}`);
+      if (Number(system.slice(1).split(".")[0]) < 21) {
+        assert.ok(!lines[0].features.includes("relaxed-simd"), JSON.stringify(lines[0]));
       }
+    } else {
+      console.log("  no system node on PATH: only Node 22 from npm ran");
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

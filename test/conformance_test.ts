@@ -18,6 +18,7 @@ import { type DraftAttentionOp, openRuntime, type Runtime, type RuntimeOptions }
 import { buildPlan, maskToSchedule, selectMask } from "../src/plan.ts";
 import type { DType, MaskResult, TensorArray } from "../src/types.ts";
 import { TEXT_TILE } from "../src/validate.ts";
+import { forceAsmSimd } from "../src/wasm/instance.ts";
 import {
   type Availability,
   DENSE_CASES,
@@ -54,6 +55,8 @@ import {
  */
 const CONFIGS = {
   wasm: { backend: "wasm" },
+  // The plain-SIMD build, which engines without relaxed SIMD load (forced by a test hook).
+  "wasm-plain-simd": { backend: "wasm" },
   webgpu: { backend: "webgpu" },
   "webgpu-default-limits": { backend: "webgpu", limits: "default" },
 } as const satisfies Record<string, RuntimeOptions>;
@@ -65,6 +68,8 @@ const availability = new Map<Name, Availability>();
 
 for (const name of BACKENDS) {
   const opts = CONFIGS[name];
+  // The WebAssembly backend fixes its SIMD level when it is made, inside openRuntime.
+  forceAsmSimd(name === "wasm-plain-simd" ? "plain" : undefined);
   try {
     const rt = await openRuntime(opts);
     if (rt.backend !== opts.backend) {
@@ -79,6 +84,8 @@ for (const name of BACKENDS) {
       name,
       opts.backend === "webgpu" ? gpuMissing(reasonOf(e)) : { failure: reasonOf(e) },
     );
+  } finally {
+    forceAsmSimd(undefined);
   }
 }
 
@@ -111,6 +118,7 @@ for (const name of BACKENDS) {
       if (a.failure) throw new Error(a.failure);
       const info = runtimes.get(name)!.describe();
       assert.equal(info.backend, CONFIGS[name].backend);
+      if (name === "wasm-plain-simd") assert.ok(!info.features.includes("relaxed-simd"));
       console.log(
         `  ${name}: ${info.adapter}; ${info.reason}; features ${info.features.join(", ")}`,
       );

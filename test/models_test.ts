@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { DraftAttentionError, getModel, MODELS } from "../mod.ts";
 import { checkProfile } from "../src/models.ts";
 
-// Video tokens and text tokens from the geometry table of SPEC.md.
+// Video tokens and text tokens from the geometry table of docs/spec.md.
 const SPEC_TABLE: Record<string, [number, number, number]> = {
   "hunyuanvideo-768p": [126720, 256, 24],
   "hunyuanvideo-720p": [118800, 256, 24],
@@ -14,7 +14,7 @@ const SPEC_TABLE: Record<string, [number, number, number]> = {
   "ltx-video": [7392, 0, 32],
 };
 
-Deno.test("model profiles: every bundled profile passes the schema and matches SPEC.md", () => {
+Deno.test("model profiles: every bundled profile passes the schema and matches docs/spec.md", () => {
   assert.deepEqual(Object.keys(MODELS).sort(), Object.keys(SPEC_TABLE).sort());
   for (const [name, [video, text, heads]] of Object.entries(SPEC_TABLE)) {
     const m = getModel(name);

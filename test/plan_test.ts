@@ -1,6 +1,7 @@
 // The planner (asm/plan.ts via src/plan.ts) against independent TypeScript computations
-// written from the definitions in CONTEXT.md. Uses the debug build of asm/ (assertions on).
+// written from the definitions in docs/spec.md. Uses the debug build of asm/ (assertions on).
 import assert from "node:assert/strict";
+import "./_asm_debug.ts";
 import { DraftAttentionError } from "../src/errors.ts";
 import {
   buildPlan,

@@ -1,5 +1,5 @@
 /**
- * Float64 reference of draft attention, written from /work/shared/SPEC.md alone: it shares no
+ * Float64 reference of draft attention, written from docs/spec.md alone: it shares no
  * code with `src/plan.ts` or the backends. The one shared definition is `keepCount()` from
  * `src/validate.ts` (the number of entries the percentile policy keeps), which is part of the
  * public contract rather than an implementation detail.
@@ -10,7 +10,7 @@
  * holds, so the reference answers "what would exact arithmetic give for these stored inputs".
  *
  * Also here: a seeded PRNG and input generators, naive same-precision kernels (the yardstick of
- * the STYLE.md tolerance rule) and comparison helpers.
+ * the tolerance rule of docs/spec.md, "Conformance") and comparison helpers.
  *
  * @module
  */
@@ -34,7 +34,7 @@ export interface RefGeometry {
   poolW: number;
 }
 
-/** Window order of a geometry (SPEC.md, stage 3), with the blocks of the mask spelled out. */
+/** Window order of a geometry (docs/spec.md, stage 3), with the blocks of the mask spelled out. */
 export interface TokenOrder {
   /** `videoTokens + textTokens`. */
   tokens: number;
@@ -352,7 +352,7 @@ export interface AttentionArgs {
 
 /**
  * Attention in float64, two-pass softmax, output in `dims.layout`. A query without keys gets 0
- * (SPEC.md: no NaN).
+ * (docs/spec.md, stage 4: no NaN).
  */
 export function attentionF64(args: AttentionArgs): Float64Array {
   const { dims, scale } = args;
@@ -394,7 +394,7 @@ export function attentionF64(args: AttentionArgs): Float64Array {
 }
 
 /**
- * A naive kernel in the storage precision, the yardstick of the tolerance rule (STYLE.md:
+ * A naive kernel in the storage precision, the yardstick of the tolerance rule (docs/spec.md, "Conformance":
  * accept a fast kernel whose error is at most about twice a naive kernel's).
  *
  * - "f32": every product, sum, exp and quotient rounded to f32, two-pass softmax, sequential

@@ -1,6 +1,7 @@
 // The WebAssembly backend against a small float64 computation written here (the full
 // conformance suite lives elsewhere). Runs the debug build of asm/ so its assertions are on.
 import assert from "node:assert/strict";
+import "./_asm_debug.ts";
 import { DraftAttentionError } from "../src/errors.ts";
 import { buildPlan } from "../src/plan.ts";
 import type { DenseSpec, DraftSpec, DType, Layout, TensorArray } from "../src/types.ts";

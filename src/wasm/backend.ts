@@ -30,7 +30,14 @@ import type {
   Plan,
   TensorArray,
 } from "../types.ts";
-import { type AsmBuild, AsmInstance, asmModule, sharedMemory } from "./instance.ts";
+import {
+  type AsmBuild,
+  AsmInstance,
+  asmModule,
+  type AsmSimd,
+  asmSimd,
+  sharedMemory,
+} from "./instance.ts";
 import {
   DRAFT,
   FLASH,
@@ -537,6 +544,8 @@ class WasmOp implements DraftKernelOp {
 
 class WasmBackend implements Backend {
   readonly kind = "wasm" as const;
+  /** Relaxed or plain SIMD, fixed when the backend is made (every instance and worker uses it). */
+  readonly simd: AsmSimd = asmSimd();
   #asm: AsmInstance | undefined;
   #memory: WebAssembly.Memory | undefined;
   #pool: WorkerPool | undefined;
@@ -557,6 +566,8 @@ class WasmBackend implements Backend {
   ) {
     this.memoryLimit = memoryLimit;
     this.threads = build === "debug" || !threadsAvailable() ? 1 : threads;
+    // Fail here, typed, rather than with a CompileError at the first run.
+    if (this.simd === "none") asmModule(build, this.simd);
   }
 
   #check(): void {
@@ -576,12 +587,12 @@ class WasmBackend implements Backend {
       if (shared) {
         this.#memory = shared.memory;
         this.memoryLimit = Math.min(this.memoryLimit, shared.bytes - RESERVED);
-        this.#asm = new AsmInstance("threads", this.#memory);
+        this.#asm = new AsmInstance("threads", this.#memory, this.simd);
       } else {
         this.threads = 1;
       }
     }
-    if (!this.#asm) this.#asm = new AsmInstance(this.build);
+    if (!this.#asm) this.#asm = new AsmInstance(this.build, undefined, this.simd);
     return this.#asm;
   }
 
@@ -600,7 +611,11 @@ class WasmBackend implements Backend {
     }
     if (!this.#pool) {
       try {
-        this.#pool = new WorkerPool(asmModule("threads"), this.#memory, this.threads - 1);
+        this.#pool = new WorkerPool(
+          asmModule("threads", this.simd),
+          this.#memory,
+          this.threads - 1,
+        );
       } catch {
         // Workers cannot be created here (a content security policy, say): one thread.
         this.threads = 1;
@@ -652,7 +667,11 @@ class WasmBackend implements Backend {
       backend: "wasm",
       adapter: "WebAssembly SIMD",
       reason: this.reason,
-      features: threads > 1 ? ["simd", "relaxed-simd", "threads"] : ["simd", "relaxed-simd"],
+      features: [
+        "simd",
+        ...(this.simd === "relaxed" ? ["relaxed-simd"] : []),
+        ...(threads > 1 ? ["threads"] : []),
+      ],
       threads,
     };
   }
@@ -697,6 +716,7 @@ class WasmBackend implements Backend {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createWasmBackend } from "./backend.ts";
  * const backend = createWasmBackend("example");
  * const op = backend.dense({
@@ -704,7 +724,7 @@ class WasmBackend implements Backend {
  * });
  * const x = new Float32Array(12).fill(1);
  * const out = await op.run(x, x, x);
- * console.assert(out.every((y) => Math.abs(y - 1) < 1e-6));
+ * assert.ok(out.every((y) => Math.abs(y - 1) < 1e-6));
  * backend.dispose();
  * ```
  */

@@ -3,18 +3,76 @@
  * typed exports, a bump allocator over its memory and fresh typed-array views (a view made
  * before `memory.grow` is detached, so views are made after the last allocation of a call).
  *
+ * Each build exists twice: with relaxed SIMD (fused multiply-add where the CPU has it) and with
+ * plain fixed-width SIMD, for engines without relaxed SIMD (Safari, Node before 22). The engine
+ * is asked once, by validating a 40-byte module that uses `f32x4.relaxed_madd`. An engine without
+ * SIMD at all gets a `NO_BACKEND` error instead of a raw `CompileError`.
+ *
  * @module
  */
-import { ASM_DEBUG } from "../generated/asm_debug.ts";
 import { ASM_RELEASE } from "../generated/asm_release.ts";
+import { ASM_RELEASE_PLAIN } from "../generated/asm_release_plain.ts";
 import { ASM_THREADS } from "../generated/asm_threads.ts";
+import { ASM_THREADS_PLAIN } from "../generated/asm_threads_plain.ts";
 import { DraftAttentionError } from "../errors.ts";
 
 /**
- * Which build of asm/: `"release"` (-O3, no assertions), `"debug"` (assertions, for tests) or
- * `"threads"` (release importing a shared `env.memory`, for worker threads: see src/wasm/pool.ts).
+ * Which build of asm/: `"release"` (-O3, no assertions), `"debug"` (assertions, for tests: not
+ * shipped, test/_asm_debug.ts provides it) or `"threads"` (release importing a shared
+ * `env.memory`, for worker threads: see src/wasm/pool.ts).
  */
 export type AsmBuild = "release" | "debug" | "threads";
+
+/** Which SIMD the engine runs: `"relaxed"` (relaxed SIMD too), `"plain"` or `"none"`. */
+export type AsmSimd = "relaxed" | "plain" | "none";
+
+/**
+ * `(func (result v128) (f32x4.relaxed_madd (i32x4.splat 0) (i32x4.splat 0) (i32x4.splat 0)))`;
+ * the plain probe is the same with `f32x4.add` of two splats.
+ */
+const PROBE_HEAD = [0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1, 5, 1, 0x60, 0, 1, 0x7b, 3, 2, 1, 0];
+const SPLAT = [0x41, 0, 0xfd, 0x11];
+const RELAXED_BODY = [0, ...SPLAT, ...SPLAT, ...SPLAT, 0xfd, 0x85, 0x02, 0x0b];
+const PLAIN_BODY = [0, ...SPLAT, ...SPLAT, 0xfd, 0xe4, 0x01, 0x0b];
+
+function probe(body: number[]): boolean {
+  const code = [10, body.length + 2, 1, body.length, ...body];
+  try {
+    return WebAssembly.validate(new Uint8Array([...PROBE_HEAD, ...code]));
+  } catch {
+    return false;
+  }
+}
+
+let detected: AsmSimd | undefined;
+let forced: AsmSimd | undefined;
+
+/** The SIMD level the next instance uses: the engine's (asked once), or the test hook's. */
+export function asmSimd(): AsmSimd {
+  if (forced) return forced;
+  detected ??= probe(RELAXED_BODY) ? "relaxed" : probe(PLAIN_BODY) ? "plain" : "none";
+  return detected;
+}
+
+/**
+ * Test hook: instances created from now on use the `"plain"` builds (or fail as `"none"` would),
+ * whatever the engine supports; `undefined` goes back to detection. Only a level the engine
+ * runs can be forced (`"relaxed"` where it lacks relaxed SIMD would not compile).
+ */
+export function forceAsmSimd(level: AsmSimd | undefined): void {
+  forced = level;
+}
+
+/** Base64 of builds that are not shipped (the debug build), given by the tests. */
+const provided = new Map<AsmBuild, string>();
+
+/**
+ * Test hook: makes `build` loadable from `base64` (test/_asm_debug.ts provides `"debug"` from
+ * src/generated/asm_debug.ts, which no runtime module imports).
+ */
+export function provideAsmBuild(build: AsmBuild, base64: string): void {
+  provided.set(build, base64);
+}
 
 /** The exports of asm/index.ts. Pointers are byte offsets; the host reads them with `>>> 0`. */
 export interface AsmExports {
@@ -157,7 +215,7 @@ export interface AsmExports {
   ): void;
 }
 
-const modules = new Map<AsmBuild, WebAssembly.Module>();
+const modules = new Map<string, WebAssembly.Module>();
 
 function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
   const bin = atob(s);
@@ -166,13 +224,36 @@ function decodeBase64(s: string): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-/** The compiled module of one build, compiled once per process. */
-export function asmModule(build: AsmBuild): WebAssembly.Module {
-  let m = modules.get(build);
+function base64Of(build: AsmBuild, simd: AsmSimd): string {
+  if (simd === "none") {
+    throw new DraftAttentionError(
+      "NO_BACKEND",
+      "backend",
+      "this engine's WebAssembly has no SIMD (fixed-width 128-bit SIMD is required: Chrome 91, " +
+        "Firefox 89, Safari 16.4, Node 16.4, Deno 1.9 or later)",
+    );
+  }
+  if (build === "release") return simd === "relaxed" ? ASM_RELEASE : ASM_RELEASE_PLAIN;
+  if (build === "threads") return simd === "relaxed" ? ASM_THREADS : ASM_THREADS_PLAIN;
+  const text = provided.get(build);
+  if (text === undefined) {
+    throw new Error(
+      `asm: the ${build} build is not shipped; import test/_asm_debug.ts to provide it`,
+    );
+  }
+  return text;
+}
+
+/**
+ * The compiled module of one build at one SIMD level (default: {@linkcode asmSimd}), compiled
+ * once per process. Throws NO_BACKEND where the engine has no WebAssembly SIMD.
+ */
+export function asmModule(build: AsmBuild, simd: AsmSimd = asmSimd()): WebAssembly.Module {
+  const key = `${build}:${simd}`;
+  let m = modules.get(key);
   if (!m) {
-    const text = build === "release" ? ASM_RELEASE : build === "threads" ? ASM_THREADS : ASM_DEBUG;
-    m = new WebAssembly.Module(decodeBase64(text));
-    modules.set(build, m);
+    m = new WebAssembly.Module(decodeBase64(base64Of(build, simd)));
+    modules.set(key, m);
   }
   return m;
 }
@@ -197,11 +278,18 @@ export function sharedMemory(): { memory: WebAssembly.Memory; bytes: number } | 
   return undefined;
 }
 
-/** One instance of asm/: its own memory, or for `"threads"` the shared `memory` given. */
+/**
+ * One instance of asm/: its own memory, or for `"threads"` the shared `memory` given; `simd`
+ * picks the relaxed or plain build (default: what the engine runs).
+ */
 export class AsmInstance {
   readonly x: AsmExports;
 
-  constructor(readonly build: AsmBuild = "release", memory?: WebAssembly.Memory) {
+  constructor(
+    readonly build: AsmBuild = "release",
+    memory?: WebAssembly.Memory,
+    readonly simd: AsmSimd = asmSimd(),
+  ) {
     let x: AsmExports | undefined = undefined;
     if ((build === "threads") !== (memory !== undefined)) {
       throw new Error(`asm: the ${build} build ${memory ? "takes no" : "needs a"} memory`);
@@ -222,7 +310,7 @@ export class AsmInstance {
         },
       },
     };
-    const instance = new WebAssembly.Instance(asmModule(build), imports);
+    const instance = new WebAssembly.Instance(asmModule(build, simd), imports);
     x = instance.exports as unknown as AsmExports;
     this.x = x;
   }

@@ -109,9 +109,10 @@ export function paramsBytes(layout: ParamLayout): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { packParams } from "./kernel.ts";
  * const bytes = packParams([["n", "u32"], ["scale", "f32"]], { n: 3, scale: 0.5 });
- * console.assert(bytes.byteLength === 16 && new Uint32Array(bytes)[0] === 3);
+ * assert.ok(bytes.byteLength === 16 && new Uint32Array(bytes)[0] === 3);
  * ```
  */
 export function packParams(

@@ -25,9 +25,10 @@ export interface Strides {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { strides } from "./pieces.ts";
  * const s = strides({ batch: 2, tokens: 5, heads: 3, headDim: 4, layout: "BHSD", dtype: "f32", scale: 1 });
- * console.assert(s.sT === 4 && s.sH === 20 && s.sB === 60);
+ * assert.ok(s.sT === 4 && s.sH === 20 && s.sB === 60);
  * ```
  */
 export function strides(spec: DenseSpec): Strides {
@@ -53,10 +54,11 @@ export interface PieceLimits {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { splitPieces } from "./pieces.ts";
  * const spec = { batch: 2, tokens: 8, heads: 2, headDim: 4, layout: "BHSD" as const, dtype: "f32" as const, scale: 1 };
  * const pieces = splitPieces(spec, { maxBytes: 300, perPairBytes: 0 });
- * console.assert(pieces.length === 2 && pieces[1].bh0 === 2 && pieces[1].elemOffset === 64);
+ * assert.ok(pieces.length === 2 && pieces[1].bh0 === 2 && pieces[1].elemOffset === 64);
  * ```
  */
 export function splitPieces(spec: DenseSpec, limits: PieceLimits): Piece[] {
@@ -118,9 +120,10 @@ export interface ScratchUse {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { scratchPerPair } from "./pieces.ts";
  * const bytes = scratchPerPair(990, 128, { draftMap: true, percentile: true });
- * console.assert(bytes === 2 * 990 * 128 * 4 + 990 * 990 * 4 + 256 * 4 + 8);
+ * assert.equal(bytes, 2 * 990 * 128 * 4 + 990 * 990 * 4 + 256 * 4 + 8);
  * ```
  */
 export function scratchPerPair(g: number, headDim: number, use: ScratchUse): number {
@@ -135,10 +138,11 @@ export function scratchPerPair(g: number, headDim: number, use: ScratchUse): num
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { groupPairs } from "./pieces.ts";
- * console.assert(groupPairs(4_935_192, 24, 16 * 2 ** 20) === 3); // HunyuanVideo 768p
- * console.assert(groupPairs(40_000, 24, 16 * 2 ** 20) === 24);
- * console.assert(groupPairs(2 ** 25, 24, 16 * 2 ** 20) === 1);
+ * assert.equal(groupPairs(4_935_192, 24, 16 * 2 ** 20), 3); // HunyuanVideo 768p
+ * assert.equal(groupPairs(40_000, 24, 16 * 2 ** 20), 24);
+ * assert.equal(groupPairs(2 ** 25, 24, 16 * 2 ** 20), 1);
  * ```
  */
 export function groupPairs(

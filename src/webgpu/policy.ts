@@ -79,10 +79,11 @@ export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 }
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { sampleGroup } from "./policy.ts";
- * console.assert(JSON.stringify(sampleGroup(8, 128, 4032)) === '{"sg":8,"qt":2}');
- * console.assert(JSON.stringify(sampleGroup(2, 128, 4032)) === '{"sg":2,"qt":3}');
- * console.assert(JSON.stringify(sampleGroup(16, 256, 4032)) === '{"sg":8,"qt":1}');
+ * assert.equal(JSON.stringify(sampleGroup(8, 128, 4032)), '{"sg":8,"qt":2}');
+ * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":3}');
+ * assert.equal(JSON.stringify(sampleGroup(16, 256, 4032)), '{"sg":8,"qt":1}');
  * ```
  */
 export function sampleGroup(

@@ -49,10 +49,11 @@ export interface Specialization {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { specialize } from "./specialize.ts";
  * const code = specialize("flash_attention", { storage: "f16", consts: { TD4: 4 } });
- * console.assert(code.includes("alias Store4 = vec2<u32>;"));
- * console.assert(code.includes("const TD4: u32 = 4u;"));
+ * assert.ok(code.includes("alias Store4 = vec2<u32>;"));
+ * assert.ok(code.includes("const TD4: u32 = 4u;"));
  * ```
  */
 export function specialize(name: string, options: Specialization = {}): string {

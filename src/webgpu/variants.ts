@@ -391,9 +391,10 @@ export interface VariantOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rowEfficiency } from "./variants.ts";
- * console.assert(rowEfficiency([128, 96], 64) === 224 / 256);
- * console.assert(rowEfficiency([128, 96], 32) === 1);
+ * assert.equal(rowEfficiency([128, 96], 64), 224 / 256);
+ * assert.equal(rowEfficiency([128, 96], 32), 1);
  * ```
  */
 export function rowEfficiency(tileLens: ArrayLike<number>, br: number): number {
@@ -437,10 +438,11 @@ function isTwin(a: FlashConfig, b: FlashConfig): boolean {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pickFlashVariant } from "./variants.ts";
  * const limits = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
  * const c = pickFlashVariant(128, limits);
- * console.assert(c.kernel === "chunked" && c.smemBytes <= 16384);
+ * assert.ok(c.kernel === "chunked" && c.smemBytes <= 16384);
  * ```
  */
 export function pickFlashVariant(
