@@ -40,6 +40,7 @@ export type {
   MaskResult,
   Policy,
   Precision,
+  RunOptions,
   TensorArray,
   TextPosition,
 } from "./src/types.ts";

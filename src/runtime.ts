@@ -23,6 +23,7 @@ import type {
   KernelOp,
   MaskResult,
   Plan,
+  RunOptions,
   TensorArray,
 } from "./types.ts";
 
@@ -70,8 +71,12 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 
 /** An attention op bound to one size; build once, run many times. */
 export interface AttentionOp {
-  /** Computes attention on typed arrays; resolves to a new array of the same type and layout. */
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  /**
+   * Computes attention on typed arrays; resolves to a new array of the same type and layout.
+   * `options.layer` names the transformer layer of the run (checked against a reused mask, see
+   * {@linkcode RunOptions}).
+   */
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   /**
    * WebGPU only: reads caller-owned buffers and writes `out`, with no readback. Runs issued back
    * to back are submitted without waiting for each other (the GPU queue keeps their order); the
@@ -231,17 +236,19 @@ class Op implements DraftAttentionOp {
     }
   }
 
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   run(buffers: GpuRunArgs): Promise<void>;
   run(
     a: TensorArray | GpuRunArgs,
     k?: TensorArray,
     v?: TensorArray,
+    options?: RunOptions,
   ): Promise<TensorArray | void> {
     try {
       this.#check();
       if (!ArrayBuffer.isView(a) && typeof a === "object" && a !== null && k === undefined) {
         const args = a as GpuRunArgs;
+        if (args.layer !== undefined) positiveInt("layer", args.layer, 0);
         if (this.rt.backend !== "webgpu") {
           throw new DraftAttentionError(
             "UNSUPPORTED",
@@ -272,7 +279,16 @@ class Op implements DraftAttentionOp {
       checkArray("q", a, this.spec);
       checkArray("k", k, this.spec);
       checkArray("v", v, this.spec);
-      return this.#call((kernel) => kernel.run(a as TensorArray, k!, v!));
+      if (options !== undefined && (typeof options !== "object" || options === null)) {
+        throw new DraftAttentionError(
+          "INVALID_OPTION",
+          "options",
+          `must be an object { layer }, got ${describeValue(options)}`,
+        );
+      }
+      const layer = options?.layer;
+      if (layer !== undefined) positiveInt("layer", layer, 0);
+      return this.#call((kernel) => kernel.run(a as TensorArray, k!, v!, { layer }));
     } catch (e) {
       return Promise.reject(e);
     }
