@@ -280,12 +280,35 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
  */
 export function encodeNpy(tensor: Tensor): Uint8Array<ArrayBuffer> {
   checkTensor("tensor", tensor);
-  const descr = tensor.dtype === "f16" ? "<f2" : "<f4";
-  const dims = tensor.shape.length === 1 ? `${tensor.shape[0]},` : tensor.shape.join(", ");
+  return withHeader(tensor.dtype === "f16" ? "<f2" : "<f4", tensor.shape, bytesOf(tensor.data));
+}
+
+/**
+ * Writes a uint8 array (`|u1`, e.g. a block mask of `op.lastMask()`) as a version 1.0 `.npy`
+ * file.
+ *
+ * @example
+ * ```ts
+ * import { encodeNpyU8 } from "./npy.ts";
+ * const bytes = encodeNpyU8({ shape: [1, 1, 2, 2], data: new Uint8Array([1, 0, 0, 1]) });
+ * console.assert(bytes.length === 128 + 4);
+ * ```
+ */
+export function encodeNpyU8(array: { shape: number[]; data: Uint8Array }): Uint8Array<ArrayBuffer> {
+  const { shape, data } = array;
+  const n = elementCount("shape", shape, "f32");
+  if (!(data instanceof Uint8Array) || data.length !== n) {
+    invalid("data", `must be a Uint8Array of ${n} elements, got ${describeValue(data)}`);
+  }
+  return withHeader("|u1", shape, data);
+}
+
+/** A version 1.0 file of `descr` and `shape` around `body`, the data 64-byte aligned. */
+function withHeader(descr: string, shape: number[], body: Uint8Array): Uint8Array<ArrayBuffer> {
+  const dims = shape.length === 1 ? `${shape[0]},` : shape.join(", ");
   const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${dims}), }`;
   // At most 64 dimensions keep the dict far below version 1.0's 65,535-byte header limit.
   const total = Math.ceil((10 + dict.length + 1) / 64) * 64;
-  const body = bytesOf(tensor.data);
   const out = new Uint8Array(total + body.length);
   out.set(MAGIC, 0);
   out[6] = 1;
