@@ -240,6 +240,21 @@ Deno.test("cli: bench and demo forward to their scripts", async () => {
     const b = await cli(["bench", "--help"]);
     assert.equal(b.code, 0, b.stderr);
     assert.match(b.stdout, /bench/);
+    // Bad flags: one line and exit 2, no stack trace.
+    for (
+      const [args, want] of [
+        [["--nope"], /^bench: Unknown option '--nope'/],
+        [["--limits", "adapter,defualt"], /^bench: --limits must be one of adapter, default/],
+        [["--shape", "wan"], /^bench: --shape must be one of .*wan-480p/],
+        [["--reps", "0"], /^bench: --reps must be an integer >= 1, got "0"/],
+        [["--sparsity", "0.9,1"], /^bench: --sparsity must be numbers in \[0, 1\)/],
+      ] as const
+    ) {
+      const bad = await cli(["bench", ...args]);
+      assert.equal(bad.code, 2, args.join(" "));
+      assert.equal(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+      assert.match(bad.stderr, want);
+    }
   }
   if (!(await has("../demo.ts"))) {
     const d = await cli(["demo"]);

@@ -230,7 +230,8 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     // row group), 16 x 16, 64 threads, V over K: 16 * 128 * 4 (Q^T) + 16 * 16 * 32 (K or V) =
     // exactly 16 KiB. Every other f32 tiled row needs 29-48 KiB, so f32 under default limits fell
     // to the chunked kernel below (H200, Wan 480p: 4.7 TFLOP/s dense vs 23.4 with the adapter's
-    // limits). Not yet timed on a GPU: bench/RESULTS.md has the command.
+    // limits). Not yet timed on a GPU: `deno task bench --shape wan-480p --dtype f32 --limits
+    // adapter,default` measures it.
     {
       kernel: "tiled",
       tm4: 1,
