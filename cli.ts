@@ -110,6 +110,7 @@ options (and the geometry options of run: --model, --frames, --height, --width, 
   --estimator LIST       comma-separated estimators (default draft)
   --tau X, --samples N   as for run
   --no-recall            skip mask and oracle recall (no CPU float64 pass)
+  --recall-heads N       recall over heads 0..N-1 only (the CPU pass costs per head)
   --json                 one JSON object: inputs, dense, rows`,
   bench:
     `usage: deno task cli bench [bench options]   (forwards to bench/bench.ts; try --help there)`,
@@ -487,6 +488,38 @@ async function runOnce(
   }
 }
 
+/**
+ * Heads `0 .. n-1` of a `[batch, tokens, heads, headDim]` (BSHD) or `[batch, heads, tokens,
+ * headDim]` (BHSD) array, in the same layout; the array itself when `n` is every head.
+ */
+function firstHeads<T extends ArrayLike<number> & { subarray(a: number, b: number): T }>(
+  x: T,
+  spec: { batch: number; tokens: number; heads: number; headDim: number; layout: string },
+  n: number,
+): T {
+  const { batch: B, tokens: N, heads: H, headDim: D } = spec;
+  if (n === H) return x;
+  const parts: T[] = [];
+  for (let b = 0; b < B; b++) {
+    if (spec.layout === "BHSD") parts.push(x.subarray(b * H * N * D, (b * H + n) * N * D));
+    else {
+      for (let t = 0; t < N; t++) {
+        const at = ((b * N + t) * H) * D;
+        parts.push(x.subarray(at, at + n * D));
+      }
+    }
+  }
+  const out = new (x.constructor as new (n: number) => T & { set(a: T, at: number): void })(
+    parts.reduce((s, p) => s + p.length, 0),
+  );
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 /** A comma-separated flag as a list (empty items rejected). */
 function listOf(flag: string, value: string): string[] {
   const items = value.split(",").map((x) => x.trim());
@@ -524,6 +557,7 @@ async function evaluate(args: string[]): Promise<void> {
       dtype: { type: "string" },
       backend: { type: "string" },
       "no-recall": { type: "boolean" },
+      "recall-heads": { type: "string" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -581,12 +615,26 @@ async function evaluate(args: string[]): Promise<void> {
     }
     const spec = rows[0].spec;
     let recall: { mask: number; min: number; oracle: number }[] | undefined;
+    let recallHeads: number | undefined;
     if (!values["no-recall"]) {
       progress("dense attention probabilities in float64 on the CPU (recall; --no-recall skips)");
       let last = 0;
-      const stats = denseStats(q.data, k.data, {
+      // --recall-heads n: the float64 pass on heads 0..n-1 only (its cost is per head).
+      const nh = values["recall-heads"] === undefined
+        ? spec.heads
+        : Math.min(spec.heads, numberFlag("--recall-heads", values["recall-heads"]));
+      if (!(Number.isInteger(nh) && nh >= 1)) {
+        throw new DraftAttentionError(
+          "INVALID_OPTION",
+          "--recall-heads",
+          `must be an integer >= 1, got "${values["recall-heads"]}"`,
+        );
+      }
+      recallHeads = nh;
+      const t0 = performance.now();
+      const stats = denseStats(firstHeads(q.data, spec, nh), firstHeads(k.data, spec, nh), {
         batch: spec.batch,
-        heads: spec.heads,
+        heads: nh,
         headDim: spec.headDim,
         layout: spec.layout,
         frames: spec.frames,
@@ -605,8 +653,12 @@ async function evaluate(args: string[]): Promise<void> {
           }
         },
       });
+      progress(`recall: ${((performance.now() - t0) / 1000).toFixed(1)} s for ${nh} head(s)`);
       recall = rows.map(({ run }) => {
-        const m = maskRecall(stats, run.mask!);
+        // The mask [batch, heads, g, g] as a BHSD array of g^2 "tokens" of one channel.
+        const g2 = run.g! * run.g!;
+        const mask = firstHeads(run.mask!, { ...spec, layout: "BHSD", tokens: g2, headDim: 1 }, nh);
+        const m = maskRecall(stats, mask);
         return { mask: m.mean, min: m.min, oracle: oracleRecall(stats, m.kept).mean };
       });
     }
@@ -627,6 +679,7 @@ async function evaluate(args: string[]): Promise<void> {
         g: rows[0].run.g,
         backend: rt.backend,
         versus,
+        ...(recallHeads === undefined ? {} : { recallHeads }),
       },
       dense: {
         ms: round(denseRun.ms, 4),

@@ -361,11 +361,13 @@ Deno.test("cli: eval on a bf16 safetensors dump: rel-L2, recall and oracle as co
     const geometry = { ...DUMP, textPosition: "after" as const };
     const stats = denseStats(q.values, k.values, geometry);
     let i = 0;
+    const masks: Uint8Array[] = [];
     for (const sparsity of [0.5, 0.9]) {
       for (const estimator of ["draft", "sampled"] as const) {
         const op = rt.draftAttention({ ...geometry, sparsity, estimator });
         const out = await op.run(q.values, k.values, v.values);
         const { mask, density } = await op.lastMask();
+        masks.push(mask);
         op.dispose();
         const row = res.rows[i++];
         assert.equal(row.sparsity, sparsity);
@@ -381,6 +383,28 @@ Deno.test("cli: eval on a bf16 safetensors dump: rel-L2, recall and oracle as co
         assert.ok(row.recall <= row.oracleRecall + 1e-12);
       }
     }
+
+    // --recall-heads 1: recall of head 0 alone (its q, k and mask rows).
+    const one = await cli(
+      ["eval", "--in", "dump.safetensors", "--backend", "wasm", "--sparsity", "0.9"].concat(
+        ["--recall-heads", "1", "--json"],
+      ),
+      dir,
+    );
+    assert.equal(one.code, 0, one.stderr);
+    const head0 = (x: Float32Array) => {
+      const out = new Float32Array(tokens * DUMP.headDim);
+      for (let t = 0; t < tokens; t++) {
+        out.set(x.subarray(t * 2 * DUMP.headDim, (t * 2 + 1) * DUMP.headDim), t * DUMP.headDim);
+      }
+      return out;
+    };
+    const stats0 = denseStats(head0(q.values), head0(k.values), { ...geometry, heads: 1 });
+    const r0 = maskRecall(stats0, masks[2].subarray(0, 64));
+    const j = JSON.parse(one.stdout);
+    assert.equal(j.inputs.recallHeads, 1);
+    assert.equal(j.rows[0].recall, Number(r0.mean.toPrecision(6)));
+    assert.notEqual(j.rows[0].recall, res.rows[2].recall); // not the two-head mean
 
     // Text output, q/k/v as .npy files (f32), no reference: errors against our dense output.
     for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
