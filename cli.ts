@@ -97,8 +97,9 @@ on video keys inside the kept blocks) and the oracle recall (the best any select
 blocks reaches). With a reference output (--o, or a tensor "o" in the --in file) errors are
 measured against it instead, and the dense op's own error against it is reported too.
 
-Recall needs the dense attention probabilities in float64 on the CPU: about
-4 * batch * heads * videoTokens * tokens * headDim flops (minutes for one Wan 480p layer);
+Recall needs the dense attention probabilities in float64 on the CPU, one head at a time:
+2 * videoTokens * tokens * headDim flops per (batch, head), about 2.6 minutes per head at Wan
+480p (32,760 tokens x 128) on one x86 core; --recall-heads N limits it to the first N heads,
 --no-recall skips it.
 
 options (and the geometry options of run: --model, --frames, --height, --width, --text-tokens,
