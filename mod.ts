@@ -41,6 +41,7 @@ export type {
   MaskResult,
   Policy,
   Precision,
+  RunOptions,
   TensorArray,
   TextPosition,
 } from "./src/types.ts";

@@ -15,6 +15,11 @@
  * `timestamp-query`, draft rows also get per-stage GPU times of one extra (profiled) run:
  * pool, map, select, lists (the draft overhead) and attention; the "overhead" column is the
  * draft stages' share of that run, `--json` lists the stage times in ms.
+ *
+ * Output is written as each row completes, so that a row that fails (or a run cut short) keeps
+ * every row before it: the table, or with `--json` JSON Lines (one object per line: `info`
+ * first, then a `row` or an `error` per row). A failing shape and dtype prints its error and the
+ * bench goes on with the next; the exit code is then 1. Bad flags exit 2 with one line.
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
@@ -31,32 +36,47 @@ import type {
 import { GpuContext } from "../src/webgpu/context.ts";
 import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
 import { ortPeer } from "./_ort_webgpu.ts";
+import { chooseIo } from "./_gpu_io.ts";
 
-const { values: args } = parseArgs({
-  args: Deno.args,
-  options: {
-    backend: { type: "string", default: "auto" },
-    quick: { type: "boolean", default: false },
-    json: { type: "boolean", default: false },
-    shape: { type: "string", multiple: true },
-    dtype: { type: "string", default: "" },
-    sparsity: { type: "string", default: "" },
-    reps: { type: "string", default: "" },
-    limits: { type: "string", default: "adapter" },
-    layout: { type: "string", default: "BSHD" },
-    io: { type: "string", default: "buffers" },
-    precision: { type: "string", default: "f32" },
-    threads: { type: "string", default: "" },
-    // The onnxruntime-web WebGPU MultiHeadAttention row (bench/_ort_webgpu.ts).
-    peer: { type: "boolean", default: false },
-    "no-peer": { type: "boolean", default: false },
-    "peer-budget": { type: "string", default: "60" },
-    help: { type: "boolean", default: false },
-  },
-});
+/** A bad flag: one line on stderr, exit 2 (no stack trace). */
+function usage(message: string): never {
+  console.error(`bench: ${message} (see --help)`);
+  Deno.exit(2);
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Deno.args,
+    options: {
+      backend: { type: "string", default: "auto" },
+      quick: { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      shape: { type: "string", multiple: true },
+      dtype: { type: "string", default: "" },
+      sparsity: { type: "string", default: "" },
+      reps: { type: "string", default: "" },
+      limits: { type: "string", default: "adapter" },
+      layout: { type: "string", default: "BSHD" },
+      io: { type: "string", default: "buffers" },
+      precision: { type: "string", default: "f32" },
+      threads: { type: "string", default: "" },
+      // The onnxruntime-web WebGPU MultiHeadAttention row (bench/_ort_webgpu.ts).
+      peer: { type: "boolean", default: false },
+      "no-peer": { type: "boolean", default: false },
+      "peer-budget": { type: "string", default: "60" },
+      help: { type: "boolean", default: false },
+    },
+  });
+} catch (e) {
+  // parseArgs: ERR_PARSE_ARGS_UNKNOWN_OPTION, ERR_PARSE_ARGS_INVALID_OPTION_VALUE, ...
+  usage((e as Error).message.split("\n")[0]);
+}
+const args = parsed.values;
 
 if (args.help) {
-  console.log(`deno task bench [--backend auto|webgpu|wasm] [--quick] [--json]
+  console.log(`deno task bench [--backend auto|webgpu|wasm] [--quick] [--json] (JSON Lines, each row
+  as it completes)
   [--shape NAME]... [--dtype f16|f32] [--sparsity 0.75,0.9] [--reps N]
   [--limits adapter|default|adapter,default] [--layout BSHD|BHSD] [--io buffers|typed]
   [--precision f32|f16-pv] (P V arithmetic of our kernels; default f32)
@@ -197,8 +217,8 @@ async function benchShape(
   shape: Shape,
   dtype: DType,
   reps: number,
-): Promise<Row[]> {
-  const rows: Row[] = [];
+  emit: (row: Row) => void,
+): Promise<void> {
   const layout = args.layout as Layout;
   const precision = args.precision as Precision;
   const geometry = { ...shape.geometry, layout, precision };
@@ -217,86 +237,123 @@ async function benchShape(
   const device = rt.device;
   let gpuBufs: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer } | undefined;
   const bytes = n * (dtype === "f16" ? 2 : 4);
-  // No caller buffer can hold a tensor beyond the device's largest buffer: typed arrays then.
-  const io = device && (args.io === "typed" || bytes > device.limits.maxBufferSize)
-    ? "typed"
-    : "buffers";
-  if (rt.backend === "webgpu" && device && io === "buffers") {
-    const make = (data?: TensorArray) => {
-      const b = device.createBuffer({
-        size: n * (dtype === "f16" ? 2 : 4),
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-      });
-      if (data) device.queue.writeBuffer(b, 0, data as Float32Array<ArrayBuffer>);
-      buffers.push(b);
-      return b;
+  // Caller buffers unless they cannot work here (bench/_gpu_io.ts): typed arrays then.
+  const choice = device
+    ? chooseIo({
+      batch,
+      tokens,
+      heads,
+      headDim,
+      layout,
+      dtype,
+      limits: device.limits,
+      want: args.io as "buffers" | "typed",
+    })
+    : { io: "buffers" as const };
+  const io = choice.io;
+  if (choice.reason) progress(`${shape.name} ${dtype} ${limits}: typed arrays: ${choice.reason}`);
+  try {
+    await benchRows();
+  } finally {
+    for (const b of buffers) b.destroy();
+  }
+
+  async function benchRows(): Promise<void> {
+    if (rt.backend === "webgpu" && device && io === "buffers") {
+      const make = (data?: TensorArray) => {
+        const b = device.createBuffer({
+          size: n * (dtype === "f16" ? 2 : 4),
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+        });
+        if (data) device.queue.writeBuffer(b, 0, data as Float32Array<ArrayBuffer>);
+        buffers.push(b);
+        return b;
+      };
+      const bufs = gpuBufs = { q: make(q), k: make(k), v: make(v), out: make() };
+      run = (op) => (op.run as unknown as (b: typeof bufs) => Promise<void>)(bufs);
+      sync = () => device.queue.onSubmittedWorkDone();
+      profile = (spec) => profileStages(device, spec, bufs);
+    } else {
+      run = (op) => (op.run as unknown as (...a: TensorArray[]) => Promise<unknown>)(q, k, v);
+    }
+    const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout, precision });
+    const denseMs = await timeIt(() => run(denseOp), reps, sync);
+    const denseSpec = denseOp.spec;
+    denseOp.dispose();
+    const base = {
+      shape: shape.name,
+      backend: rt.backend,
+      limits,
+      ...(device ? { io: io as Row["io"] } : {}),
+      layout,
+      dtype,
+      ...(precision === "f32" ? {} : { precision }),
+      tokens,
     };
-    const bufs = gpuBufs = { q: make(q), k: make(k), v: make(v), out: make() };
-    run = (op) => (op.run as unknown as (b: typeof bufs) => Promise<void>)(bufs);
-    sync = () => device.queue.onSubmittedWorkDone();
-    profile = (spec) => profileStages(device, spec, bufs);
-  } else {
-    run = (op) => (op.run as unknown as (...a: TensorArray[]) => Promise<unknown>)(q, k, v);
-  }
-  const denseOp = rt.attention({ batch, tokens, heads, headDim, dtype, layout, precision });
-  const denseMs = await timeIt(() => run(denseOp), reps, sync);
-  const denseSpec = denseOp.spec;
-  denseOp.dispose();
-  const base = {
-    shape: shape.name,
-    backend: rt.backend,
-    limits,
-    ...(device ? { io: io as Row["io"] } : {}),
-    layout,
-    dtype,
-    ...(precision === "f32" ? {} : { precision }),
-    tokens,
-  };
-  rows.push({ ...base, sparsity: "dense", ms: denseMs, tflops: flops / denseMs / 1e9, speedup: 1 });
-  if (peer && device) {
-    // gpuBufs.out holds our dense output: the peer's error is measured against it.
-    const { ms, error, note, ...more } = gpuBufs
-      ? await ortPeer({
-        device,
-        spec: denseSpec,
-        bufs: gpuBufs,
-        cpu: { q, k, v },
-        reps,
-        budgetS: Number(args["peer-budget"]),
-      })
-      : { ms: NaN, error: undefined, note: "skipped: GPUBuffers only (io typed here)" };
-    const [tflops, speedup] = [flops / ms / 1e9, denseMs / ms];
-    rows.push({ ...base, backend: "ort-webgpu", sparsity: "dense", ms, tflops, speedup, error });
-    Object.assign(rows[rows.length - 1], { note, peer: more });
-  }
-  for (const sparsity of shape.sparsities) {
-    const op = rt.draftAttention({ ...geometry, dtype, sparsity });
-    const ms = await timeIt(() => run(op), reps, sync);
-    const density = (await op.lastMask()).density;
-    const draftSpec = op.spec as DraftSpec;
-    const facts = device ? opFacts(draftSpec, device) : undefined;
-    op.dispose();
-    const stages = await profile?.(draftSpec);
-    const total = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
-    rows.push({
+    emit({
       ...base,
-      sparsity,
-      ms,
-      tflops: flops / ms / 1e9,
-      speedup: denseMs / ms,
-      density,
-      ...(facts
-        ? {
-          pieces: facts.pieces,
-          extraBytes: facts.extraBytes,
-          extraShare: facts.extraBytes / (4 * bytes),
-        }
-        : {}),
-      ...(stages && total > 0 ? { stages, overhead: (total - stages.attention) / total } : {}),
+      sparsity: "dense",
+      ms: denseMs,
+      tflops: flops / denseMs / 1e9,
+      speedup: 1,
     });
+    if (peer && device) {
+      // gpuBufs.out holds our dense output: the peer's error is measured against it.
+      const { ms, error, note, ...more } = gpuBufs
+        ? await ortPeer({
+          device,
+          spec: denseSpec,
+          bufs: gpuBufs,
+          cpu: { q, k, v },
+          reps,
+          budgetS: Number(args["peer-budget"]),
+        })
+        : { ms: NaN, error: undefined, note: "skipped: GPUBuffers only (io typed here)" };
+      const [tflops, speedup] = [flops / ms / 1e9, denseMs / ms];
+      emit({
+        ...base,
+        backend: "ort-webgpu",
+        sparsity: "dense",
+        ms,
+        tflops,
+        speedup,
+        error,
+        note,
+        peer: more,
+      });
+    }
+    for (const sparsity of shape.sparsities) {
+      const op = rt.draftAttention({ ...geometry, dtype, sparsity });
+      const ms = await timeIt(() => run(op), reps, sync);
+      const density = (await op.lastMask()).density;
+      const draftSpec = op.spec as DraftSpec;
+      const facts = device ? opFacts(draftSpec, device) : undefined;
+      op.dispose();
+      const stages = await profile?.(draftSpec);
+      const total = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
+      emit({
+        ...base,
+        sparsity,
+        ms,
+        tflops: flops / ms / 1e9,
+        speedup: denseMs / ms,
+        density,
+        ...(facts
+          ? {
+            pieces: facts.pieces,
+            extraBytes: facts.extraBytes,
+            extraShare: facts.extraBytes / (4 * bytes),
+          }
+          : {}),
+        ...(stages && total > 0 ? { stages, overhead: (total - stages.attention) / total } : {}),
+      });
+    }
   }
-  for (const b of buffers) b.destroy();
-  return rows;
+}
+
+/** Progress and notes: stderr, so that stdout stays the table or the JSON lines. */
+function progress(message: string): void {
+  console.error(`bench: ${message}`);
 }
 
 /**
@@ -313,15 +370,33 @@ function opFacts(spec: DraftSpec, device: GPUDevice): { pieces: number; extraByt
 const limitsList = args.limits.split(",") as ("adapter" | "default")[];
 for (
   const [flag, value, allowed] of [
+    ["--backend", args.backend, ["auto", "webgpu", "wasm"]],
     ["--layout", args.layout, ["BSHD", "BHSD"]],
     ["--io", args.io, ["buffers", "typed"]],
     ["--precision", args.precision, ["f32", "f16-pv"]],
+    ...(args.dtype ? [["--dtype", args.dtype, ["f16", "f32"]] as const] : []),
     ...limitsList.map((l) => ["--limits", l, ["adapter", "default"]] as const),
+    ...(args.shape ?? []).map((s) => ["--shape", s, Object.keys(SHAPES())] as const),
   ] as const
 ) {
   if (!(allowed as readonly string[]).includes(value)) {
-    throw new Error(`${flag} must be one of ${allowed.join(", ")}, got ${value}`);
+    usage(`${flag} must be one of ${allowed.join(", ")}, got "${value}"`);
   }
+}
+for (
+  const [flag, value, min] of [
+    ["--reps", args.reps, 1],
+    ["--threads", args.threads, 1],
+    ["--peer-budget", args["peer-budget"], 0],
+  ] as const
+) {
+  if (value !== "" && !(Number.isInteger(Number(value)) && Number(value) >= min)) {
+    usage(`${flag} must be an integer >= ${min}, got "${value}"`);
+  }
+}
+const sparsityList = args.sparsity ? args.sparsity.split(",").map(Number) : undefined;
+if (sparsityList?.some((x) => !(x >= 0 && x < 1))) {
+  usage(`--sparsity must be numbers in [0, 1), comma-separated, got "${args.sparsity}"`);
 }
 const open = (limits: "adapter" | "default") =>
   openRuntime({
@@ -333,29 +408,23 @@ let rt = await open(limitsList[0]);
 const info = rt.describe();
 const gpu = rt.backend === "webgpu" && !/llvmpipe/i.test(info.adapter);
 const shapes = args.shape?.length
-  ? args.shape.map((s) => {
-    const found = SHAPES()[s];
-    if (!found) throw new Error(`unknown --shape ${s}`);
-    return found;
-  })
+  ? args.shape.map((s) => SHAPES()[s])
   : args.quick || !gpu
   ? [SHAPES()["quick-8k"]]
   : [SHAPES()["hunyuan-768p"], SHAPES()["wan-480p"]];
 const dtypes: DType[] = args.dtype ? [args.dtype as DType] : gpu ? ["f16", "f32"] : ["f32"];
 const reps = args.reps ? Number(args.reps) : gpu ? 5 : 2;
 const peer = rt.backend === "webgpu" && !args["no-peer"] && (args.peer || gpu);
-if (args.sparsity) {
-  const list = args.sparsity.split(",").map(Number);
-  for (const s of shapes) s.sparsities = list;
-}
-if (!args.json) {
+if (sparsityList) { for (const s of shapes) s.sparsities = sparsityList; }
+if (args.json) console.log(JSON.stringify({ type: "info", ...info, limits: args.limits }));
+else {
   console.log(`backend: ${info.backend} (${info.reason}); adapter: ${info.adapter}`);
   console.log(
     `features: ${info.features.join(", ") || "none"}; limits: ${args.limits}` +
       (info.threads ? `; threads: ${info.threads}` : ""),
   );
 }
-const all: Row[] = [];
+let failed = 0;
 for (const [li, limits] of limitsList.entries()) {
   if (li > 0) {
     rt.dispose();
@@ -363,17 +432,35 @@ for (const [li, limits] of limitsList.entries()) {
   }
   for (const shape of shapes) {
     for (const dtype of dtypes) {
-      await benchAndPrint(limits, shape, dtype);
+      try {
+        await benchShape(rt, limits, shape, dtype, reps, printRow);
+      } catch (e) {
+        // One failing shape must not lose the rows before it nor stop the others.
+        failed++;
+        const code = (e as { code?: string }).code;
+        const message = e instanceof Error ? e.message : String(e);
+        if (args.json) {
+          console.log(JSON.stringify({
+            type: "error",
+            shape: shape.name,
+            dtype,
+            limits,
+            ...(code ? { code } : {}),
+            message,
+          }));
+        } else {console.log(
+            `${shape.name.padEnd(14)} ${limits.padEnd(7)} ${dtype} FAILED: ${message}`,
+          );}
+      }
     }
   }
 }
 
-/** Benchmarks one shape and dtype on the current runtime, printing its rows unless --json. */
-async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promise<void> {
-  const rows = await benchShape(rt, limits, shape, dtype, reps);
-  all.push(...rows);
-  if (!args.json) {
-    for (const r of rows) {
+/** Prints one row as soon as it is measured: a table line, or a JSON line with --json. */
+function printRow(r: Row): void {
+  if (args.json) console.log(JSON.stringify({ type: "row", ...r }));
+  else {
+    {
       console.log(
         [
           r.shape.padEnd(14),
@@ -406,5 +493,5 @@ async function benchAndPrint(limits: string, shape: Shape, dtype: DType): Promis
   }
 }
 
-if (args.json) console.log(JSON.stringify({ info, rows: all }, null, 2));
 rt.dispose();
+if (failed) Deno.exit(1);

@@ -1,6 +1,12 @@
 /**
  * NumPy `.npy` files: a strict reader and a writer for little-endian f32 (`<f4`) and f16 (`<f2`)
- * arrays in C order, any rank, format versions 1.0, 2.0 and 3.0.
+ * arrays in C order, any rank, format versions 1.0, 2.0 and 3.0. The reader also takes f64
+ * (`<f8`) and bf16, converting them (src/_convert.ts): NumPy has no bf16 type, and
+ * `np.save` of an `ml_dtypes.bfloat16` array writes the descr `'<V2'` (a 2-byte void: NumPy's
+ * type codes are not extensible; see jax-ml/ml_dtypes issue 41), while the usual workaround
+ * writes `str(dtype)`, `'bfloat16'`. Both are read as bf16; so is `'|V2'`. A 2-byte void could in
+ * principle be something else: ml_dtypes has no other 2-byte type, and PyTorch and JAX dumps
+ * hold bf16 there.
  *
  * Hand-written rather than taken from npm: the format is one magic string, a length and a
  * Python-literal dict, and the npm readers (`npyjs`, `numpy-parser`) rewrite that dict into JSON
@@ -9,15 +15,8 @@
  * @module
  */
 import { describeValue } from "./errors.ts";
-import {
-  bytesOf,
-  checkTensor,
-  copyData,
-  elementCount,
-  invalid,
-  itemSize,
-  type Tensor,
-} from "./_tensor.ts";
+import { bytesOf, checkTensor, elementCount, invalid, type Tensor } from "./_tensor.ts";
+import { convertData, defaultTarget, type FileDType, fileItemSize } from "./_convert.ts";
 import type { DType } from "./types.ts";
 import { checkKeys } from "./validate.ts";
 
@@ -27,6 +26,12 @@ export type { Tensor } from "./_tensor.ts";
 export interface ParseNpyOptions {
   /** Names the file in error messages (the error's `field`); default `"npy"`. */
   name?: string;
+  /**
+   * The dtype of the returned tensor. Default: the file's own for f32 and f16, f32 for bf16
+   * (exact) and f64 (rounded to nearest even). `"f16"` rounds f32, bf16 and f64 to nearest even;
+   * a finite value beyond f16's range (65,504) is an `INVALID_INPUT` error, not an infinity.
+   */
+  dtype?: DType;
 }
 
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // "\x93NUMPY"
@@ -35,7 +40,14 @@ const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // "\x93NUMPY"
  * 64-dimension shape of 16-digit sizes still fits in about 1,200 bytes.
  */
 const MAX_HEADER = 10_000;
-const DESCR: Readonly<Record<string, DType>> = { "<f4": "f32", "<f2": "f16" };
+const DESCR: Readonly<Record<string, FileDType>> = {
+  "<f4": "f32",
+  "<f2": "f16",
+  "<f8": "f64",
+  "<V2": "bf16",
+  "|V2": "bf16",
+  "bfloat16": "bf16",
+};
 
 type PyValue = string | number | boolean | number[];
 
@@ -141,7 +153,8 @@ class HeaderParser {
 }
 
 /**
- * Reads a `.npy` file holding a little-endian f32 or f16 array in C order.
+ * Reads a `.npy` file holding a little-endian f32, f16, bf16 or f64 array in C order, as an f32
+ * or f16 tensor (`options.dtype`).
  *
  * Every problem (bad magic, unknown version, header longer than the file, malformed or
  * non-ASCII header, unsupported dtype, Fortran order, truncated or trailing data) throws a
@@ -158,7 +171,7 @@ class HeaderParser {
  */
 export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tensor {
   checkKeys("parseNpy", options);
-  return parse(bytes, options.name ?? "npy", false) as Tensor;
+  return parse(bytes, options, false) as Tensor;
 }
 
 /**
@@ -176,11 +189,15 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
  */
 export function npyFileBytes(head: Uint8Array, options: ParseNpyOptions = {}): number {
   checkKeys("parseNpy", options);
-  return parse(head, options.name ?? "npy", true) as number;
+  return parse(head, options, true) as number;
 }
 
 /** parseNpy, or with `headerOnly` the file's length from its header. */
-function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | number {
+function parse(bytes: Uint8Array, options: ParseNpyOptions, headerOnly: boolean): Tensor | number {
+  const field = options.name ?? "npy";
+  if (options.dtype !== undefined && options.dtype !== "f32" && options.dtype !== "f16") {
+    invalid("dtype", `must be "f32" or "f16", got ${describeValue(options.dtype)}`);
+  }
   if (!(bytes instanceof Uint8Array)) {
     invalid(field, `must be a Uint8Array, got ${describeValue(bytes)}`);
   }
@@ -234,10 +251,16 @@ function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | 
   }
   const descr = header.get("descr");
   // Own keys only: "toString" must not find Object.prototype.toString.
-  const dtype = typeof descr === "string" && Object.hasOwn(DESCR, descr) ? DESCR[descr] : undefined;
-  if (dtype === undefined) {
+  const stored = typeof descr === "string" && Object.hasOwn(DESCR, descr)
+    ? DESCR[descr]
+    : undefined;
+  if (stored === undefined) {
     const shown = typeof descr === "string" ? `'${descr}'` : describeValue(descr);
-    invalid(field, `dtype ${shown} is not supported; use '<f4' (f32) or '<f2' (f16)`);
+    invalid(
+      field,
+      `dtype ${shown} is not supported; use '<f4' (f32), '<f2' (f16), '<f8' (f64) or bf16 ` +
+        `('<V2' from ml_dtypes, or 'bfloat16')`,
+    );
   }
   const shape = header.get("shape");
   if (!Array.isArray(shape)) invalid(field, `shape must be a tuple, got ${describeValue(shape)}`);
@@ -252,8 +275,9 @@ function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | 
       "Fortran-order arrays are not supported; save with C order (np.ascontiguousarray)",
     );
   }
-  const n = elementCount(field, shape, dtype);
-  const need = n * itemSize(dtype);
+  const n = elementCount(field, shape, "f32");
+  const need = n * fileItemSize(stored);
+  if (!Number.isSafeInteger(need)) invalid(field, `shape (${shape.join(", ")}) is too large`);
   if (headerOnly) return start + headerLen + need;
   const have = bytes.length - start - headerLen;
   if (have !== need) {
@@ -264,7 +288,9 @@ function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | 
       }) of ${descr} needs ${need} bytes, the file holds ${have}`,
     );
   }
-  const data = copyData(bytes, start + headerLen, bytes.length, dtype);
+  const dtype = options.dtype ?? defaultTarget(stored);
+  const begin = start + headerLen;
+  const data = convertData({ bytes, begin, end: bytes.length, from: stored, to: dtype, field });
   return { dtype, shape, data };
 }
 
@@ -282,12 +308,35 @@ function parse(bytes: Uint8Array, field: string, headerOnly: boolean): Tensor | 
  */
 export function encodeNpy(tensor: Tensor): Uint8Array<ArrayBuffer> {
   checkTensor("tensor", tensor);
-  const descr = tensor.dtype === "f16" ? "<f2" : "<f4";
-  const dims = tensor.shape.length === 1 ? `${tensor.shape[0]},` : tensor.shape.join(", ");
+  return withHeader(tensor.dtype === "f16" ? "<f2" : "<f4", tensor.shape, bytesOf(tensor.data));
+}
+
+/**
+ * Writes a uint8 array (`|u1`, e.g. a block mask of `op.lastMask()`) as a version 1.0 `.npy`
+ * file.
+ *
+ * @example
+ * ```ts
+ * import { encodeNpyU8 } from "./npy.ts";
+ * const bytes = encodeNpyU8({ shape: [1, 1, 2, 2], data: new Uint8Array([1, 0, 0, 1]) });
+ * console.assert(bytes.length === 128 + 4);
+ * ```
+ */
+export function encodeNpyU8(array: { shape: number[]; data: Uint8Array }): Uint8Array<ArrayBuffer> {
+  const { shape, data } = array;
+  const n = elementCount("shape", shape, "f32");
+  if (!(data instanceof Uint8Array) || data.length !== n) {
+    invalid("data", `must be a Uint8Array of ${n} elements, got ${describeValue(data)}`);
+  }
+  return withHeader("|u1", shape, data);
+}
+
+/** A version 1.0 file of `descr` and `shape` around `body`, the data 64-byte aligned. */
+function withHeader(descr: string, shape: number[], body: Uint8Array): Uint8Array<ArrayBuffer> {
+  const dims = shape.length === 1 ? `${shape[0]},` : shape.join(", ");
   const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${dims}), }`;
   // At most 64 dimensions keep the dict far below version 1.0's 65,535-byte header limit.
   const total = Math.ceil((10 + dict.length + 1) / 64) * 64;
-  const body = bytesOf(tensor.data);
   const out = new Uint8Array(total + body.length);
   out.set(MAGIC, 0);
   out[6] = 1;

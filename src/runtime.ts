@@ -30,6 +30,7 @@ import type {
   KernelOp,
   MaskResult,
   Plan,
+  RunOptions,
   TensorArray,
 } from "./types.ts";
 
@@ -82,8 +83,10 @@ export interface AttentionOp {
    * q, k and v are checked and copied before `run()` returns (a NaN, an infinity or values
    * whose logits could overflow f32 reject with `INVALID_INPUT`), so the caller may overwrite
    * them at once: the run reads the copy, however long it waits behind earlier runs.
+   * `options.layer` names the transformer layer of the run (checked against a reused mask, see
+   * {@linkcode RunOptions}).
    */
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   /**
    * WebGPU only: reads caller-owned buffers and writes `out`, with no readback. Runs issued back
    * to back are submitted without waiting for each other (the GPU queue keeps their order); the
@@ -380,17 +383,19 @@ class Op implements DraftAttentionOp {
     }
   }
 
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   run(buffers: GpuRunArgs): Promise<void>;
   run(
     a: TensorArray | GpuRunArgs,
     k?: TensorArray,
     v?: TensorArray,
+    options?: RunOptions,
   ): Promise<TensorArray | void> {
     try {
       this.#check();
       if (!ArrayBuffer.isView(a) && typeof a === "object" && a !== null && k === undefined) {
         const args = a as GpuRunArgs;
+        if (args.layer !== undefined) positiveInt("layer", args.layer, 0);
         if (this.rt.backend !== "webgpu") {
           throw new DraftAttentionError(
             "UNSUPPORTED",
@@ -423,6 +428,7 @@ class Op implements DraftAttentionOp {
           }
           bufs[f] = value as GPUBuffer;
         }
+        bufs.layer = args.layer;
         return this.#call((kernel) => {
           if (!kernel.runBuffers) {
             throw new DraftAttentionError(
@@ -434,10 +440,20 @@ class Op implements DraftAttentionOp {
           return kernel.runBuffers(bufs);
         });
       }
+      if (options !== undefined && (typeof options !== "object" || options === null)) {
+        throw new DraftAttentionError(
+          "INVALID_OPTION",
+          "options",
+          `must be an object { layer }, got ${describeValue(options)}`,
+        );
+      }
+      if (options !== undefined) checkKeys("run", options);
+      const layer = options?.layer;
+      if (layer !== undefined) positiveInt("layer", layer, 0);
       // Checked and copied now, before run() returns: later writes to the caller's arrays
       // (a NaN included) do not reach this run, however long it waits in the op's queue.
       const [qs, ks, vs] = inputs(a, k, v, this.spec);
-      return this.#call((kernel) => kernel.run(qs, ks, vs));
+      return this.#call((kernel) => kernel.run(qs, ks, vs, { layer }));
     } catch (e) {
       return Promise.reject(e);
     }

@@ -1,6 +1,7 @@
 /**
  * `.safetensors` files: a strict reader and a writer for F32 and F16 tensors with a
- * `__metadata__` string map.
+ * `__metadata__` string map. The reader also takes BF16 (the dtype of nearly every real
+ * checkpoint and activation dump) and F64, converted to f32 or f16 (src/_convert.ts).
  *
  * Layout: an unsigned 64-bit little-endian header length `N`, `N` bytes of UTF-8 JSON
  * (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, offsets
@@ -10,15 +11,8 @@
  * @module
  */
 import { describeValue } from "./errors.ts";
-import {
-  bytesOf,
-  checkTensor,
-  copyData,
-  elementCount,
-  invalid,
-  itemSize,
-  type Tensor,
-} from "./_tensor.ts";
+import { bytesOf, checkTensor, elementCount, invalid, type Tensor } from "./_tensor.ts";
+import { convertData, defaultTarget, type FileDType, fileItemSize } from "./_convert.ts";
 import type { DType } from "./types.ts";
 
 export type { Tensor } from "./_tensor.ts";
@@ -37,9 +31,20 @@ export interface ParseSafetensorsOptions {
   name?: string;
   /** Longest JSON header accepted; default 100 MB, the reference implementation's limit. */
   maxHeaderBytes?: number;
+  /**
+   * The dtype of every returned tensor. Default: F32 and F16 as stored, BF16 (exactly) and F64
+   * (rounded to nearest even) as f32. `"f16"` rounds F32, BF16 and F64 to nearest even; a
+   * finite value beyond f16's range (65,504) is an `INVALID_INPUT` error, not an infinity.
+   */
+  dtype?: DType;
 }
 
-const DTYPES: Readonly<Record<string, DType>> = { F32: "f32", F16: "f16" };
+const DTYPES: Readonly<Record<string, FileDType>> = {
+  F32: "f32",
+  F16: "f16",
+  BF16: "bf16",
+  F64: "f64",
+};
 /** Dtypes of the format that this reader does not convert. */
 const OTHER_DTYPES = new Set([
   "BOOL",
@@ -49,17 +54,16 @@ const OTHER_DTYPES = new Set([
   "F8_E4M3",
   "I16",
   "U16",
-  "BF16",
   "I32",
   "U32",
-  "F64",
   "I64",
   "U64",
 ]);
 const ENTRY_KEYS = "data_offsets, dtype, shape";
 
 /**
- * Reads a `.safetensors` file whose tensors are all F32 or F16.
+ * Reads a `.safetensors` file whose tensors are all F32, F16, BF16 or F64, as f32 or f16 tensors
+ * (`options.dtype`).
  *
  * Rejected with a `DraftAttentionError` (code `"INVALID_INPUT"`): a header length past the end
  * of the file or over the limit, a header that is not UTF-8 or not a JSON object, unknown or
@@ -84,6 +88,9 @@ export function parseSafetensors(
 ): SafetensorsFile {
   const field = options.name ?? "safetensors";
   const maxHeader = options.maxHeaderBytes ?? 100_000_000;
+  if (options.dtype !== undefined && options.dtype !== "f32" && options.dtype !== "f16") {
+    invalid("dtype", `must be "f32" or "f16", got ${describeValue(options.dtype)}`);
+  }
   if (!(bytes instanceof Uint8Array)) {
     invalid(field, `must be a Uint8Array, got ${describeValue(bytes)}`);
   }
@@ -123,7 +130,13 @@ export function parseSafetensors(
   const dataStart = 8 + headerLen;
   const dataLen = bytes.length - dataStart;
   let metadata: Record<string, string> = {};
-  const entries: { name: string; dtype: DType; shape: number[]; begin: number; end: number }[] = [];
+  const entries: {
+    name: string;
+    stored: FileDType;
+    shape: number[];
+    begin: number;
+    end: number;
+  }[] = [];
   for (const [name, raw] of Object.entries(header)) {
     if (name === "__metadata__") {
       metadata = readMetadata(field, raw);
@@ -137,22 +150,26 @@ export function parseSafetensors(
     const keys = Object.keys(entry).sort().join(", ");
     if (keys !== ENTRY_KEYS) invalid(at, `header entry keys must be ${ENTRY_KEYS}; got ${keys}`);
     // Own keys only: "constructor" must not find Object.prototype.constructor.
-    const dtype = typeof entry.dtype === "string" && Object.hasOwn(DTYPES, entry.dtype)
+    const stored = typeof entry.dtype === "string" && Object.hasOwn(DTYPES, entry.dtype)
       ? DTYPES[entry.dtype]
       : undefined;
-    if (dtype === undefined) {
+    if (stored === undefined) {
       const known = typeof entry.dtype === "string" && OTHER_DTYPES.has(entry.dtype);
       invalid(
         at,
         `dtype ${describeValue(entry.dtype)} is ${
           known ? "not supported" : "unknown"
-        }; use F32 or F16`,
+        }; use F32, F16, BF16 or F64`,
       );
     }
     if (!Array.isArray(entry.shape)) {
       invalid(at, `shape must be an array, got ${describeValue(entry.shape)}`);
     }
-    const n = elementCount(at, entry.shape, dtype);
+    const n = elementCount(at, entry.shape, "f32");
+    const need = n * fileItemSize(stored);
+    if (!Number.isSafeInteger(need)) {
+      invalid(at, `shape ${describeValue(entry.shape)} is too large`);
+    }
     const offsets = entry.data_offsets;
     if (
       !Array.isArray(offsets) || offsets.length !== 2 ||
@@ -167,15 +184,15 @@ export function parseSafetensors(
     if (end > dataLen) {
       invalid(at, `truncated: data_offsets end ${end} is past the ${dataLen} data bytes`);
     }
-    if (end - begin !== n * itemSize(dtype)) {
+    if (end - begin !== need) {
       invalid(
         at,
         `data_offsets [${begin}, ${end}] hold ${end - begin} bytes but shape ${
           describeValue(entry.shape)
-        } of ${entry.dtype} needs ${n * itemSize(dtype)}`,
+        } of ${entry.dtype} needs ${need}`,
       );
     }
-    entries.push({ name, dtype, shape: entry.shape as number[], begin, end });
+    entries.push({ name, stored, shape: entry.shape as number[], begin, end });
   }
   // The byte buffer must be covered exactly: no overlap (two tensors sharing bytes), no hole.
   const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -195,11 +212,18 @@ export function parseSafetensors(
     invalid(field, `trailing bytes: the tensors end at data byte ${next}, the file at ${dataLen}`);
   }
   const tensors = Object.fromEntries(
-    entries.map((e) => [e.name, {
-      dtype: e.dtype,
-      shape: e.shape,
-      data: copyData(bytes, dataStart + e.begin, dataStart + e.end, e.dtype),
-    }]),
+    entries.map((e) => {
+      const dtype = options.dtype ?? defaultTarget(e.stored);
+      const data = convertData({
+        bytes,
+        begin: dataStart + e.begin,
+        end: dataStart + e.end,
+        from: e.stored,
+        to: dtype,
+        field: `${field}:${e.name}`,
+      });
+      return [e.name, { dtype, shape: e.shape, data }];
+    }),
   );
   return { tensors, metadata };
 }

@@ -240,12 +240,25 @@ export interface GpuRunArgs {
   v: GPUBuffer;
   /** Output, written in raster order; same shape, layout and dtype as `q`. */
   out: GPUBuffer;
+  /** The transformer layer this run is for (see {@linkcode RunOptions}). */
+  layer?: number;
+}
+
+/** Per-run options of `op.run(q, k, v, options)`. */
+export interface RunOptions {
+  /**
+   * The transformer layer (block index, an integer >= 0) this run is for. With `maskEvery > 1`
+   * a run that would reuse a mask computed for another layer rejects with `INVALID_INPUT`
+   * (field `layer`) instead of silently applying it: build one op per layer. Runs that name no
+   * layer are not checked.
+   */
+  layer?: number;
 }
 
 /** One compiled op of a backend. Inputs are validated by the caller (src/runtime.ts). */
 export interface KernelOp {
   /** Typed arrays in, typed array of the same type and layout out. */
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray>;
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   /** WebGPU only: caller-owned buffers, no readback. */
   runBuffers?(args: GpuRunArgs): Promise<void>;
   dispose(): void;

@@ -191,8 +191,10 @@ export const OPTION_KEYS = {
   mode: ["step", "layer", "timestep", "cross"],
   /** `denseStats()`. */
   denseStats: ["v", "onProgress"],
+  /** A typed-array run's options (`op.run(q, k, v, options)`). */
+  run: ["layer"],
   /** `parseNpy()`. */
-  parseNpy: ["name"],
+  parseNpy: ["name", "dtype"],
 } as const satisfies Record<string, readonly string[]>;
 
 /**

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { encodeNpy, parseNpy } from "../src/npy.ts";
 import { openRuntime } from "../src/runtime.ts";
+import { compareOutputs, denseStats, maskRecall, oracleRecall } from "../src/metrics.ts";
+import { generateWorkload } from "../src/workload.ts";
 import type { Tensor } from "../src/_tensor.ts";
 import type { DType } from "../src/types.ts";
 
@@ -38,7 +40,7 @@ async function writeQkv(dir: string, dtype: DType, shape: number[]): Promise<Ten
 Deno.test("cli: help, unknown commands and flags", async () => {
   const main = await cli(["--help"]);
   assert.equal(main.code, 0);
-  assert.match(main.stdout, /commands:[\s\S]*info[\s\S]*run[\s\S]*bench[\s\S]*demo/);
+  assert.match(main.stdout, /commands:[\s\S]*info[\s\S]*run[\s\S]*eval[\s\S]*bench[\s\S]*demo/);
   const run = await cli(["run", "--help"]);
   assert.equal(run.code, 0);
   assert.match(run.stdout, /--sparsity S/);
@@ -238,10 +240,297 @@ Deno.test("cli: bench and demo forward to their scripts", async () => {
     const b = await cli(["bench", "--help"]);
     assert.equal(b.code, 0, b.stderr);
     assert.match(b.stdout, /bench/);
+    // Bad flags: one line and exit 2, no stack trace.
+    for (
+      const [args, want] of [
+        [["--nope"], /^bench: Unknown option '--nope'/],
+        [["--limits", "adapter,defualt"], /^bench: --limits must be one of adapter, default/],
+        [["--shape", "wan"], /^bench: --shape must be one of .*wan-480p/],
+        [["--reps", "0"], /^bench: --reps must be an integer >= 1, got "0"/],
+        [["--sparsity", "0.9,1"], /^bench: --sparsity must be numbers in \[0, 1\)/],
+      ] as const
+    ) {
+      const bad = await cli(["bench", ...args]);
+      assert.equal(bad.code, 2, args.join(" "));
+      assert.equal(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+      assert.match(bad.stderr, want);
+    }
   }
   if (!(await has("../demo.ts"))) {
     const d = await cli(["demo"]);
     assert.equal(d.code, 1);
     assert.match(d.stderr, /^draftattn: demo is not available: .\/demo.ts is not in this checkout/);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// bf16 dumps, run's selection flags and the eval command
+// ---------------------------------------------------------------------------------------------
+
+/** A video-like layer (2 frames of 16 x 32, 7 text tokens after, 2 heads of 32), cut to bf16. */
+const DUMP = { frames: 2, height: 16, width: 32, textTokens: 7, heads: 2, headDim: 32 };
+
+/** f32 values cut to bf16 (truncation: what the file holds), with the bf16 bits. */
+function bf16Of(x: Float32Array): { bits: Uint16Array; values: Float32Array } {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const bits = new Uint16Array(x.length);
+  const cut = new Uint32Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    bits[i] = u[i] >>> 16;
+    cut[i] = (u[i] >>> 16) << 16;
+  }
+  return { bits, values: new Float32Array(cut.buffer) };
+}
+
+/** A safetensors file of BF16 and F32 tensors, written by hand as PyTorch's save_file does. */
+function safetensorsBytes(
+  tensors: Record<
+    string,
+    { dtype: "BF16" | "F32"; shape: number[]; data: Uint16Array | Float32Array }
+  >,
+  metadata: Record<string, string>,
+): Uint8Array {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let at = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [at, at + t.data.byteLength] };
+    at += t.data.byteLength;
+  }
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(8 + json.length + at);
+  new DataView(out.buffer).setUint32(0, json.length, true);
+  out.set(json, 8);
+  let p = 8 + json.length;
+  for (const t of Object.values(tensors)) {
+    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), p);
+    p += t.data.byteLength;
+  }
+  return out;
+}
+
+Deno.test("cli: eval on a bf16 safetensors dump: rel-L2, recall and oracle as computed here", async () => {
+  const dir = await Deno.makeTempDir();
+  const rt = await openRuntime({ backend: "wasm" });
+  try {
+    const w = generateWorkload({ ...DUMP, seed: 5 });
+    const tokens = w.tokens;
+    const shape = [1, tokens, DUMP.heads, DUMP.headDim];
+    const [q, k, v] = [w.q, w.k, w.v].map((x) => bf16Of(x as Float32Array));
+    // The reference output: our dense attention on the bf16 values (as a model's own output
+    // would be), stored as F32.
+    const denseOp = rt.attention({ tokens, heads: DUMP.heads, headDim: DUMP.headDim });
+    const o = await denseOp.run(q.values, k.values, v.values) as Float32Array;
+    denseOp.dispose();
+    const meta = {
+      format: "pt",
+      frames: "2",
+      height: "16",
+      width: "32",
+      textTokens: "7",
+      step: "10", // not a request field: reported as unused, not an error
+    };
+    await Deno.writeFile(
+      `${dir}/dump.safetensors`,
+      safetensorsBytes({
+        q: { dtype: "BF16", shape, data: q.bits },
+        k: { dtype: "BF16", shape, data: k.bits },
+        v: { dtype: "BF16", shape, data: v.bits },
+        o: { dtype: "F32", shape, data: o },
+      }, meta),
+    );
+    const r = await cli([
+      "eval",
+      "--in",
+      "dump.safetensors",
+      "--backend",
+      "wasm",
+      "--sparsity",
+      "0.5,0.9",
+      "--estimator",
+      "draft,sampled",
+      "--json",
+    ], dir);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /metadata not used: step/);
+    const res = JSON.parse(r.stdout);
+    assert.equal(res.inputs.versus, "reference o");
+    assert.equal(res.inputs.g, 8);
+    assert.deepEqual(res.inputs.geometry.pool, [8, 16]);
+    assert.equal(res.dense.relL2VsReference, 0); // same dense kernel, same bf16 inputs
+    assert.equal(res.rows.length, 4);
+    const geometry = { ...DUMP, textPosition: "after" as const };
+    const stats = denseStats(q.values, k.values, geometry);
+    let i = 0;
+    const masks: Uint8Array[] = [];
+    for (const sparsity of [0.5, 0.9]) {
+      for (const estimator of ["draft", "sampled"] as const) {
+        const op = rt.draftAttention({ ...geometry, sparsity, estimator });
+        const out = await op.run(q.values, k.values, v.values);
+        const { mask, density } = await op.lastMask();
+        masks.push(mask);
+        op.dispose();
+        const row = res.rows[i++];
+        assert.equal(row.sparsity, sparsity);
+        assert.equal(row.estimator, estimator);
+        assert.equal(row.policy, "percentile");
+        assert.equal(row.density, Number(density.toPrecision(6)));
+        const e = compareOutputs(o, out);
+        assert.equal(row.relL2, Number(e.relL2.toPrecision(6)));
+        assert.ok(e.relL2 > 0 && e.relL2 < 1);
+        const m = maskRecall(stats, mask);
+        assert.equal(row.recall, Number(m.mean.toPrecision(6)));
+        assert.equal(row.oracleRecall, Number(oracleRecall(stats, m.kept).mean.toPrecision(6)));
+        assert.ok(row.recall <= row.oracleRecall + 1e-12);
+      }
+    }
+
+    // --recall-heads 1: recall of head 0 alone (its q, k and mask rows).
+    const one = await cli(
+      ["eval", "--in", "dump.safetensors", "--backend", "wasm", "--sparsity", "0.9"].concat(
+        ["--recall-heads", "1", "--json"],
+      ),
+      dir,
+    );
+    assert.equal(one.code, 0, one.stderr);
+    const head0 = (x: Float32Array) => {
+      const out = new Float32Array(tokens * DUMP.headDim);
+      for (let t = 0; t < tokens; t++) {
+        out.set(x.subarray(t * 2 * DUMP.headDim, (t * 2 + 1) * DUMP.headDim), t * DUMP.headDim);
+      }
+      return out;
+    };
+    const stats0 = denseStats(head0(q.values), head0(k.values), { ...geometry, heads: 1 });
+    const r0 = maskRecall(stats0, masks[2].subarray(0, 64));
+    const j = JSON.parse(one.stdout);
+    assert.equal(j.inputs.recallHeads, 1);
+    assert.equal(j.rows[0].recall, Number(r0.mean.toPrecision(6)));
+    assert.notEqual(j.rows[0].recall, res.rows[2].recall); // not the two-head mean
+
+    // Text output, q/k/v as .npy files (f32), no reference: errors against our dense output.
+    for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
+      await Deno.writeFile(
+        `${dir}/${name}.npy`,
+        encodeNpy({ dtype: "f32", shape, data: t.values }),
+      );
+    }
+    const text = await cli([
+      "eval",
+      "--q",
+      "q.npy",
+      "--k",
+      "k.npy",
+      "--v",
+      "v.npy",
+      "--frames",
+      "2",
+      "--height",
+      "16",
+      "--width",
+      "32",
+      "--text-tokens",
+      "7",
+      "--backend",
+      "wasm",
+      "--no-recall",
+    ], dir);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /errors vs dense/);
+    assert.match(text.stdout, /^0\.75 +percentile +draft +0\.2500 /m);
+    assert.match(text.stdout, /^0\.9 +percentile +draft +0\.1250 /m);
+    assert.doesNotMatch(text.stdout, /recall/);
+
+    // Failures: one line, exit 1.
+    const bad: [string[], RegExp][] = [
+      [["eval", "--in", "q.npy"], /not valid|header/],
+      [["eval", "--in", "dump.safetensors", "--policy", "topP"], /Invalid policy: .*"topP"/],
+      [["eval", "--in", "dump.safetensors", "--dtype", "bf16"], /--dtype: must be "f32" or "f16"/],
+      [["eval", "--in", "dump.safetensors", "--q", "q.npy"], /--q: cannot be combined with --in/],
+      [["eval", "--in", "dump.safetensors", "--sparsity", "0.5,"], /--sparsity: has an empty item/],
+    ];
+    for (const [args, want] of bad) {
+      const b = await cli([...args, "--backend", "wasm", "--no-recall"], dir);
+      assert.equal(b.code, 1, args.join(" "));
+      assert.equal(b.stderr.trim().split("\n").at(-1)!.startsWith("draftattn: "), true);
+      assert.match(b.stderr, want, args.join(" "));
+    }
+  } finally {
+    rt.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: run --dtype f16 on bf16, --policy / --estimator, --mask-out", async () => {
+  const dir = await Deno.makeTempDir();
+  const rt = await openRuntime({ backend: "wasm" });
+  try {
+    const w = generateWorkload({ ...DUMP, seed: 9 });
+    const shape = [1, w.tokens, DUMP.heads, DUMP.headDim];
+    const [q, k, v] = [w.q, w.k, w.v].map((x) => bf16Of(x as Float32Array));
+    await Deno.writeFile(
+      `${dir}/dump.safetensors`,
+      safetensorsBytes({
+        q: { dtype: "BF16", shape, data: q.bits },
+        k: { dtype: "BF16", shape, data: k.bits },
+        v: { dtype: "BF16", shape, data: v.bits },
+      }, { frames: "2", height: "16", width: "32", textTokens: "7", sparsity: "0.8" }),
+    );
+    const r = await cli([
+      "run",
+      "--in",
+      "dump.safetensors",
+      "--out",
+      "o.npy",
+      "--mask-out",
+      "mask.npy",
+      "--dtype",
+      "f16",
+      "--policy",
+      "rowTopK",
+      "--estimator",
+      "hybrid",
+      "--samples",
+      "4",
+      "--backend",
+      "wasm",
+      "--json",
+    ], dir);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).dtype, "f16");
+    const op = rt.draftAttention({
+      ...DUMP,
+      sparsity: 0.8,
+      dtype: "f16",
+      policy: "rowTopK",
+      estimator: "hybrid",
+      samples: 4,
+    });
+    const h = [q, k, v].map((t) => new Float16Array(t.values)); // bf16 -> f16, rounded to nearest even
+    const want = await op.run(h[0], h[1], h[2]);
+    const { mask } = await op.lastMask();
+    op.dispose();
+    const out = parseNpy(await Deno.readFile(`${dir}/o.npy`));
+    assert.equal(out.dtype, "f16");
+    assert.deepEqual(out.data, want);
+    const maskFile = await Deno.readFile(`${dir}/mask.npy`);
+    const header = new TextDecoder().decode(maskFile.subarray(10, 128));
+    assert.match(header, /'descr': '\|u1', 'fortran_order': False, 'shape': \(1, 2, 8, 8\)/);
+    assert.deepEqual(maskFile.subarray(128), mask);
+    const dense = await cli([
+      "run",
+      "--in",
+      "dump.safetensors",
+      "--out",
+      "d.npy",
+      "--dense",
+      "--mask-out",
+      "m.npy",
+      "--backend",
+      "wasm",
+    ], dir);
+    assert.equal(dense.code, 1);
+    assert.match(dense.stderr, /--mask-out: dense attention has no mask/);
+  } finally {
+    rt.dispose();
+    await Deno.remove(dir, { recursive: true });
   }
 });

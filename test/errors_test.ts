@@ -424,6 +424,29 @@ runCase("-Infinity in v (f16)", {
 }
 
 {
+  const want = entry("`op.run()`", "layer 1 reusing layer 0's mask (`maskEvery: 2`)", {
+    code: "INVALID_INPUT",
+    field: "layer",
+    names: "1 would reuse the block mask computed for layer 0",
+  });
+  wasmTest("run() of layer 1 on an op holding layer 0's mask", async (rt) => {
+    const op = rt.draftAttention({ ...DRAFT, maskEvery: 2 });
+    const x = f32(2 * 13 * 21 * 2 * 32);
+    await op.run(x, x, x, { layer: 0 });
+    await expectReject(() => op.run(x, x, x, { layer: 1 }), want, "layer reuse");
+    op.dispose();
+  });
+  runCase("layer -1: `{ layer: -1 }`", {
+    code: "INVALID_OPTION",
+    field: "layer",
+    names: "got -1",
+  }, (rt) => {
+    const x = f32(2 * 13 * 21 * 2 * 32);
+    return { op: rt.draftAttention(DRAFT), args: [x, x, x, { layer: -1 }] };
+  });
+}
+
+{
   const want = entry("`op.run()`", "GPUBuffer-style arguments on the wasm backend", {
     code: "UNSUPPORTED",
     field: "q",

@@ -43,6 +43,8 @@ const NUMPY = {
     "k05VTVBZAQB2AHsnZGVzY3InOiAnPmY0JywgJ2ZvcnRyYW5fb3JkZXInOiBGYWxzZSwgJ3NoYXBlJzogKDIsIDMpLCB9ICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgIAq/gAAAvwAAAAAAAAA/AAAAP4AAAD/AAAA=",
 };
 
+const two16 = new Uint8Array(2);
+
 /** A .npy file with the given version, header text (unpadded) and data bytes. */
 function npy(major: number, header: string, data: Uint8Array): Uint8Array {
   const h = major === 3 ? utf8(header) : ascii(header);
@@ -93,7 +95,11 @@ Deno.test("npy: reads NumPy's own files (v1, v2, v3, f4, f2, scalar, empty)", ()
 });
 
 Deno.test("npy: NumPy files of other dtypes or orders are rejected by name", () => {
-  rejects(() => parseNpy(b64(NUMPY.f8), { name: "a.npy" }), "a.npy", /'<f8'.*not supported/);
+  rejects(
+    () => parseNpy(npy(1, `{'descr': '<i2', 'fortran_order': False, 'shape': (1,)}`, two16)),
+    "npy",
+    /'<i2'.*not supported/,
+  );
   rejects(() => parseNpy(b64(NUMPY.f4_be), { name: "b.npy" }), "b.npy", /'>f4'.*not supported/);
   rejects(() => parseNpy(b64(NUMPY.f4_fortran), { name: "c.npy" }), "c.npy", /Fortran/);
 });
@@ -307,7 +313,7 @@ Deno.test("safetensors: malformed files are INVALID_INPUT naming the file or ten
     [st('{"x": 1,}'), "b", /not valid JSON/],
     [st("[]"), "b", /must start with|must be a JSON object/],
     [st('{"x": 1}'), "b:x", /header entry must be an object/],
-    [st(entry({ dtype: "BF16" }), two), "b:x", /"BF16" is not supported; use F32 or F16/],
+    [st(entry({ dtype: "I32" }), two), "b:x", /"I32" is not supported; use F32, F16, BF16 or F64/],
     [st(entry({ dtype: "F128" }), two), "b:x", /"F128" is unknown/],
     [st(entry({ extra: 1 }), two), "b:x", /header entry keys must be data_offsets, dtype, shape/],
     [st(JSON.stringify({ x: { dtype: "F32", shape: [2] } }), two), "b:x", /header entry keys/],
@@ -467,4 +473,192 @@ Deno.test("safetensors: fuzz: 3000 mutated files give tensors or INVALID_INPUT, 
   const end = (b: Uint8Array) => 8 + new DataView(b.buffer, b.byteOffset).getUint32(0, true);
   const r = fuzz(seeds, end, (b) => Object.values(parseSafetensors(b).tensors), 3000, 0x5afe);
   assert.ok(r.rejected > 1000 && r.ok > 20, JSON.stringify(r));
+});
+
+// ---------------------------------------------------------------------------------------------
+// bf16 and f64 files: expected values worked out by hand from the bit patterns (not by the
+// conversion under test), ties included.
+// ---------------------------------------------------------------------------------------------
+
+const u16Bytes = (xs: number[]) => new Uint8Array(new Uint16Array(xs).buffer);
+const f64Bytes = (xs: number[]) => new Uint8Array(new Float64Array(xs).buffer);
+const bitsOf16 = (
+  t: Tensor,
+) => [...new Uint16Array(t.data.buffer, t.data.byteOffset, t.data.length)];
+const bitsOf32 = (
+  t: Tensor,
+) => [...new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length)];
+
+/** bf16 bit patterns and the f32 bits (always exact: the pattern shifted left by 16). */
+const BF16_TO_F32: [number, number][] = [
+  [0x3f80, 0x3f800000], // 1
+  [0xc049, 0xc0490000], // -3.140625
+  [0x0001, 0x00010000], // the smallest bf16 subnormal, 2^-133
+  [0x7f7f, 0x7f7f0000], // the largest bf16, 3.3895e38
+  [0x8000, 0x80000000], // -0
+  [0xff80, 0xff800000], // -infinity, kept (run() rejects it with its coordinates)
+];
+
+/** bf16 bit patterns and the f16 bits of the value rounded to nearest, ties to even. */
+const BF16_TO_F16: [number, number][] = [
+  [0x3f80, 0x3c00], // 1
+  [0x4049, 0x4248], // 3.140625 = 2 * (1 + 584/1024): exact in f16
+  [0x477f, 0x7bf8], // 65280 = 2^15 * (1 + 1016/1024): exact
+  [0x33c0, 0x0002], // 1.5 * 2^-24: halfway between subnormals 1 and 2 -> 2 (even)
+  [0x3420, 0x0002], // 2.5 * 2^-24: halfway between 2 and 3 -> 2 (even)
+  [0x3460, 0x0004], // 3.5 * 2^-24: halfway between 3 and 4 -> 4 (even)
+  [0x3300, 0x0000], // 0.5 * 2^-24: halfway between 0 and 1 -> 0 (even)
+  [0x3340, 0x0001], // 0.75 * 2^-24: nearer 1
+  [0xb340, 0x8001], // -0.75 * 2^-24
+];
+
+Deno.test("npy: bf16 files ('|V2' from np.save, '<V2' from ml_dtypes, 'bfloat16') read exactly", () => {
+  // np.save(np.frombuffer(<u2 [0x3F80, 0xC049, 0x0001, 0xFF80]>, dtype='V2').reshape(2, 2)),
+  // NumPy 2.4: the descr a 2-byte void gets.
+  const fromNumpy = parseNpy(
+    b64(
+      "k05VTVBZAQB2AHsnZGVzY3InOiAnfFYyJywgJ2ZvcnRyYW5fb3JkZXInOiBGYWxzZSwgJ3NoYXBlJzogKDIsIDIpLCB9ICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgIAqAP0nAAQCA/w==",
+    ),
+  );
+  assert.equal(fromNumpy.dtype, "f32");
+  assert.deepEqual(fromNumpy.shape, [2, 2]);
+  assert.deepEqual(bitsOf32(fromNumpy), [0x3f800000, 0xc0490000, 0x00010000, 0xff800000]);
+  for (const descr of ["<V2", "bfloat16"]) {
+    const file = npy(
+      1,
+      `{'descr': '${descr}', 'fortran_order': False, 'shape': (${BF16_TO_F32.length},), }`,
+      u16Bytes(BF16_TO_F32.map(([b]) => b)),
+    );
+    const t = parseNpy(file);
+    assert.equal(t.dtype, "f32");
+    assert.deepEqual(bitsOf32(t), BF16_TO_F32.map(([, f]) => f));
+    assert.equal(t.data[1], -3.140625);
+  }
+  const h = parseNpy(
+    npy(
+      1,
+      `{'descr': '<V2', 'fortran_order': False, 'shape': (${BF16_TO_F16.length},), }`,
+      u16Bytes(BF16_TO_F16.map(([b]) => b)),
+    ),
+    { dtype: "f16" },
+  );
+  assert.equal(h.dtype, "f16");
+  assert.ok(h.data instanceof Float16Array);
+  assert.deepEqual(bitsOf16(h), BF16_TO_F16.map(([, f]) => f));
+});
+
+Deno.test("npy and safetensors: bf16 and f64 beyond the target's range are errors, not infinity", () => {
+  // bf16 0x4780 = 65536: past f16's 65504.
+  rejects(
+    () =>
+      parseNpy(
+        npy(
+          1,
+          `{'descr': '<V2', 'fortran_order': False, 'shape': (2,)}`,
+          u16Bytes([0x3f80, 0x4780]),
+        ),
+        { name: "q.npy", dtype: "f16" },
+      ),
+    "q.npy",
+    /value 65536 at index 1 overflows f16 \(largest finite 65504\); read the file as f32/,
+  );
+  // f64 65520 is halfway between 65504 and 65536 (= infinity in f16): ties to even -> infinity.
+  rejects(
+    () =>
+      parseSafetensors(
+        encodeF64({ x: [65519.99, 65520] }),
+        { name: "d.safetensors", dtype: "f16" },
+      ),
+    "d.safetensors:x",
+    /value 65520 at index 1 overflows f16/,
+  );
+  // f32's largest plus half an ulp: (2^25 - 1) * 2^103, ties to even -> infinity.
+  rejects(
+    () => parseSafetensors(encodeF64({ y: [1, (2 ** 25 - 1) * 2 ** 103] })),
+    "safetensors:y",
+    /overflows f32 \(largest finite 3.4028234663852886e\+38\)/,
+  );
+  // An infinity stored as such is kept (run() names its coordinates).
+  const inf = parseSafetensors(encodeF64({ z: [-Infinity] }), { dtype: "f16" });
+  assert.equal(inf.tensors.z.data[0], -Infinity);
+  rejects(() => parseNpy(b64(NUMPY.f4_v1), { dtype: "bf16" as "f32" }), "dtype", /"f32" or "f16"/);
+});
+
+/** A safetensors file of F64 tensors, written by hand. */
+function encodeF64(tensors: Record<string, number[]>): Uint8Array {
+  const header: Record<string, unknown> = {};
+  let at = 0;
+  for (const [name, xs] of Object.entries(tensors)) {
+    header[name] = { dtype: "F64", shape: [xs.length], data_offsets: [at, at + 8 * xs.length] };
+    at += 8 * xs.length;
+  }
+  return st(JSON.stringify(header), concat(...Object.values(tensors).map(f64Bytes)));
+}
+
+Deno.test("npy and safetensors: f64 rounds to nearest even into f32 and f16", () => {
+  const xs = [
+    1 + 2 ** -24, // halfway between f32 1 and 1 + 2^-23 -> 1 (even)
+    1 + 3 * 2 ** -24, // halfway between 1 + 2^-23 and 1 + 2^-22 -> 1 + 2^-22 (even)
+    1 + 2 ** -24 + 2 ** -50, // just above halfway -> up
+    0.1,
+    -2.5,
+  ];
+  const want32 = [0x3f800000, 0x3f800002, 0x3f800001, 0x3dcccccd, 0xc0200000];
+  const np = parseNpy(
+    npy(1, `{'descr': '<f8', 'fortran_order': False, 'shape': (5,)}`, f64Bytes(xs)),
+  );
+  assert.equal(np.dtype, "f32");
+  assert.deepEqual(bitsOf32(np), want32);
+  assert.deepEqual([...parseNpy(b64(NUMPY.f8)).data], [0, 0]); // np.zeros(2) from NumPy
+  const file = parseSafetensors(encodeF64({ a: xs }));
+  assert.deepEqual(bitsOf32(file.tensors.a), want32);
+  const ys = [
+    1 + 2 ** -11, // halfway between f16 1 and 1 + 2^-10 -> 1
+    1 + 3 * 2 ** -11, // -> 1 + 2^-9 (even)
+    65504,
+    65519.99, // below the halfway point to 65536 -> 65504
+    -(2 ** -25), // halfway between -0 and the smallest subnormal -> -0
+    0.1, // 0x2e66: 0.0999755859375
+  ];
+  const want16 = [0x3c00, 0x3c02, 0x7bff, 0x7bff, 0x8000, 0x2e66];
+  const h = parseSafetensors(encodeF64({ b: ys }), { dtype: "f16" });
+  assert.equal(h.tensors.b.dtype, "f16");
+  assert.deepEqual(bitsOf16(h.tensors.b), want16);
+});
+
+Deno.test("safetensors: BF16 tensors (as torch and safetensors write them) read as f32 or f16", () => {
+  const header = JSON.stringify({
+    __metadata__: { format: "pt", frames: "1" },
+    q: { dtype: "BF16", shape: [2, 3], data_offsets: [0, 12] },
+    k: { dtype: "F32", shape: [1], data_offsets: [12, 16] },
+  });
+  const bytes = st(
+    header,
+    concat(u16Bytes(BF16_TO_F16.slice(0, 6).map(([b]) => b)), f32Bytes([1 + 2 ** -11])),
+  );
+  const a = parseSafetensors(bytes, { name: "dump" });
+  assert.equal(a.tensors.q.dtype, "f32");
+  assert.deepEqual(a.tensors.q.shape, [2, 3]);
+  assert.deepEqual(
+    bitsOf32(a.tensors.q),
+    BF16_TO_F16.slice(0, 6).map(([b]) => (b << 16) >>> 0),
+  );
+  assert.equal(a.tensors.k.dtype, "f32");
+  assert.equal(a.metadata.frames, "1");
+  const b = parseSafetensors(bytes, { dtype: "f16" });
+  assert.deepEqual(bitsOf16(b.tensors.q), BF16_TO_F16.slice(0, 6).map(([, f]) => f));
+  // F32 1 + 2^-11 into f16: halfway -> 1.
+  assert.deepEqual(bitsOf16(b.tensors.k), [0x3c00]);
+  // The byte count is the BF16 one: 2 bytes per element.
+  rejects(
+    () =>
+      parseSafetensors(
+        st(
+          JSON.stringify({ x: { dtype: "BF16", shape: [3], data_offsets: [0, 4] } }),
+          new Uint8Array(4),
+        ),
+      ),
+    "safetensors:x",
+    /hold 4 bytes but shape \[3\] of BF16 needs 6/,
+  );
 });

@@ -710,6 +710,12 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
       "sg sub-rows q8",
     ],
     [64, sg64({ rg: 8, cg: sg / 4, tn: 2, td4: 64 / sg }), "sg quarter rows"],
+    // The 16 KiB f32 tile at head dim 128 (sub-rows, one key per lane, V over K).
+    [
+      128,
+      sg64({ cg: sg / 2, tn: 1, td4: 64 / sg, sv: true, kx: true, pf: true, ve: true, ud: 8 }),
+      "sg sub-rows d128 tn1 sv kx",
+    ],
     // P V in f16 (f16 sums over runs of uj keys).
     [64, sg64({ tm4: 2, sv: true, hs: true, q8: true, kx: true, ph: true, uj: 8 }), "sg ph"],
     [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, hs: true, ph: true }), "sg sub-rows ph"],

@@ -28,6 +28,7 @@ import type {
   KernelOp,
   MaskResult,
   Plan,
+  RunOptions,
   TensorArray,
 } from "../types.ts";
 import {
@@ -335,13 +336,14 @@ class WasmOp implements DraftKernelOp {
     return this.keep > 0;
   }
 
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> {
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray> {
     if (this.#disposed) {
       return Promise.reject(new DraftAttentionError("DISPOSED", "op", "used after dispose()"));
     }
     return this.backend.enqueue(() => {
       if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
-      return this.#run(q, k, v);
+      this.#stage?.checkLayer(options?.layer);
+      return this.#run(q, k, v, options?.layer);
     });
   }
 
@@ -354,7 +356,12 @@ class WasmOp implements DraftKernelOp {
     return w;
   }
 
-  async #run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> {
+  async #run(
+    q: TensorArray,
+    k: TensorArray,
+    v: TensorArray,
+    layer: number | undefined,
+  ): Promise<TensorArray> {
     const { spec, plan, draft } = this;
     const { batch: B, heads: H, headDim: D, tokens: N } = spec;
     const { tiles, g } = plan;
@@ -499,7 +506,7 @@ class WasmOp implements DraftKernelOp {
       this.#mask = masks;
       this.#kept = kept;
     }
-    stage?.done(due);
+    stage?.done(due, layer);
     return result;
   }
 

@@ -6,6 +6,7 @@
  * @module
  */
 import { type MaskConfig, maskConfig, type PolicyExports, sampleTable } from "../policy.ts";
+import { MaskLayer } from "../_mask_layer.ts";
 import type { DraftSpec, Plan } from "../types.ts";
 import type { AsmInstance } from "./instance.ts";
 
@@ -54,6 +55,8 @@ export class WasmMaskStage {
   readonly #table;
   /** Successful runs since the mask was last computed; -1 before the first. */
   #age = -1;
+  /** The layer the held mask was computed for. */
+  readonly #layer = new MaskLayer();
 
   constructor(spec: DraftSpec, plan: Plan) {
     this.#spec = spec;
@@ -69,9 +72,15 @@ export class WasmMaskStage {
     return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
   }
 
+  /** Throws when a run naming `layer` would reuse another layer's mask (src/_mask_layer.ts). */
+  checkLayer(layer: number | undefined): void {
+    this.#layer.check({ layer, due: this.due(), maskEvery: this.config.maskEvery });
+  }
+
   /** Records a successful run that did (`computed`) or did not compute the mask. */
-  done(computed: boolean): void {
+  done(computed: boolean, layer?: number): void {
     this.#age = computed ? 0 : this.#age + 1;
+    this.#layer.done(computed, layer);
   }
 
   /** Whether the estimator samples (estimators "sampled" and "hybrid"). */

@@ -24,6 +24,7 @@ import type {
   GpuRunArgs,
   MaskResult,
   Plan,
+  RunOptions,
   TensorArray,
 } from "../types.ts";
 import type { GpuContext } from "./context.ts";
@@ -541,10 +542,11 @@ export class WebGpuOp implements DraftKernelOp {
   // Public API
   // ------------------------------------------------------------------------------------------
 
-  run(q: TensorArray, k: TensorArray, v: TensorArray): Promise<TensorArray> {
+  run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray> {
     return this.#enqueue(async () => {
       this.#check();
       await this.#ready;
+      this.#stage?.checkLayer(options?.layer);
       const ctx = this.#ctx;
       // Piece by piece: each piece is submitted as soon as its inputs are written, so the GPU
       // works on piece i while the host copies piece i + 1 in, and piece i is copied out while
@@ -571,7 +573,7 @@ export class WebGpuOp implements DraftKernelOp {
       });
       await errors;
       this.#hasRun = true;
-      this.#stage?.done(this.#due);
+      this.#stage?.done(this.#due, options?.layer);
       const out = this.spec.dtype === "f16"
         ? new Float16Array(q.length)
         : new Float32Array(q.length);
@@ -653,6 +655,7 @@ export class WebGpuOp implements DraftKernelOp {
     const submitted = this.#enqueue(async () => {
       this.#check();
       await this.#ready;
+      this.#stage?.checkLayer(args.layer);
       const ctx = this.#ctx;
       let prof: Profiler | undefined;
       const [, errors] = ctx.scoped("run({ q, k, v, out })", () => {
@@ -680,7 +683,7 @@ export class WebGpuOp implements DraftKernelOp {
       });
       // The mask schedule (maskEvery) advances with the recording, as the next run's is next.
       this.#hasRun = true;
-      this.#stage?.done(this.#due);
+      this.#stage?.done(this.#due, args.layer);
       const checked = this.#checked(args, errors);
       checked.catch(() => {}); // handled by the caller's promise below; never unhandled here
       if (after && prof) {

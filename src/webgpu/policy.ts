@@ -8,6 +8,7 @@
  * @module
  */
 import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../policy.ts";
+import { MaskLayer } from "../_mask_layer.ts";
 import type { DraftSpec, DType, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
@@ -174,6 +175,8 @@ export class GpuMaskStage {
   #qt = 1;
   /** Successful runs since the mask was last computed; -1 before the first. */
   #age = -1;
+  /** The layer the held mask was computed for. */
+  readonly #layer = new MaskLayer();
 
   /**
    * @param groupPairs Pairs in the op's largest mask group (sizes the estimator's grouping for
@@ -220,9 +223,15 @@ export class GpuMaskStage {
     return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
   }
 
+  /** Throws when a run naming `layer` would reuse another layer's mask (src/_mask_layer.ts). */
+  checkLayer(layer: number | undefined): void {
+    this.#layer.check({ layer, due: this.due(), maskEvery: this.config.maskEvery });
+  }
+
   /** Records a successful run that did (`computed`) or did not compute the mask. */
-  done(computed: boolean): void {
+  done(computed: boolean, layer?: number): void {
     this.#age = computed ? 0 : this.#age + 1;
+    this.#layer.done(computed, layer);
   }
 
   /**

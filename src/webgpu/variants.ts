@@ -226,6 +226,24 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
+    // f32 inputs within WebGPU's default 16 KiB, on subgroups of 16 or 32: sub-rows (16 lanes a
+    // row group), 16 x 16, 64 threads, V over K: 16 * 128 * 4 (Q^T) + 16 * 16 * 32 (K or V) =
+    // exactly 16 KiB. Every other f32 tiled row needs 29-48 KiB, so f32 under default limits fell
+    // to the chunked kernel below (H200, Wan 480p: 4.7 TFLOP/s dense vs 23.4 with the adapter's
+    // limits). Not yet timed on a GPU: `deno task bench --shape wan-480p --dtype f32 --limits
+    // adapter,default` measures it.
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 4,
+      cg: 16,
+      tn: 1,
+      td4: 2,
+      ...FAST,
+      sg: true,
+      sv: true,
+      kx: true,
+    },
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
   256: [
