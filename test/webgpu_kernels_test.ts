@@ -1065,7 +1065,7 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
     const c = pick(128, dtype, shaderF16);
     assert.equal(shape(c), "64 rows sg sv kx 49152 B 256 threads");
-    assert.deepEqual([c.cg, c.tn, c.td4, c.consts.SGS], [16, 2, 2, 32]);
+    assert.deepEqual([c.cg, c.tn, c.td4, c.consts.SUBGROUP_SIZE], [16, 2, 2, 32]);
     // Without subgroups of 32 the next row (no sub-rows) serves.
     const none = pickFlashVariant(128, limits, { dtype, shaderF16, subgroupSize: 0 });
     assert.ok(!(none as Picked).sg && none.smemBytes <= 49152);

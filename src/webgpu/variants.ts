@@ -1,8 +1,9 @@
 /**
  * The tile table of flash attention: one list of variants per padded head dim, picked per head
- * dim and device limits. Two kernels share the bindings and params:
- * - `tiled` (wgsl/flash_attention.wgsl): register-tiled, Q^T of the tile resident in workgroup
- *   memory, the K/V chunk over the whole head dim. Thread (rg, cg) of an RG x CG workgroup owns
+ * dim and device limits. Three kernel files share the bindings and params (wgsl/flash_io.wgsl):
+ * - `tiled` rows (wgsl/flash_tile.wgsl and its steps): register-tiled, run by
+ *   wgsl/flash_subgroup.wgsl where `sg` holds on the device, else by wgsl/flash_tiled.wgsl. Q^T
+ *   of the tile resident in workgroup memory, the K/V chunk over the whole head dim. Thread (rg, cg) of an RG x CG workgroup owns
  *   TM = 4*tm4 query rows x tn keys of S and TM rows x td4 vec4 of O: BR = TM*RG rows,
  *   BC = tn*CG keys per chunk, DP = 4*CG*td4 head dims. Workgroup memory (bytes), mirrored from
  *   the WGSL:
@@ -45,9 +46,9 @@ export interface TiledVariant {
   tn: number;
   /** Output vec4 per row per thread (DP = 4*cg*td4 head dims). */
   td4: number;
-  /** Load the next chunk's K during P V, in registers (default false). */
+  /** Load the next chunk's K during P V, in registers (default false; PREFETCH_K). */
   pf?: boolean;
-  /** Load the chunk's V before S, in registers (default false). */
+  /** Load the chunk's V before S, in registers (default false; EARLY_V). */
   ve?: boolean;
   /** Source unroll of the S loop (default 4; reduced to a divisor of headDim/4). */
   ud?: number;
@@ -55,12 +56,14 @@ export interface TiledVariant {
   uj?: number;
   /**
    * K/V chunk in f16 workgroup memory (default false). Only for f16 inputs on a device with
-   * `shader-f16`; elsewhere the variant runs as if it were false.
+   * `shader-f16`; elsewhere the variant runs as if it were false (F16_KV).
    */
   hs?: boolean;
-  /** Q^T in f16 workgroup memory too (same condition; default false). */
+  /** Q^T in f16 workgroup memory too (same condition; default false; F16_QT). */
   hq?: boolean;
-  /** S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies hs, hq). */
+  /**
+   * S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies hs, hq; F16_S).
+   */
   hm?: boolean;
   /**
    * A row group is one subgroup, or a part of one: row max and l by subgroup reductions (by
@@ -69,33 +72,35 @@ export interface TiledVariant {
    * in workgroup memory. Only where the device has `subgroups` with one subgroup size that cg
    * divides (cg a power of two, see {@linkcode subRows}); elsewhere the variant runs as if it
    * were false. With cg = subgroup size / 2 and tn = 2 (sub-rows) a lane owns 2 keys of a
-   * 32-key chunk, so each Q^T load feeds twice the FMAs.
+   * 32-key chunk, so each Q^T load feeds twice the FMAs. Selects wgsl/flash_subgroup.wgsl.
    */
   sg?: boolean;
   /**
    * K chunk rows without padding, columns XOR-swizzled by row (default false): conflict-free
    * like the padded stride, one vec4 per key less workgroup memory. Only where headDim / 4 is a
-   * power of two; elsewhere the variant runs as if it were false.
+   * power of two; elsewhere the variant runs as if it were false (SWIZZLE_K).
    */
   kx?: boolean;
   /**
    * With `sg`: V staged over K once S is done instead of into its own buffer (default false):
-   * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
+   * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB; V_OVER_K).
    */
   sv?: boolean;
   /**
    * Q^T packed 8 rows per 16-byte word (with `hq` semantics: f16 inputs on a device with
-   * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
+   * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false;
+   * PACKED_QT).
    */
   q8?: boolean;
   /**
    * With `sg`: the subgroup's halves take half of P V's keys each, over DP = 2*cg*td4 dims (see
-   * KH in the kernel): head dim 64 with subgroups of 32 without idle lanes (default false).
+   * KEY_HALVES in the kernel): head dim 64 with subgroups of 32 without idle lanes (default
+   * false).
    */
   kh?: boolean;
   /**
    * With `hs` and `sg`: P V in f16 arithmetic, P rounded to f16 and each run of `uj` keys summed
-   * in f16 before it is added into the f32 output (default false; see PH in the kernel).
+   * in f16 before it is added into the f32 output (default false; see F16_PV in the kernel).
    */
   ph?: boolean;
 }
@@ -237,6 +242,11 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
 
 /** A variant resolved for one head dim: everything the kernel's overrides and key need. */
 export type FlashConfig = FlashVariant & {
+  /**
+   * The kernel's wgsl/ file: `flash_subgroup` for a tiled variant with subgroup rows (`sg` kept
+   * on this device), `flash_tiled` for one without, `flash_chunked`.
+   */
+  file: "flash_tiled" | "flash_subgroup" | "flash_chunked";
   headDim: number;
   /** Query rows per work item. */
   br: number;
@@ -246,7 +256,7 @@ export type FlashConfig = FlashVariant & {
   dp: number;
   threads: number;
   smemBytes: number;
-  /** Placeholder consts of the WGSL (register shapes, loads per thread). */
+  /** Placeholder consts of the WGSL (register shapes, loads per thread, flags). */
   consts: Record<string, number>;
   /** Override constants of the pipeline. */
   overrides: Record<string, number>;
@@ -309,6 +319,7 @@ export function flashConfig(
     const per = (n: number) => Math.ceil(n / threads);
     return {
       ...v,
+      file: v.sg ? "flash_subgroup" : "flash_tiled",
       headDim,
       br: 4 * br4,
       bc,
@@ -324,21 +335,25 @@ export function flashConfig(
         VPT: per(bc * dp4),
         UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
         UJ: (v.sg ? (v.kh ? v.cg / 2 : v.cg) : bc) % uj === 0 ? uj : 1,
-        PF: v.pf ? 1 : 0,
-        VE: v.ve ? 1 : 0,
-        HS: v.hs ? 1 : 0,
-        HQ: v.hq ? 1 : 0,
-        HM: v.hm ? 1 : 0,
-        H16: v.hs || v.hq || v.hm ? 1 : 0,
-        VT: dp === headDim ? 1 : 0,
-        PH: v.ph ? 1 : 0,
-        Q8: v.q8 ? 1 : 0,
-        KH: v.kh ? 1 : 0,
-        SG: v.sg ? 1 : 0,
-        KX: v.kx ? 1 : 0,
-        SV: v.sv ? 1 : 0,
-        SGS: v.sg ? subgroupSize : 1,
-        SR: v.sg && v.cg < subgroupSize ? 1 : 0,
+        PREFETCH_K: v.pf ? 1 : 0,
+        EARLY_V: v.ve ? 1 : 0,
+        F16_KV: v.hs ? 1 : 0,
+        F16_QT: v.hq ? 1 : 0,
+        F16_S: v.hm ? 1 : 0,
+        ENABLE_F16: v.hs || v.hq || v.hm ? 1 : 0,
+        V_TOKENS_FROM_K: dp === headDim ? 1 : 0,
+        PACKED_QT: v.q8 ? 1 : 0,
+        SWIZZLE_K: v.kx ? 1 : 0,
+        // The subgroup kernel's own flags.
+        ...(v.sg
+          ? {
+            V_OVER_K: v.sv ? 1 : 0,
+            KEY_HALVES: v.kh ? 1 : 0,
+            SUBGROUP_SIZE: subgroupSize,
+            SUB_ROWS: v.cg < subgroupSize ? 1 : 0,
+            F16_PV: v.ph ? 1 : 0,
+          }
+          : {}),
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
@@ -350,6 +365,7 @@ export function flashConfig(
   const smemBytes = 16 * stage4 + 4 * br * bc + 4 * br * v.cg + 4 * (br + bc);
   return {
     ...v,
+    file: "flash_chunked",
     dk,
     headDim,
     br,
@@ -424,7 +440,7 @@ function isTwin(a: FlashConfig, b: FlashConfig): boolean {
   const shape = (c: FlashConfig) => {
     const { QPT: _q, KPT: _k, VPT: _v, ...consts } = c.consts;
     const { RG: _rg, ...overrides } = c.overrides;
-    return JSON.stringify([c.kernel, consts, overrides]);
+    return JSON.stringify([c.file, consts, overrides]);
   };
   return shape(a) === shape(b);
 }
@@ -485,5 +501,5 @@ export function pickFlashVariant(
 export function flashKey(c: FlashConfig, dtype: string): string {
   const shape = [...Object.entries(c.consts), ...Object.entries(c.overrides)]
     .map(([k, v]) => `${k}${v}`).join(":");
-  return `flash:${c.kernel}:${dtype}:${shape}`;
+  return `flash:${c.file}:${dtype}:${shape}`;
 }
