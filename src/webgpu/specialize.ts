@@ -101,8 +101,8 @@ export function specializeSource(source: string, options: SourceSpecialization =
     if (!re.test(code)) throw new Error(`WGSL ${name} has no placeholder const ${key}`);
     code = code.replace(re, `const ${key}: u32 = ${value >>> 0}u;`);
   }
-  if (code.includes("// @if ")) code = conditionals(code, name);
-  return code.includes("// @unroll ") ? unroll(code, name) : code;
+  // Both passes run on every source, so that a stray `@else`, `@endif` or `@end` is an error.
+  return unroll(conditionals(code, name), name);
 }
 
 const IF = /^\s*\/\/ @if ([A-Za-z]\w*)\s*$/;
