@@ -99,7 +99,8 @@ fn main(
   @builtin(local_invocation_index) lid: u32,
 ) {
   // @include flash_item
-  // P V's dims and keys of the lane: dims dcol + (CG >> KEY_HALVES) * T; with KEY_HALVES, keys kh.. of the chunk.
+  // P V's dims and keys of the lane: dims dcol + (CG >> KEY_HALVES) * T; with KEY_HALVES, keys
+  // kh.. of the chunk.
   let dcol = cg % (CG >> KEY_HALVES);
   let kh = cg - dcol;
   // Subgroup lane of the row group's first lane (0 unless sub-rows).
@@ -137,7 +138,7 @@ fn main(
     }
     // @end
     // @endif
-    workgroupBarrier(); // B2: K staged (and V with SG)
+    workgroupBarrier(); // B2: K staged (and V unless V_OVER_K)
 
     // @include flash_tile_s
 
@@ -190,8 +191,9 @@ fn main(
     // @endif
     // @include flash_tile_next
     // O += P V: p of key c + CG*N is s_R_N of lane c (keys >= kc have p = 0 and zero V). With
-    // KEY_HALVES a lane takes the keys of its subgroup half (kh..) at dims dcol. With F16_PV, P (in [0, 1])
-    // and V are f16 and each run of UJ keys is summed in f16 registers, then added into O.
+    // KEY_HALVES a lane takes the keys of its subgroup half (kh..) at dims dcol. With F16_PV, P
+    // (in [0, 1]) and V are f16 and each run of UJ keys is summed in f16 registers, then added
+    // into O.
     // @if F16_PV
     // @unroll R TM4
     // @unroll N TN
@@ -273,7 +275,8 @@ fn main(
     if (kh == 0u) {
       // @unroll C 4
       // @unroll T TD4
-      store_row(4u * rq_R + C, dcol + (CG >> KEY_HALVES) * T, o_R_C_T, inv[C], rows, row_start, head_off);
+      store_row(4u * rq_R + C, dcol + (CG >> KEY_HALVES) * T, o_R_C_T, inv[C], rows, row_start,
+        head_off);
       // @end
       // @end
     }

@@ -75,9 +75,10 @@
   // @end
 
   var cur = next_chunk(Chunk(0u, 0u, 0u, 0u), count, list_base);
-  // Sparse pipelines: the tokens of the K rows this thread stages (and of its V rows with V_TOKENS_FROM_K),
-  // looked up as soon as the next chunk is known (before P V), so that the K loads after B1 wait
-  // for one global load, not two. Dense pipelines (identity order, V_TOKENS_FROM_K = 0) keep no such registers.
+  // Sparse pipelines: the tokens of the K rows this thread stages (and of its V rows with
+  // V_TOKENS_FROM_K), looked up as soon as the next chunk is known (before P V), so that the K
+  // loads after B1 wait for one global load, not two. Dense pipelines (identity order,
+  // V_TOKENS_FROM_K = 0) keep no such registers.
   // @if DENSE
   // @else
   // @unroll I KPT

@@ -1,6 +1,6 @@
     // Step of the chunk loop of the register-tiled kernels (see wgsl/flash_tile.wgsl), included
     // by `// @include flash_tile_stage_k` first in the loop: K of chunk `cur` staged into `kv`.
-    workgroupBarrier(); // B1: the previous chunk is done with kv, pt and red
+    workgroupBarrier(); // B1: the previous chunk is done with the buffers
     if (PREFETCH_K == 0u) {
       // @unroll I KPT
       // @if DENSE

@@ -41,7 +41,7 @@ fn main(
       // @endif
       // @end
     }
-    workgroupBarrier(); // B2: K staged (and V with SG)
+    workgroupBarrier(); // B2: K staged
 
     // @include flash_tile_s
 
