@@ -650,6 +650,44 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
   }
 });
 
+// The chunked kernel walks its keys with the block-list iterator of the tiled kernels
+// (next_chunk in wgsl/flash_io.wgsl): dense against float64, block-sparse against the tiled
+// kernel on the same block lists (runs merged across tiles, partial chunks, text rows), with
+// several head-dim chunks (ND > 1) and V sub-chunks per key chunk.
+gpuTest("chunked kernel: the shared block-list iterator, dense and block-sparse", async () => {
+  const ctx = new GpuContext(await device());
+  const geom = geometry({ frames: 2, height: 13, width: 21, textTokens: 5, textPosition: "after" });
+  const plan = buildPlan(geom);
+  for (
+    const [x, [D, rg, cg, td4, dk, vk]] of [[128, 8, 8, 4, 16, 16], [64, 4, 8, 2, 32, 8]].entries()
+  ) {
+    const chunked = { kernel: "chunked", rg, cg, td4, dk, vk } as const;
+    const tiled = { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: D / 64 } as const;
+    const [layout, dtype] = COMBOS[x];
+    for (const N of [1, 65, 129]) {
+      const spec = denseSpec({ tokens: N, headDim: D, layout, dtype });
+      const rng = new Rng(N + D);
+      const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, N * 2 * D, rng));
+      const op = new WebGpuOp(ctx, spec, undefined, () => {}, chunked);
+      assert.equal(op.config.file, "flash_chunked");
+      assertClose(await op.run(q, k, v), attention64(spec, q, k, v), TOL[dtype], `N=${N} D=${D}`);
+      op.dispose();
+    }
+    const spec = draftSpec(geom, plan, { headDim: D, layout, dtype });
+    const rng = new Rng(11 + D);
+    const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, plan.tokens * 2 * D, rng));
+    const a = new WebGpuOp(ctx, spec, plan, () => {}, tiled);
+    const b = new WebGpuOp(ctx, spec, plan, () => {}, chunked);
+    const outA = await a.run(q, k, v), outB = await b.run(q, k, v);
+    const { mask, density } = await b.lastMask();
+    assert.deepEqual(mask, (await a.lastMask()).mask);
+    assert.ok(density > 0 && density < 1, `draft D=${D}: density ${density}`);
+    assertClose(outB, outA, TOL[dtype], `draft D=${D}: chunked vs tiled`);
+    a.dispose();
+    b.dispose();
+  }
+});
+
 // f16 workgroup memory (K/V, Q^T, f16 S products) and subgroup row groups: against float64 and
 // close to the plain variant of the same tile, dense and block-sparse, on a device with
 // shader-f16 and subgroups. Subgroup variants need cg = the adapter's subgroup size (8 on
