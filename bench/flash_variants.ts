@@ -245,19 +245,19 @@ const T = (
   td4: number,
   opts: {
     tm4?: number;
-    pf?: boolean;
-    ve?: boolean;
+    prefetchK?: boolean;
+    earlyV?: boolean;
     ud?: number;
     uj?: number;
-    hs?: boolean;
-    hq?: boolean;
-    hm?: boolean;
-    sg?: boolean;
-    kx?: boolean;
-    sv?: boolean;
-    q8?: boolean;
-    kh?: boolean;
-    ph?: boolean;
+    f16KV?: boolean;
+    f16QT?: boolean;
+    f16S?: boolean;
+    subgroupRows?: boolean;
+    swizzleK?: boolean;
+    vOverK?: boolean;
+    packedQT?: boolean;
+    keyHalves?: boolean;
+    f16PV?: boolean;
   } = {},
 ): FlashVariant => ({ kernel: "tiled", tm4: 1, rg, cg, tn, td4, ...opts });
 const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashVariant => ({
@@ -271,11 +271,20 @@ const CH = (rg: number, cg: number, td4: number, dk: number, vk: number): FlashV
 
 const BOTH: DType[] = ["f16", "f32"];
 /** The options of the tables' rows (src/webgpu/variants.ts: FAST, PACKED, LATE_K, F16PV). */
-const FAST = { pf: true, ve: true, ud: 8, uj: 8 };
-const PACKED = { ...FAST, hs: true, hq: true, q8: true, sg: true, sv: true, kx: true };
-const LATE_K = { ...PACKED, pf: false, uj: 32 }; // the f16 head-dim-128 pick (round 26)
-const F16PV = { ...PACKED, ph: true, uj: 32, pf: false }; // the f16-pv pick (round 23)
-const SUBF = { ...FAST, sg: true, sv: true, kx: true }; // sub-rows in f32 workgroup memory
+const FAST = { prefetchK: true, earlyV: true, ud: 8, uj: 8 };
+const PACKED = {
+  ...FAST,
+  f16KV: true,
+  f16QT: true,
+  packedQT: true,
+  subgroupRows: true,
+  vOverK: true,
+  swizzleK: true,
+};
+const LATE_K = { ...PACKED, prefetchK: false, uj: 32 }; // the f16 head-dim-128 pick (round 26)
+const F16PV = { ...PACKED, f16PV: true, uj: 32, prefetchK: false }; // the f16-pv pick (round 23)
+/** Sub-rows in f32 workgroup memory (the f32 head-dim-128 pick). */
+const SUBF = { ...FAST, subgroupRows: true, vOverK: true, swizzleK: true };
 
 /**
  * Current candidates only: the picks of src/webgpu/variants.ts for this device and their
@@ -324,7 +333,7 @@ const CASES: Case[] = [
   },
   {
     name: "pick, K padded",
-    variant: T(8, 32, 1, 1, { ...LATE_K, tm4: 2, kx: false }),
+    variant: T(8, 32, 1, 1, { ...LATE_K, tm4: 2, swizzleK: false }),
     headDim: 128,
     dtypes: ["f16"],
     draft: true,
@@ -333,7 +342,7 @@ const CASES: Case[] = [
   { name: "f32 sub-rows 64x32", variant: T(16, 16, 2, 2, SUBF), headDim: 128, dtypes: ["f32"] },
   {
     name: "f32 subgroup rows 32x32",
-    variant: T(8, 32, 1, 1, { ...FAST, sg: true, kx: true }),
+    variant: T(8, 32, 1, 1, { ...FAST, subgroupRows: true, swizzleK: true }),
     headDim: 128,
     dtypes: ["f32"],
   },
@@ -347,7 +356,7 @@ const CASES: Case[] = [
   // Head dim 64: the packed key-halves tile (the f16 pick within 16 KiB).
   {
     name: "d64 packed key halves",
-    variant: T(8, 32, 1, 1, { ...PACKED, tm4: 2, kh: true }),
+    variant: T(8, 32, 1, 1, { ...PACKED, tm4: 2, keyHalves: true }),
     headDim: 64,
     dtypes: ["f16"],
     draft: true,
@@ -381,7 +390,7 @@ for (const c of CASES) {
         subgroupSize: ctx.subgroupSize,
       });
     const h = config.kernel === "tiled"
-      ? ["hs", "hq", "hm", "sg"].filter((x) => config[x as "hs"]).join(" ")
+      ? (["f16KV", "f16QT", "f16S", "subgroupRows"] as const).filter((x) => config[x]).join(" ")
       : "";
     const label = `${c.name} [${config.file} ${config.br}x${config.bc} ${config.threads} thr ` +
       `${config.smemBytes} B${h ? ` ${h}` : ""}]`;
