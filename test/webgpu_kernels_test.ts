@@ -623,7 +623,7 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
     const [x, [D, rg, cg, tn, td4]] of [[128, 4, 32, 1, 1], [64, 8, 16, 2, 1]].entries()
   ) {
     const plain = { kernel: "tiled", tm4: 1, rg, cg, tn, td4 } as const;
-    const fast = { ...plain, pf: true, ve: true, ud: 8, uj: 8 };
+    const fast = { ...plain, prefetchK: true, earlyV: true, ud: 8, uj: 8 };
     const [layout, dtype] = COMBOS[x];
     for (const N of [1, 65, 129]) {
       const spec = denseSpec({ tokens: N, headDim: D, layout, dtype });
@@ -650,6 +650,44 @@ gpuTest("tiled kernel: loads ahead and unroll 8 match the plain variant bitwise"
   }
 });
 
+// The chunked kernel walks its keys with the block-list iterator of the tiled kernels
+// (next_chunk in wgsl/flash_io.wgsl): dense against float64, block-sparse against the tiled
+// kernel on the same block lists (runs merged across tiles, partial chunks, text rows), with
+// several head-dim chunks (ND > 1) and V sub-chunks per key chunk.
+gpuTest("chunked kernel: the shared block-list iterator, dense and block-sparse", async () => {
+  const ctx = new GpuContext(await device());
+  const geom = geometry({ frames: 2, height: 13, width: 21, textTokens: 5, textPosition: "after" });
+  const plan = buildPlan(geom);
+  for (
+    const [x, [D, rg, cg, td4, dk, vk]] of [[128, 8, 8, 4, 16, 16], [64, 4, 8, 2, 32, 8]].entries()
+  ) {
+    const chunked = { kernel: "chunked", rg, cg, td4, dk, vk } as const;
+    const tiled = { kernel: "tiled", tm4: 1, rg: 4, cg: 16, tn: 2, td4: D / 64 } as const;
+    const [layout, dtype] = COMBOS[x];
+    for (const N of [1, 65, 129]) {
+      const spec = denseSpec({ tokens: N, headDim: D, layout, dtype });
+      const rng = new Rng(N + D);
+      const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, N * 2 * D, rng));
+      const op = new WebGpuOp(ctx, spec, undefined, () => {}, chunked);
+      assert.equal(op.config.file, "flash_chunked");
+      assertClose(await op.run(q, k, v), attention64(spec, q, k, v), TOL[dtype], `N=${N} D=${D}`);
+      op.dispose();
+    }
+    const spec = draftSpec(geom, plan, { headDim: D, layout, dtype });
+    const rng = new Rng(11 + D);
+    const [q, k, v] = [0, 1, 2].map(() => tensor(dtype, plan.tokens * 2 * D, rng));
+    const a = new WebGpuOp(ctx, spec, plan, () => {}, tiled);
+    const b = new WebGpuOp(ctx, spec, plan, () => {}, chunked);
+    const outA = await a.run(q, k, v), outB = await b.run(q, k, v);
+    const { mask, density } = await b.lastMask();
+    assert.deepEqual(mask, (await a.lastMask()).mask);
+    assert.ok(density > 0 && density < 1, `draft D=${D}: density ${density}`);
+    assertClose(outB, outA, TOL[dtype], `draft D=${D}: chunked vs tiled`);
+    a.dispose();
+    b.dispose();
+  }
+});
+
 // f16 workgroup memory (K/V, Q^T, f16 S products) and subgroup row groups: against float64 and
 // close to the plain variant of the same tile, dense and block-sparse, on a device with
 // shader-f16 and subgroups. Subgroup variants need cg = the adapter's subgroup size (8 on
@@ -669,56 +707,129 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
     cg: sg,
     tn: 32 / sg,
     td4: Math.ceil(16 / sg),
-    sg: true,
+    subgroupRows: true,
     ...o,
   });
   const cases: [number, TiledVariant, string][] = [
-    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hs: true }, "hs"],
-    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, hm: true, ud: 8 }, "hm"],
-    [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, hs: true, hq: true }, "hs hq"],
-    [64, sg64({}), "sg"],
-    [64, sg64({ hs: true }), "sg hs"],
+    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, f16KV: true }, "f16KV"],
+    [128, { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1, f16S: true, ud: 8 }, "f16S"],
+    [
+      64,
+      { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, f16KV: true, f16QT: true },
+      "f16KV f16QT",
+    ],
+    [64, sg64({}), "subgroupRows"],
+    [64, sg64({ f16KV: true }), "subgroupRows f16KV"],
     [
       32,
-      { kernel: "tiled", tm4: 1, rg: 16, cg: sg, tn: 32 / sg, td4: 1, sg: true, uj: 8 },
-      "sg d32",
+      { kernel: "tiled", tm4: 1, rg: 16, cg: sg, tn: 32 / sg, td4: 1, subgroupRows: true, uj: 8 },
+      "subgroupRows d32",
     ],
-    [64, sg64({ tm4: 3, hq: true }), "sg hq tm3"],
-    [64, sg64({ hs: true, kx: true }), "sg hs kx"],
-    [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, kx: true }, "kx"],
-    [64, { kernel: "tiled", tm4: 2, rg: 4, cg: 16, tn: 2, td4: 1, hs: true, q8: true }, "q8"],
-    [64, sg64({ tm4: 2, sv: true, hs: true, q8: true, kx: true }), "sg sv q8"],
+    [64, sg64({ tm4: 3, f16QT: true }), "subgroupRows f16QT tm3"],
+    [64, sg64({ f16KV: true, swizzleK: true }), "subgroupRows f16KV swizzleK"],
+    [64, { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1, swizzleK: true }, "swizzleK"],
     [
       64,
-      sg64({ tm4: 2, sv: true, hs: true, hq: true, kx: true, pf: true, ve: true }),
-      "sg sv hs hq kx",
+      { kernel: "tiled", tm4: 2, rg: 4, cg: 16, tn: 2, td4: 1, f16KV: true, packedQT: true },
+      "packedQT",
     ],
-    [64, sg64({ sv: true }), "sg sv"],
+    [
+      64,
+      sg64({ tm4: 2, vOverK: true, f16KV: true, packedQT: true, swizzleK: true }),
+      "subgroupRows vOverK packedQT",
+    ],
+    [
+      64,
+      sg64({
+        tm4: 2,
+        vOverK: true,
+        f16KV: true,
+        f16QT: true,
+        swizzleK: true,
+        prefetchK: true,
+        earlyV: true,
+      }),
+      "subgroupRows vOverK f16KV f16QT swizzleK",
+    ],
+    [64, sg64({ vOverK: true }), "subgroupRows vOverK"],
     // Key halves: DP = 2 * cg * td4 = 64 on both devices.
-    [64, sg64({ tm4: 2, td4: 32 / sg, kh: true, sv: true, hs: true, q8: true, kx: true }), "sg kh"],
-    [64, sg64({ td4: 32 / sg, kh: true }), "sg kh f32"],
+    [
+      64,
+      sg64({
+        tm4: 2,
+        td4: 32 / sg,
+        keyHalves: true,
+        vOverK: true,
+        f16KV: true,
+        packedQT: true,
+        swizzleK: true,
+      }),
+      "subgroupRows keyHalves",
+    ],
+    [64, sg64({ td4: 32 / sg, keyHalves: true }), "subgroupRows keyHalves f32"],
     // Sub-rows: two (four) row groups per subgroup, each lane 2+ keys of the 32-key chunk.
-    [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg }), "sg sub-rows"],
+    [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg }), "subgroupRows sub-rows"],
     [
       64,
-      sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, sv: true, hs: true, hq: true, kx: true }),
-      "sg sub-rows sv hs hq kx",
+      sg64({
+        cg: sg / 2,
+        tn: 64 / sg,
+        td4: 32 / sg,
+        vOverK: true,
+        f16KV: true,
+        f16QT: true,
+        swizzleK: true,
+      }),
+      "subgroupRows sub-rows vOverK f16KV f16QT swizzleK",
     ],
     [
       64,
-      sg64({ tm4: 2, cg: sg / 2, tn: 64 / sg, td4: 32 / sg, sv: true, hs: true, q8: true }),
-      "sg sub-rows q8",
+      sg64({
+        tm4: 2,
+        cg: sg / 2,
+        tn: 64 / sg,
+        td4: 32 / sg,
+        vOverK: true,
+        f16KV: true,
+        packedQT: true,
+      }),
+      "subgroupRows sub-rows packedQT",
     ],
-    [64, sg64({ rg: 8, cg: sg / 4, tn: 2, td4: 64 / sg }), "sg quarter rows"],
+    [64, sg64({ rg: 8, cg: sg / 4, tn: 2, td4: 64 / sg }), "subgroupRows quarter rows"],
     // The 16 KiB f32 tile at head dim 128 (sub-rows, one key per lane, V over K).
     [
       128,
-      sg64({ cg: sg / 2, tn: 1, td4: 64 / sg, sv: true, kx: true, pf: true, ve: true, ud: 8 }),
-      "sg sub-rows d128 tn1 sv kx",
+      sg64({
+        cg: sg / 2,
+        tn: 1,
+        td4: 64 / sg,
+        vOverK: true,
+        swizzleK: true,
+        prefetchK: true,
+        earlyV: true,
+        ud: 8,
+      }),
+      "subgroupRows sub-rows d128 tn1 vOverK swizzleK",
     ],
     // P V in f16 (f16 sums over runs of uj keys).
-    [64, sg64({ tm4: 2, sv: true, hs: true, q8: true, kx: true, ph: true, uj: 8 }), "sg ph"],
-    [64, sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, hs: true, ph: true }), "sg sub-rows ph"],
+    [
+      64,
+      sg64({
+        tm4: 2,
+        vOverK: true,
+        f16KV: true,
+        packedQT: true,
+        swizzleK: true,
+        f16PV: true,
+        uj: 8,
+      }),
+      "subgroupRows f16PV",
+    ],
+    [
+      64,
+      sg64({ cg: sg / 2, tn: 64 / sg, td4: 32 / sg, f16KV: true, f16PV: true }),
+      "subgroupRows sub-rows f16PV",
+    ],
   ];
   /** Whether the device can run `v` at head dim D and this dtype (f32 tiles are twice as big). */
   const fits = (v: TiledVariant, D: number, dtype: "f16" | "f32") => {
@@ -731,14 +842,14 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
     for (const dtype of ["f16", "f32"] as const) {
       const plain = {
         ...variant,
-        hs: false,
-        hq: false,
-        hm: false,
-        sg: false,
-        kx: false,
-        q8: false,
-        kh: false,
-        ph: false,
+        f16KV: false,
+        f16QT: false,
+        f16S: false,
+        subgroupRows: false,
+        swizzleK: false,
+        packedQT: false,
+        keyHalves: false,
+        f16PV: false,
       };
       // A variant the device cannot hold is refused at op creation (TOO_LARGE "variant");
       // run only the combinations that fit, and at least one per case.
@@ -752,19 +863,22 @@ gpuTest("tiled kernel: f16 workgroup memory and subgroup variants", async () => 
         const ref = new WebGpuOp(ctx, spec, undefined, () => {}, plain);
         const c = op.config as TiledVariant;
         if (dtype === "f16" && dev.features.has("shader-f16")) {
-          assert.equal(!!c.hs, !!(variant.hs || variant.hm), `${name}: hs in use`);
-          assert.equal(!!c.hm, !!variant.hm, `${name}: hm in use`);
-        } else assert.ok(!c.hs && !c.hq && !c.hm, `${name}: no f16 workgroup memory for f32`);
+          assert.equal(!!c.f16KV, !!(variant.f16KV || variant.f16S), `${name}: f16KV in use`);
+          assert.equal(!!c.f16S, !!variant.f16S, `${name}: f16S in use`);
+        } else {assert.ok(
+            !c.f16KV && !c.f16QT && !c.f16S,
+            `${name}: no f16 workgroup memory for f32`,
+          );}
         const subgroup = subRows(ctx.subgroupSize, variant.cg) &&
           (variant.rg * variant.cg) % ctx.subgroupSize === 0;
-        assert.equal(!!c.sg, !!variant.sg && subgroup, `${name}: sg`);
-        assert.equal(!!c.kx, !!variant.kx, `${name}: kx`);
+        assert.equal(!!c.subgroupRows, !!variant.subgroupRows && subgroup, `${name}: subgroupRows`);
+        assert.equal(!!c.swizzleK, !!variant.swizzleK, `${name}: swizzleK`);
         if (dtype === "f16" && dev.features.has("shader-f16")) {
-          assert.equal(!!c.q8, !!variant.q8, `${name}: q8`);
-        } else assert.ok(!c.q8, `${name}: no q8 for f32`);
-        assert.equal(!!c.sv, !!variant.sv && !!c.sg, `${name}: sv`);
-        assert.equal(!!c.kh, !!variant.kh && !!c.sg, `${name}: kh`);
-        assert.equal(!!c.ph, !!variant.ph && !!c.sg && !!c.hs, `${name}: ph`);
+          assert.equal(!!c.packedQT, !!variant.packedQT, `${name}: packedQT`);
+        } else assert.ok(!c.packedQT, `${name}: no packedQT for f32`);
+        assert.equal(!!c.vOverK, !!variant.vOverK && !!c.subgroupRows, `${name}: vOverK`);
+        assert.equal(!!c.keyHalves, !!variant.keyHalves && !!c.subgroupRows, `${name}: keyHalves`);
+        assert.equal(!!c.f16PV, !!variant.f16PV && !!c.subgroupRows && !!c.f16KV, `${name}: f16PV`);
         const out = await op.run(q, k, v), base = await ref.run(q, k, v);
         const want = attention64(spec, q, k, v);
         assertClose(out, want, TOL[dtype], `${name} ${dtype} dense N=${N}`);
@@ -803,8 +917,8 @@ gpuTest("precision f16-pv: f16 P V where the table has it, the default elsewhere
     const [q, k, v] = [0, 1, 2].map(() => tensor("f16", N * 2 * 128, rng));
     const fast = new WebGpuOp(ctx, { ...spec, precision: "f16-pv" }, undefined, () => {});
     const ref = new WebGpuOp(ctx, spec, undefined, () => {});
-    assert.equal(!!(fast.config as TiledVariant).ph, f16Tiles, "f16 P V in use");
-    assert.ok(!(ref.config as TiledVariant).ph, "the default op keeps f32 P V");
+    assert.equal(!!(fast.config as TiledVariant).f16PV, f16Tiles, "f16 P V in use");
+    assert.ok(!(ref.config as TiledVariant).f16PV, "the default op keeps f32 P V");
     const out = await fast.run(q, k, v);
     assertClose(out, attention64(spec, q, k, v), TOL.f16, `f16-pv dense N=${N}`);
     assertClose(out, await ref.run(q, k, v), TOL.f16, `f16-pv dense N=${N} vs default`);
@@ -816,7 +930,7 @@ gpuTest("precision f16-pv: f16 P V where the table has it, the default elsewhere
   const [q, k, v] = [0, 1, 2].map(() => tensor("f16", plan.tokens * 2 * 128, rng));
   const fast = new WebGpuOp(ctx, { ...spec, precision: "f16-pv" }, plan, () => {});
   const ref = new WebGpuOp(ctx, spec, plan, () => {});
-  assert.equal(!!(fast.config as TiledVariant).ph, f16Tiles, "f16 P V in use (draft)");
+  assert.equal(!!(fast.config as TiledVariant).f16PV, f16Tiles, "f16 P V in use (draft)");
   const out = await fast.run(q, k, v), base = await ref.run(q, k, v);
   assert.deepEqual((await fast.lastMask()).mask, (await ref.lastMask()).mask);
   assertClose(out, base, TOL.f16, "f16-pv draft vs default");
@@ -1048,12 +1162,25 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
   const shape = (c: Picked) =>
     [
       `${c.br} rows`,
-      ...(["hs", "hq", "q8", "sg", "sv", "kx", "kh", "ph"] as const).filter((o) => c[o]),
+      ...([
+        "f16KV",
+        "f16QT",
+        "packedQT",
+        "subgroupRows",
+        "vOverK",
+        "swizzleK",
+        "keyHalves",
+        "f16PV",
+      ] as const)
+        .filter((o) => c[o]),
       `${c.smemBytes} B`,
       `${c.threads} threads`,
     ].join(" ");
   // f16: 64 x 32, f16 tiles, Q^T packed 8 rows per load, V over K, 24 KiB.
-  assert.equal(shape(pick(128, "f16", true)), "64 rows hs hq q8 sg sv kx 24576 B 256 threads");
+  assert.equal(
+    shape(pick(128, "f16", true)),
+    "64 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK 24576 B 256 threads",
+  );
   // precision "f16-pv": the same tile with P V in f16 (and its 16 KiB twin below).
   const fast = pickFlashVariant(128, limits, {
     dtype: "f16",
@@ -1061,29 +1188,33 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
     subgroupSize: 32,
     f16PV: true,
   }) as Picked;
-  assert.equal(shape(fast), "64 rows hs hq q8 sg sv kx ph 24576 B 256 threads");
+  assert.equal(
+    shape(fast),
+    "64 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK f16PV 24576 B 256 threads",
+  );
   // f32 inputs never take it.
   assert.ok(
-    !(pickFlashVariant(128, limits, { dtype: "f32", subgroupSize: 32, f16PV: true }) as Picked).ph,
+    !(pickFlashVariant(128, limits, { dtype: "f32", subgroupSize: 32, f16PV: true }) as Picked)
+      .f16PV,
   );
   // f32 inputs, or f16 without shader-f16: f32 tiles with sub-rows (two row groups of 16 lanes
   // per subgroup), exactly 48 KiB.
   for (const [dtype, shaderF16] of [["f32", true], ["f16", false]] as const) {
     const c = pick(128, dtype, shaderF16);
-    assert.equal(shape(c), "64 rows sg sv kx 49152 B 256 threads");
-    assert.deepEqual([c.cg, c.tn, c.td4, c.consts.SGS], [16, 2, 2, 32]);
+    assert.equal(shape(c), "64 rows subgroupRows vOverK swizzleK 49152 B 256 threads");
+    assert.deepEqual([c.cg, c.tn, c.td4, c.consts.SUBGROUP_SIZE], [16, 2, 2, 32]);
     // Without subgroups of 32 the next row (no sub-rows) serves.
     const none = pickFlashVariant(128, limits, { dtype, shaderF16, subgroupSize: 0 });
-    assert.ok(!(none as Picked).sg && none.smemBytes <= 49152);
+    assert.ok(!(none as Picked).subgroupRows && none.smemBytes <= 49152);
   }
   // headDim / 4 not a power of two: no swizzle; still a row that fits.
   const odd = pick(100, "f16", true);
-  assert.ok(!odd.kx && odd.smemBytes <= 49152);
+  assert.ok(!odd.swizzleK && odd.smemBytes <= 49152);
   // WebGPU's default limits: the 32-row twin in exactly 16 KiB; f32 the chunked kernel.
   const dflt = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
   assert.equal(
     shape(pick(128, "f16", true, dflt)),
-    "32 rows hs hq q8 sg sv kx 16384 B 128 threads",
+    "32 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK 16384 B 128 threads",
   );
   assert.equal(
     shape(pickFlashVariant(128, dflt, {
@@ -1092,19 +1223,25 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
       subgroupSize: 32,
       f16PV: true,
     }) as Picked),
-    "32 rows hs hq q8 sg sv kx ph 16384 B 128 threads",
+    "32 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK f16PV 16384 B 128 threads",
   );
   assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
   // Head dim 64: sub-rows in f32 tiles (24 KiB) for both dtypes; within the default limits key
   // halves, packed f16 tiles in 12 KiB or f32 tiles in 16 KiB.
   for (const dtype of ["f16", "f32"] as const) {
-    assert.equal(shape(pick(64, dtype, true)), "64 rows sg sv kx 24576 B 256 threads");
+    assert.equal(
+      shape(pick(64, dtype, true)),
+      "64 rows subgroupRows vOverK swizzleK 24576 B 256 threads",
+    );
   }
   assert.equal(
     shape(pick(64, "f16", true, dflt)),
-    "64 rows hs hq q8 sg sv kx kh 12288 B 256 threads",
+    "64 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK keyHalves 12288 B 256 threads",
   );
-  assert.equal(shape(pick(64, "f32", true, dflt)), "32 rows sg sv kx kh 16384 B 256 threads");
+  assert.equal(
+    shape(pick(64, "f32", true, dflt)),
+    "32 rows subgroupRows vOverK swizzleK keyHalves 16384 B 256 threads",
+  );
 });
 
 Deno.test("variants: draft ops on ragged windows take the 32-row twin", () => {

@@ -1,9 +1,9 @@
 // Flash attention over work items, dense or block-sparse, with Q and K staged in head-dim
 // chunks: the variant for small workgroup memory (WebGPU's default 16 KiB) and head dims above
-// 128; wgsl/flash_attention.wgsl is the main, register-tiled kernel. Driven by a key-run
-// iterator. In dense mode every query visits the single key run [0, tokens); in sparse mode a
-// query tile visits the key tiles of its block list, consecutive tiles (tile j+1 starting where
-// tile j ends) merged into one run. Each run is cut into chunks of BC keys.
+// 128; wgsl/flash_subgroup.wgsl and wgsl/flash_tiled.wgsl are the main, register-tiled kernels.
+// Keys come chunk by chunk (BC keys) from the block-list iterator `next_chunk` of
+// wgsl/flash_io.wgsl: in dense mode every query visits the single key run [0, tokens); in
+// sparse mode a query tile visits the key tiles of its block list, consecutive tiles merged.
 //
 // Workgroup = one work item (tile, rowStart, rows) x one (batch, head) of the piece; rowStart is
 // an absolute window-order position, `tile` selects the block list (unused in dense mode).
@@ -161,20 +161,7 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  // Linearised 2-D dispatch (see Kernel.dispatch): uniform, so returning is safe.
-  let wg = wid.x + wid.y * nwg.x;
-  if (wg >= params.items * params.nbh) {
-    return;
-  }
-  let it = work_item(wg);
-  let bh = it.bh;
-  let tile = it.tile;
-  let row_start = it.row_start;
-  let rows = it.rows;
-  let head_off = it.head_off;
-
-  let cg = lid % CG;
-  let rg = lid / CG;
+  // @include flash_item
 
   for (var r = lid; r < BR; r += NT) {
     var off = INVALID;
@@ -210,107 +197,87 @@ fn main(
     count = counts[row];
     list_base = row * params.tiles;
   }
-  var li = 0u;
-  while (li < count) {
-    // Next key run [run_s, run_e): consecutive listed tiles merged.
-    var run_s = 0u;
-    var run_e = params.tokens;
-    if (!dense_mode()) {
-      let t0 = tile_of(lists[list_base + li]);
-      run_s = t0.x;
-      run_e = t0.x + t0.y;
-      li++;
-      while (li < count) {
-        let tn = tile_of(lists[list_base + li]);
-        if (tn.x != run_e) {
-          break;
-        }
-        run_e += tn.y;
-        li++;
+  var cur = next_chunk(Chunk(0u, 0u, 0u, 0u), count, list_base);
+  while (cur.kc > 0u) {
+    let c0 = cur.c0;
+    let kc = cur.kc;
+    workgroupBarrier(); // previous chunk done with stage, ps, key_off
+    for (var j = lid; j < BC; j += NT) {
+      var off = INVALID;
+      if (j < kc) {
+        off = token_of(c0 + j) * params.s_t + head_off;
       }
-    } else {
-      li = count;
+      key_off[j] = off;
+    }
+    workgroupBarrier();
+
+    // S = Q K^T (log2 domain), one vec4 of keys per row.
+    // Explicit initialisers in loops: naga does not re-zero an uninitialised `var` there.
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    for (var dc = 0u; dc < ND; dc++) {
+      if (dc > 0u) {
+        workgroupBarrier();
+      }
+      if (ND > 1u) {
+        stage_q(dc, lid);
+      }
+      stage_k(dc, lid);
+      workgroupBarrier();
+      for (var c = 0u; c < DK4; c++) {
+        let k0 = stage[KOFF + keys.x * KSTR4 + c];
+        let k1 = stage[KOFF + keys.y * KSTR4 + c];
+        let k2 = stage[KOFF + keys.z * KSTR4 + c];
+        let k3 = stage[KOFF + keys.w * KSTR4 + c];
+        let q0 = stage[r0 * KSTR4 + c];
+        let q1 = stage[r1 * KSTR4 + c];
+        let q2 = stage[r2 * KSTR4 + c];
+        let q3 = stage[r3 * KSTR4 + c];
+        s0 += vec4<f32>(dot(q0, k0), dot(q0, k1), dot(q0, k2), dot(q0, k3));
+        s1 += vec4<f32>(dot(q1, k0), dot(q1, k1), dot(q1, k2), dot(q1, k3));
+        s2 += vec4<f32>(dot(q2, k0), dot(q2, k1), dot(q2, k2), dot(q2, k3));
+        s3 += vec4<f32>(dot(q3, k0), dot(q3, k1), dot(q3, k2), dot(q3, k3));
+      }
     }
 
-    for (var c0 = run_s; c0 < run_e; c0 += BC) {
-      let kc = min(BC, run_e - c0);
-      workgroupBarrier(); // previous chunk done with stage, ps, key_off
-      for (var j = lid; j < BC; j += NT) {
-        var off = INVALID;
-        if (j < kc) {
-          off = token_of(c0 + j) * params.s_t + head_off;
-        }
-        key_off[j] = off;
-      }
+    // Online softmax: chunk row max across the CG threads of a row, then rescale.
+    let masked = keys >= vec4<u32>(kc);
+    s0 = select(s0, vec4<f32>(NEG), masked);
+    s1 = select(s1, vec4<f32>(NEG), masked);
+    s2 = select(s2, vec4<f32>(NEG), masked);
+    s3 = select(s3, vec4<f32>(NEG), masked);
+    red[r0 * CG + cg] = max4(s0);
+    red[r1 * CG + cg] = max4(s1);
+    red[r2 * CG + cg] = max4(s2);
+    red[r3 * CG + cg] = max4(s3);
+    workgroupBarrier();
+    softmax_row(s0, r0, cg, &st0, &o0);
+    softmax_row(s1, r1, cg, &st1, &o1);
+    softmax_row(s2, r2, cg, &st2, &o2);
+    softmax_row(s3, r3, cg, &st3, &o3);
+
+    // O += P V, V staged VK keys at a time (keys >= kc have p = 0 and zero V).
+    for (var v0 = 0u; v0 < kc; v0 += VK) {
+      workgroupBarrier(); // ps complete; previous V sub-chunk consumed
+      stage_v(v0, lid);
       workgroupBarrier();
-
-      // S = Q K^T (log2 domain), one vec4 of keys per row.
-      // Explicit initialisers in loops: naga does not re-zero an uninitialised `var` there.
-      var s0 = vec4<f32>(0.0);
-      var s1 = vec4<f32>(0.0);
-      var s2 = vec4<f32>(0.0);
-      var s3 = vec4<f32>(0.0);
-      for (var dc = 0u; dc < ND; dc++) {
-        if (dc > 0u) {
-          workgroupBarrier();
-        }
-        if (ND > 1u) {
-          stage_q(dc, lid);
-        }
-        stage_k(dc, lid);
-        workgroupBarrier();
-        for (var c = 0u; c < DK4; c++) {
-          let k0 = stage[KOFF + keys.x * KSTR4 + c];
-          let k1 = stage[KOFF + keys.y * KSTR4 + c];
-          let k2 = stage[KOFF + keys.z * KSTR4 + c];
-          let k3 = stage[KOFF + keys.w * KSTR4 + c];
-          let q0 = stage[r0 * KSTR4 + c];
-          let q1 = stage[r1 * KSTR4 + c];
-          let q2 = stage[r2 * KSTR4 + c];
-          let q3 = stage[r3 * KSTR4 + c];
-          s0 += vec4<f32>(dot(q0, k0), dot(q0, k1), dot(q0, k2), dot(q0, k3));
-          s1 += vec4<f32>(dot(q1, k0), dot(q1, k1), dot(q1, k2), dot(q1, k3));
-          s2 += vec4<f32>(dot(q2, k0), dot(q2, k1), dot(q2, k2), dot(q2, k3));
-          s3 += vec4<f32>(dot(q3, k0), dot(q3, k1), dot(q3, k2), dot(q3, k3));
-        }
-      }
-
-      // Online softmax: chunk row max across the CG threads of a row, then rescale.
-      let masked = keys >= vec4<u32>(kc);
-      s0 = select(s0, vec4<f32>(NEG), masked);
-      s1 = select(s1, vec4<f32>(NEG), masked);
-      s2 = select(s2, vec4<f32>(NEG), masked);
-      s3 = select(s3, vec4<f32>(NEG), masked);
-      red[r0 * CG + cg] = max4(s0);
-      red[r1 * CG + cg] = max4(s1);
-      red[r2 * CG + cg] = max4(s2);
-      red[r3 * CG + cg] = max4(s3);
-      workgroupBarrier();
-      softmax_row(s0, r0, cg, &st0, &o0);
-      softmax_row(s1, r1, cg, &st1, &o1);
-      softmax_row(s2, r2, cg, &st2, &o2);
-      softmax_row(s3, r3, cg, &st3, &o3);
-
-      // O += P V, V staged VK keys at a time (keys >= kc have p = 0 and zero V).
-      for (var v0 = 0u; v0 < kc; v0 += VK) {
-        workgroupBarrier(); // ps complete; previous V sub-chunk consumed
-        stage_v(v0, lid);
-        workgroupBarrier();
-        for (var j = 0u; j < VK; j++) {
-          let p0 = vec4<f32>(ps[r0 * BC + v0 + j]);
-          let p1 = vec4<f32>(ps[r1 * BC + v0 + j]);
-          let p2 = vec4<f32>(ps[r2 * BC + v0 + j]);
-          let p3 = vec4<f32>(ps[r3 * BC + v0 + j]);
-          for (var t = 0u; t < TD4; t++) {
-            let vv = stage[KOFF + j * DP4 + cg + CG * t];
-            o0[t] = fma(p0, vv, o0[t]);
-            o1[t] = fma(p1, vv, o1[t]);
-            o2[t] = fma(p2, vv, o2[t]);
-            o3[t] = fma(p3, vv, o3[t]);
-          }
+      for (var j = 0u; j < VK; j++) {
+        let p0 = vec4<f32>(ps[r0 * BC + v0 + j]);
+        let p1 = vec4<f32>(ps[r1 * BC + v0 + j]);
+        let p2 = vec4<f32>(ps[r2 * BC + v0 + j]);
+        let p3 = vec4<f32>(ps[r3 * BC + v0 + j]);
+        for (var t = 0u; t < TD4; t++) {
+          let vv = stage[KOFF + j * DP4 + cg + CG * t];
+          o0[t] = fma(p0, vv, o0[t]);
+          o1[t] = fma(p1, vv, o1[t]);
+          o2[t] = fma(p2, vv, o2[t]);
+          o3[t] = fma(p3, vv, o3[t]);
         }
       }
     }
+    cur = next_chunk(cur, count, list_base);
   }
 
   // l = sum of the CG per-thread partials; O / l to the raster position of each row.

@@ -1,6 +1,7 @@
-// Interface of the flash kernels (wgsl/flash_attention.wgsl, wgsl/flash_chunked.wgsl), included
-// by `// @include flash_io` (see src/webgpu/specialize.ts): parameters, bindings and the table
-// lookups. Needs `Store4` (`// @include storage`).
+// Interface of the flash kernels (wgsl/flash_tiled.wgsl, wgsl/flash_subgroup.wgsl,
+// wgsl/flash_chunked.wgsl), included by `// @include flash_io` (see src/webgpu/specialize.ts):
+// parameters, bindings, the table lookups and the block-list iterator. Needs `Store4`
+// (`// @include storage`) and the kernel's `BC` (keys per chunk).
 
 /** Mirrored by FLASH_PARAMS in src/webgpu/kernels.ts. */
 struct Params {
@@ -95,4 +96,59 @@ fn work_item(wg: u32) -> Item {
   let at = params.items_at + 3u * item;
   let head_off = (bh / params.heads_per_row) * params.s_b + (bh % params.heads_per_row) * params.s_h;
   return Item(bh, table[at], table[at + 1u], table[at + 2u], head_off);
+}
+
+/** A chunk of keys [c0, c0 + kc) of the run ending at run_e; li = next block-list index. */
+struct Chunk {
+  c0: u32,
+  kc: u32,
+  run_e: u32,
+  li: u32,
+}
+
+/**
+ * The block-list iterator of every flash kernel: the chunk after `c` (start from
+ * `Chunk(0u, 0u, 0u, 0u)`), i.e. the next BC keys of its run, else the first chunk of the next
+ * run; kc = 0 when done. In dense mode the one run is [0, tokens); in sparse mode a run is a
+ * listed key tile, consecutive tiles (tile j+1 starting where tile j ends) merged. `count` and
+ * `list_base`: the length and start of the work item's block list (1 and 0 in dense mode).
+ */
+fn next_chunk(c: Chunk, count: u32, list_base: u32) -> Chunk {
+  var n = c;
+  n.c0 = c.c0 + c.kc;
+  if (n.c0 >= n.run_e) {
+    if (n.li >= count) {
+      n.kc = 0u;
+      return n;
+    }
+    if (dense_mode()) {
+      n.c0 = 0u;
+      n.run_e = params.tokens;
+      n.li = count;
+    } else {
+      let t0 = tile_of(lists[list_base + n.li]);
+      n.c0 = t0.x;
+      n.run_e = t0.x + t0.y;
+      n.li++;
+      while (n.li < count) {
+        let tn = tile_of(lists[list_base + n.li]);
+        if (tn.x != n.run_e) {
+          break;
+        }
+        n.run_e += tn.y;
+        n.li++;
+      }
+    }
+  }
+  n.kc = min(BC, n.run_e - n.c0);
+  return n;
+}
+
+/** Raster token of row `j` of chunk `c` (0 past the chunk). */
+fn chunk_token(c: Chunk, j: u32) -> u32 {
+  var t = 0u;
+  if (j < c.kc) {
+    t = token_of(c.c0 + j);
+  }
+  return t;
 }

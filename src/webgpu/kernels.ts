@@ -10,7 +10,7 @@ import type { Kernel, ParamLayout } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
 import { type FlashConfig, flashKey } from "./variants.ts";
 
-/** Mirror of `Params` in wgsl/flash_io.wgsl (flash_attention and flash_chunked). */
+/** Mirror of `Params` in wgsl/flash_io.wgsl (every flash kernel). */
 export const FLASH_PARAMS: ParamLayout = [
   ["items", "u32"],
   ["nbh", "u32"],
@@ -32,18 +32,35 @@ export const FLASH_PARAMS: ParamLayout = [
 ];
 
 /**
- * Flash attention (dense or block-sparse) for one head dim, dtype and tile variant; `dense`: the
+ * The specialised WGSL of a flash variant (its `file`, see src/webgpu/variants.ts); `dense`: the
  * pipeline serves dense ops only (dense mode compiled in, see DENSE in wgsl/flash_io.wgsl).
+ *
+ * @example
+ * ```ts
+ * import { flashSource } from "./kernels.ts";
+ * import { pickFlashVariant } from "./variants.ts";
+ * const limits = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
+ * const code = flashSource(pickFlashVariant(128, limits), "f32", true);
+ * console.assert(code.includes("const DENSE: u32 = 1u;"));
+ * ```
  */
+export function flashSource(c: FlashConfig, dtype: DType, dense = false): string {
+  return specialize(c.file, {
+    storage: dtype,
+    // Dense pipelines read K and V through the identity order: no token registers.
+    consts: {
+      ...c.consts,
+      DENSE: dense ? 1 : 0,
+      ...(dense && c.consts.V_TOKENS_FROM_K ? { V_TOKENS_FROM_K: 0 } : {}),
+    },
+  });
+}
+
+/** Flash attention (dense or block-sparse) for one head dim, dtype and tile variant. */
 export function flashKernel(ctx: GpuContext, c: FlashConfig, dtype: DType, dense = false): Kernel {
-  const file = c.kernel === "tiled" ? "flash_attention" : "flash_chunked";
   return ctx.kernel({
     key: `${flashKey(c, dtype)}:DENSE${dense ? 1 : 0}`,
-    code: specialize(file, {
-      storage: dtype,
-      // Dense pipelines read K and V through the identity order: no token registers (VT = 0).
-      consts: { ...c.consts, DENSE: dense ? 1 : 0, ...(dense && c.consts.VT ? { VT: 0 } : {}) },
-    }),
+    code: flashSource(c, dtype, dense),
     bindings: [
       ["params", "uniform"],
       ["q", "read"],

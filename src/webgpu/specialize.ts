@@ -1,22 +1,24 @@
 /**
- * WGSL specialisation beyond `override` constants: the things an override cannot express.
- * - Shared pieces: a line `// @include NAME` is replaced by the text of wgsl/NAME.wgsl (once per
- *   line, includes inside an included file expanded too), so helpers that several kernels need
- *   (the flash kernels' bindings, block-list compaction) are written once.
- * - The storage type: every kernel that touches q, k, v or out has the line
- *   `// @include storage`, which takes wgsl/storage_f32.wgsl, or wgsl/storage_f16.wgsl when
- *   `storage` is "f16" (`Store4`, `load4`, `store4`).
- * - Sizes of per-thread register arrays (function-scope arrays need const sizes): a line
- *   `const NAME: u32 = <n>u;` is rewritten with the host's value.
- * - Code for one setting only: the lines between `// @if NAME` and `// @endif` (with an optional
- *   `// @else`) are kept when the `const NAME: u32 = <n>u;` of the (specialised) source is
- *   non-zero, else the `// @else` part; resolved before unrolling, so the dropped part need not
- *   type-check (e.g. `enable f16;` and f16 types only where a setting asks for them).
- * - Register tiles as named variables: the lines between `// @unroll X COUNT` and its
- *   `// @end` are repeated for X = 0..COUNT-1, COUNT a literal or the value of a
- *   `const COUNT: u32 = <n>u;` of the (specialised) source. In copy i, an identifier suffix `_X`
- *   becomes `_i` and the token `X` becomes `iu`. Blocks nest (outer first), so `s_R_N` inside
- *   `R` and `N` blocks names one register per (R, N).
+ * WGSL specialisation beyond `override` constants: the things an override cannot express. Six
+ * directives, each a whole line (any other line starting `// @` is an error):
+ * - `// @include NAME`: replaced by the text of wgsl/NAME.wgsl (includes inside an included
+ *   file expanded too), so pieces that several kernels need (the flash kernels' bindings and
+ *   block-list iterator, the steps of the register-tiled kernels' `main`, block-list
+ *   compaction) are written once. `// @include storage` takes wgsl/storage_f32.wgsl, or
+ *   wgsl/storage_f16.wgsl when `storage` is "f16" (`Store4`, `load4`, `store4`).
+ * - Placeholders: a line `const NAME: u32 = <n>u;` is rewritten with the host's value (sizes of
+ *   per-thread register arrays, which need const sizes, and flags); naming a const the source
+ *   does not declare is an error.
+ * - `// @if NAME` ... `// @else` ... `// @endif` (the `@else` part optional, blocks nested):
+ *   the lines of the first part are kept when the `const NAME: u32 = <n>u;` of the
+ *   (specialised) source is non-zero, else those of the `@else` part; resolved before
+ *   unrolling, so the dropped part need not type-check (e.g. `enable f16;` and f16 types only
+ *   where a setting asks for them). A NAME that is no such const is an error.
+ * - `// @unroll X COUNT` ... `// @end`: register tiles as named variables. The lines are
+ *   repeated for X = 0..COUNT-1, COUNT a literal or the value of a `const COUNT: u32 = <n>u;` of
+ *   the (specialised) source. In copy i, an identifier suffix `_X` becomes `_i` and the token
+ *   `X` becomes `iu`. Blocks nest (outer first), so `s_R_N` inside `R` and `N` blocks names one
+ *   register per (R, N).
  *
  * @module
  */
@@ -24,15 +26,23 @@ import { WGSL } from "../generated/wgsl.ts";
 import type { DType } from "../types.ts";
 
 const INCLUDE = /^\s*\/\/ @include (\w+)\s*$/gm;
+const DIRECTIVE = /^\s*\/\/ @(\w+)/gm;
+const DIRECTIVES = new Set(["include", "if", "else", "endif", "unroll", "end"]);
 
-/** `code` with its `// @include` lines expanded (see the module doc). */
-function includes(code: string, name: string, storage: DType, depth = 0): string {
+/** `code` with its `// @include` lines expanded from `files` (see the module doc). */
+function includes(
+  code: string,
+  name: string,
+  storage: DType,
+  files: Readonly<Record<string, string>>,
+  depth = 0,
+): string {
   if (depth > 8) throw new Error(`WGSL ${name}: // @include nested too deep`);
   return code.replace(INCLUDE, (_, what: string) => {
     const file = what === "storage" ? `storage_${storage}` : what;
-    const text = WGSL[file];
+    const text = files[file];
     if (text === undefined) throw new Error(`WGSL ${name}: no WGSL file ${file} to include`);
-    return includes(text.replace(/\n$/, ""), name, storage, depth + 1);
+    return includes(text.replace(/\n$/, ""), name, storage, files, depth + 1);
   });
 }
 
@@ -44,6 +54,14 @@ export interface Specialization {
   consts?: Record<string, number>;
 }
 
+/** Options of {@linkcode specializeSource}. */
+export interface SourceSpecialization extends Specialization {
+  /** Name of the source in error messages ("source" when omitted). */
+  name?: string;
+  /** What `// @include NAME` reads, by NAME; the wgsl/ files when omitted. */
+  files?: Readonly<Record<string, string>>;
+}
+
 /**
  * The source of kernel `name` (a wgsl/ file name without extension), specialised.
  *
@@ -51,7 +69,7 @@ export interface Specialization {
  * ```ts
  * import assert from "node:assert/strict";
  * import { specialize } from "./specialize.ts";
- * const code = specialize("flash_attention", { storage: "f16", consts: { TD4: 4 } });
+ * const code = specialize("flash_tiled", { storage: "f16", consts: { TD4: 4 } });
  * assert.ok(code.includes("alias Store4 = vec2<u32>;"));
  * assert.ok(code.includes("const TD4: u32 = 4u;"));
  * ```
@@ -59,14 +77,33 @@ export interface Specialization {
 export function specialize(name: string, options: Specialization = {}): string {
   const source = WGSL[name];
   if (source === undefined) throw new Error(`no WGSL kernel named ${name}`);
-  let code = includes(source, name, options.storage ?? "f32");
+  return specializeSource(source, { ...options, name });
+}
+
+/**
+ * {@linkcode specialize} of the WGSL text `source`.
+ *
+ * @example
+ * ```ts
+ * import { specializeSource } from "./specialize.ts";
+ * const source = "const F: u32 = 0u;\n// @if F\nfn f() {}\n// @else\nfn g() {}\n// @endif";
+ * console.assert(specializeSource(source, { consts: { F: 1 } }).includes("fn f() {}"));
+ * console.assert(specializeSource(source).includes("fn g() {}"));
+ * ```
+ */
+export function specializeSource(source: string, options: SourceSpecialization = {}): string {
+  const name = options.name ?? "source";
+  let code = includes(source, name, options.storage ?? "f32", options.files ?? WGSL);
+  for (const m of code.matchAll(DIRECTIVE)) {
+    if (!DIRECTIVES.has(m[1])) throw new Error(`WGSL ${name}: unknown directive // @${m[1]}`);
+  }
   for (const [key, value] of Object.entries(options.consts ?? {})) {
     const re = new RegExp(`^const ${key}: u32 = \\d+u;$`, "m");
     if (!re.test(code)) throw new Error(`WGSL ${name} has no placeholder const ${key}`);
     code = code.replace(re, `const ${key}: u32 = ${value >>> 0}u;`);
   }
-  if (code.includes("// @if ")) code = conditionals(code, name);
-  return code.includes("// @unroll ") ? unroll(code, name) : code;
+  // Both passes run on every source, so that a stray `@else`, `@endif` or `@end` is an error.
+  return unroll(conditionals(code, name), name);
 }
 
 const IF = /^\s*\/\/ @if ([A-Za-z]\w*)\s*$/;

@@ -1,19 +1,21 @@
 /**
  * The tile table of flash attention: one list of variants per padded head dim, picked per head
- * dim and device limits. Two kernels share the bindings and params:
- * - `tiled` (wgsl/flash_attention.wgsl): register-tiled, Q^T of the tile resident in workgroup
- *   memory, the K/V chunk over the whole head dim. Thread (rg, cg) of an RG x CG workgroup owns
+ * dim and device limits. Three kernel files share the bindings and params (wgsl/flash_io.wgsl):
+ * - `tiled` rows (wgsl/flash_tile.wgsl and its steps): register-tiled, run by
+ *   wgsl/flash_subgroup.wgsl where `subgroupRows` holds on the device, else by
+ *   wgsl/flash_tiled.wgsl. Q^T of the tile resident in workgroup memory, the K/V chunk over the
+ *   whole head dim. Thread (rg, cg) of an RG x CG workgroup owns
  *   TM = 4*tm4 query rows x tn keys of S and TM rows x td4 vec4 of O: BR = TM*RG rows,
  *   BC = tn*CG keys per chunk, DP = 4*CG*td4 head dims. Workgroup memory (bytes), mirrored from
  *   the WGSL:
  *     16 * (D*BR4 + max(BC*(D4+1), BC*DP4) + BC*(BR4+1) + BR4*CG)
  *   (Q^T, K or V chunk, P^T, row partials; BR4 = BR/4, D4 = D/4). Worked example, D 128 on a
  *   48 KiB device: 32 x 32 tile, 256 threads: 16 * (1024 + 1056 + 288 + 256) = 41984 bytes.
- *   For f16 inputs on a `shader-f16` device, `hs` keeps the K/V chunk in f16 (8 bytes per vec4:
- *   33536 bytes for the same tile) and `hq` Q^T too (25344 bytes); both hold the inputs
- *   exactly. With `sg` (a row group is one subgroup) P^T and the row partials leave workgroup
- *   memory and V gets its own buffer: qb*D*BR4 + kb*(BC*(D4+1) + BC*DP4) bytes (qb, kb = 8 in
- *   f16, else 16). `hm` (f16 S arithmetic) is an A/B option only: its error grows with the
+ *   For f16 inputs on a `shader-f16` device, `f16KV` keeps the K/V chunk in f16 (8 bytes per vec4:
+ *   33536 bytes for the same tile) and `f16QT` Q^T too (25344 bytes); both hold the inputs
+ *   exactly. With `subgroupRows` (a row group is one subgroup) P^T and the row partials leave
+ *   workgroup memory and V gets its own buffer: qb*D*BR4 + kb*(BC*(D4+1) + BC*DP4) bytes (qb,
+ *   kb = 8 in f16, else 16). `f16S` (f16 S arithmetic) is an A/B option only: its error grows with the
  *   logits (4.7e-3 against 2.4e-4 at logits of std 3), beyond the conformance rule.
  *   On an H100 (bench/RESULTS.md) threads per workgroup matter most: 256 threads with small
  *   per-thread tiles beat 64 threads with 4 x 4 tiles by 1.8x at the same tile and memory.
@@ -25,8 +27,8 @@
  *
  * Ordered per DP from the preferred variant down; the first one that fits the device's
  * maxComputeWorkgroupStorageSize and maxComputeInvocationsPerWorkgroup, and gets every option
- * it asks for (f16 workgroup memory: f16 inputs and `shader-f16`; `sg`: subgroups of size cg),
- * wins. The last of each DP fits WebGPU's default 16 KiB / 256 invocations.
+ * it asks for (f16 workgroup memory: f16 inputs and `shader-f16`; `subgroupRows`: subgroups of
+ * size cg), wins. The last of each DP fits WebGPU's default 16 KiB / 256 invocations.
  *
  * @module
  */
@@ -45,23 +47,26 @@ export interface TiledVariant {
   tn: number;
   /** Output vec4 per row per thread (DP = 4*cg*td4 head dims). */
   td4: number;
-  /** Load the next chunk's K during P V, in registers (default false). */
-  pf?: boolean;
-  /** Load the chunk's V before S, in registers (default false). */
-  ve?: boolean;
+  /** Load the next chunk's K during P V, in registers (default false; PREFETCH_K). */
+  prefetchK?: boolean;
+  /** Load the chunk's V before S, in registers (default false; EARLY_V). */
+  earlyV?: boolean;
   /** Source unroll of the S loop (default 4; reduced to a divisor of headDim/4). */
   ud?: number;
   /** Source unroll of the P V loop (default 4; must divide BC). */
   uj?: number;
   /**
    * K/V chunk in f16 workgroup memory (default false). Only for f16 inputs on a device with
-   * `shader-f16`; elsewhere the variant runs as if it were false.
+   * `shader-f16`; elsewhere the variant runs as if it were false (F16_KV).
    */
-  hs?: boolean;
-  /** Q^T in f16 workgroup memory too (same condition; default false). */
-  hq?: boolean;
-  /** S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies hs, hq). */
-  hm?: boolean;
+  f16KV?: boolean;
+  /** Q^T in f16 workgroup memory too (same condition; default false; F16_QT). */
+  f16QT?: boolean;
+  /**
+   * S = Q K^T in f16 products summed in f16 over 4*ud dims, then in f32 (implies f16KV, f16QT;
+   * F16_S).
+   */
+  f16S?: boolean;
   /**
    * A row group is one subgroup, or a part of one: row max and l by subgroup reductions (by
    * shuffle-xor butterflies over the cg lanes where cg is smaller than the subgroup), P by
@@ -69,35 +74,39 @@ export interface TiledVariant {
    * in workgroup memory. Only where the device has `subgroups` with one subgroup size that cg
    * divides (cg a power of two, see {@linkcode subRows}); elsewhere the variant runs as if it
    * were false. With cg = subgroup size / 2 and tn = 2 (sub-rows) a lane owns 2 keys of a
-   * 32-key chunk, so each Q^T load feeds twice the FMAs.
+   * 32-key chunk, so each Q^T load feeds twice the FMAs. Selects wgsl/flash_subgroup.wgsl.
    */
-  sg?: boolean;
+  subgroupRows?: boolean;
   /**
    * K chunk rows without padding, columns XOR-swizzled by row (default false): conflict-free
    * like the padded stride, one vec4 per key less workgroup memory. Only where headDim / 4 is a
-   * power of two; elsewhere the variant runs as if it were false.
+   * power of two; elsewhere the variant runs as if it were false (SWIZZLE_K).
    */
-  kx?: boolean;
+  swizzleK?: boolean;
   /**
-   * With `sg`: V staged over K once S is done instead of into its own buffer (default false):
-   * one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB).
+   * With `subgroupRows`: V staged over K once S is done instead of into its own buffer (default
+   * false): one barrier more per chunk, half the K/V memory (subgroup tiles within 16 KiB;
+   * V_OVER_K).
    */
-  sv?: boolean;
+  vOverK?: boolean;
   /**
-   * Q^T packed 8 rows per 16-byte word (with `hq` semantics: f16 inputs on a device with
-   * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false).
+   * Q^T packed 8 rows per 16-byte word (with `f16QT` semantics: f16 inputs on a device with
+   * `shader-f16`; only at tm4 = 2): half the workgroup-memory loads in S (default false;
+   * PACKED_QT).
    */
-  q8?: boolean;
+  packedQT?: boolean;
   /**
-   * With `sg`: the subgroup's halves take half of P V's keys each, over DP = 2*cg*td4 dims (see
-   * KH in the kernel): head dim 64 with subgroups of 32 without idle lanes (default false).
+   * With `subgroupRows`: the subgroup's halves take half of P V's keys each, over DP = 2*cg*td4
+   * dims (see KEY_HALVES in the kernel): head dim 64 with subgroups of 32 without idle lanes
+   * (default false).
    */
-  kh?: boolean;
+  keyHalves?: boolean;
   /**
-   * With `hs` and `sg`: P V in f16 arithmetic, P rounded to f16 and each run of `uj` keys summed
-   * in f16 before it is added into the f32 output (default false; see PH in the kernel).
+   * With `f16KV` and `subgroupRows`: P V in f16 arithmetic, P rounded to f16 and each run of `uj`
+   * keys summed in f16 before it is added into the f32 output (default false; see F16_PV in the
+   * kernel).
    */
-  ph?: boolean;
+  f16PV?: boolean;
 }
 
 /** A row of the table for the head-dim-chunked kernel. */
@@ -119,32 +128,32 @@ export interface ChunkedVariant {
 export type FlashVariant = TiledVariant | ChunkedVariant;
 
 /** Loads a phase ahead and unroll by 8: the fastest options of the large tiles on an H100. */
-const FAST = { pf: true, ve: true, ud: 8, uj: 8 } as const;
+const FAST = { prefetchK: true, earlyV: true, ud: 8, uj: 8 } as const;
 /**
  * The f16 subgroup tiles' options: f16 K/V and Q^T, Q^T packed 8 rows per load, subgroup rows,
  * V over K, swizzled K, loads ahead.
  */
 const PACKED = {
   ...FAST,
-  hs: true,
-  hq: true,
-  q8: true,
-  sg: true,
-  sv: true,
-  kx: true,
+  f16KV: true,
+  f16QT: true,
+  packedQT: true,
+  subgroupRows: true,
+  vOverK: true,
+  swizzleK: true,
 } as const;
 
 /**
  * P V in f16 over whole 32-key chunks, the next chunk's K loaded right before staging (round
  * 23): fewer instructions and registers in P V than f32 products of f16 values.
  */
-const F16PV = { ph: true, uj: 32, pf: false } as const;
+const F16PV = { f16PV: true, uj: 32, prefetchK: false } as const;
 
 /**
  * The next chunk's K loaded right before staging rather than during P V, and P V unrolled over
  * the whole 32-key chunk (round 26: +3.7% dense on an H200 for the f32 P V pick).
  */
-const LATE_K = { pf: false, uj: 32 } as const;
+const LATE_K = { prefetchK: false, uj: 32 } as const;
 
 /** The table: DP -> variants, preferred first. */
 export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> = {
@@ -165,15 +174,15 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       tn: 2,
       td4: 1,
       ...FAST,
-      sg: true,
-      sv: true,
-      kx: true,
+      subgroupRows: true,
+      vOverK: true,
+      swizzleK: true,
     },
     // Subgroups of 32, P V's keys split between the subgroup's halves (same card and shapes): f16
     // with shader-f16, the packed 64 x 32 tile in 12 KiB: 18.3 TFLOP/s, draft 18.7 ms (15.6 /
     // 21.1 for the next-but-one row); f32 tiles, 32 x 32 in 16 KiB: 16.6, draft 19.5 ms (15.3 /
     // 21.8). Both fit WebGPU's defaults.
-    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, kh: true },
+    { kernel: "tiled", tm4: 2, rg: 8, cg: 32, tn: 1, td4: 1, ...PACKED, keyHalves: true },
     {
       kernel: "tiled",
       tm4: 1,
@@ -182,10 +191,10 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       tn: 1,
       td4: 1,
       ...FAST,
-      sg: true,
-      sv: true,
-      kx: true,
-      kh: true,
+      subgroupRows: true,
+      vOverK: true,
+      swizzleK: true,
+      keyHalves: true,
     },
     { kernel: "tiled", tm4: 1, rg: 16, cg: 16, tn: 2, td4: 1, ...FAST }, // 64 x 32, 256 thr, 37.0 KiB
     { kernel: "tiled", tm4: 1, rg: 8, cg: 16, tn: 2, td4: 1 }, // 32 x 32, 128 threads, 23.0 KiB
@@ -217,21 +226,30 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       tn: 2,
       td4: 2,
       ...FAST,
-      sg: true,
-      sv: true,
-      kx: true,
+      subgroupRows: true,
+      vOverK: true,
+      swizzleK: true,
     },
     // Subgroups of 32, f32 workgroup memory: 32 x 32, 256 threads, 48 KiB (H200 f32: 12.5
     // TFLOP/s vs 10.5 for the next row)
-    { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST, sg: true, kx: true },
+    {
+      kernel: "tiled",
+      tm4: 1,
+      rg: 8,
+      cg: 32,
+      tn: 1,
+      td4: 1,
+      ...FAST,
+      subgroupRows: true,
+      swizzleK: true,
+    },
     { kernel: "tiled", tm4: 1, rg: 8, cg: 32, tn: 1, td4: 1, ...FAST }, // 32 x 32, 256 thr, 41.0 KiB
     { kernel: "tiled", tm4: 1, rg: 4, cg: 32, tn: 1, td4: 1 }, // 16 x 32, 128 threads, 29.0 KiB
     // f32 inputs within WebGPU's default 16 KiB, on subgroups of 16 or 32: sub-rows (16 lanes a
     // row group), 16 x 16, 64 threads, V over K: 16 * 128 * 4 (Q^T) + 16 * 16 * 32 (K or V) =
     // exactly 16 KiB. Every other f32 tiled row needs 29-48 KiB, so f32 under default limits fell
-    // to the chunked kernel below (H200, Wan 480p: 4.7 TFLOP/s dense vs 23.4 with the adapter's
-    // limits). Not yet timed on a GPU: `deno task bench --shape wan-480p --dtype f32 --limits
-    // adapter,default` measures it.
+    // to the chunked kernel below. H200, Wan 480p BHSD dense under default limits: 4.79 -> 16.66
+    // TFLOP/s (23.2 with the adapter's limits; bench/RESULTS.md).
     {
       kernel: "tiled",
       tm4: 1,
@@ -240,9 +258,9 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
       tn: 1,
       td4: 2,
       ...FAST,
-      sg: true,
-      sv: true,
-      kx: true,
+      subgroupRows: true,
+      vOverK: true,
+      swizzleK: true,
     },
     { kernel: "chunked", rg: 8, cg: 8, td4: 4, dk: 16, vk: 16 }, // 32 x 32, 64 threads, 15.8 KiB
   ],
@@ -255,6 +273,11 @@ export const FLASH_VARIANTS: Readonly<Record<number, readonly FlashVariant[]>> =
 
 /** A variant resolved for one head dim: everything the kernel's overrides and key need. */
 export type FlashConfig = FlashVariant & {
+  /**
+   * The kernel's wgsl/ file: `flash_subgroup` for a tiled variant with `subgroupRows` (kept on
+   * this device), `flash_tiled` for one without, `flash_chunked`.
+   */
+  file: "flash_tiled" | "flash_subgroup" | "flash_chunked";
   headDim: number;
   /** Query rows per work item. */
   br: number;
@@ -264,7 +287,7 @@ export type FlashConfig = FlashVariant & {
   dp: number;
   threads: number;
   smemBytes: number;
-  /** Placeholder consts of the WGSL (register shapes, loads per thread). */
+  /** Placeholder consts of the WGSL (register shapes, loads per thread, flags). */
   consts: Record<string, number>;
   /** Override constants of the pipeline. */
   overrides: Record<string, number>;
@@ -281,7 +304,7 @@ export function subRows(subgroupSize: number, cg: number): boolean {
 /**
  * Resolves a variant for `headDim` (derived sizes, consts and overrides). `f16Smem`: the
  * inputs are f16 and the device has `shader-f16`; without it the f16 workgroup-memory options
- * (hs, hq, hm) are dropped.
+ * (f16KV, f16QT, f16S) are dropped.
  */
 export function flashConfig(
   v: FlashVariant,
@@ -290,43 +313,44 @@ export function flashConfig(
   subgroupSize = 0,
 ): FlashConfig {
   if (v.kernel === "tiled") {
-    const { hs, hq, hm, sg, q8, ...plain } = v;
-    const packed = !!q8 && f16Smem && !hm && v.tm4 === 2;
-    v = f16Smem && (hs || hq || hm || packed)
+    const { f16KV, f16QT, f16S, subgroupRows, packedQT, ...plain } = v;
+    const packed = !!packedQT && f16Smem && !f16S && v.tm4 === 2;
+    v = f16Smem && (f16KV || f16QT || f16S || packed)
       ? {
         ...plain,
-        hs: !!(hs || hm),
-        hq: !!(hq || hm || packed),
-        ...(hm ? { hm: true } : {}),
-        ...(packed ? { q8: true } : {}),
+        f16KV: !!(f16KV || f16S),
+        f16QT: !!(f16QT || f16S || packed),
+        ...(f16S ? { f16S: true } : {}),
+        ...(packed ? { packedQT: true } : {}),
       }
       : plain;
-    if (sg && subRows(subgroupSize, v.cg) && (v.rg * v.cg) % subgroupSize === 0) {
-      v = { ...v, sg: true };
-    } else if (v.sv || v.kh) v = { ...v, sv: false, kh: false };
+    if (subgroupRows && subRows(subgroupSize, v.cg) && (v.rg * v.cg) % subgroupSize === 0) {
+      v = { ...v, subgroupRows: true };
+    } else if (v.vOverK || v.keyHalves) v = { ...v, vOverK: false, keyHalves: false };
     // f16 P V needs V in f16 workgroup memory and P from subgroup shuffles.
-    if (v.ph && !(v.hs && v.sg)) v = { ...v, ph: false };
+    if (v.f16PV && !(v.f16KV && v.subgroupRows)) v = { ...v, f16PV: false };
   }
-  if (v.kernel === "tiled" && v.kx) {
+  if (v.kernel === "tiled" && v.swizzleK) {
     const d4 = headDim / 4;
-    if ((d4 & (d4 - 1)) !== 0) v = { ...v, kx: false };
+    if ((d4 & (d4 - 1)) !== 0) v = { ...v, swizzleK: false };
   }
   const bc = (v.kernel === "tiled" ? v.tn : 4) * v.cg;
-  const dp = 4 * (v.kernel === "tiled" && v.kh ? v.cg / 2 : v.cg) * v.td4;
+  const dp = 4 * (v.kernel === "tiled" && v.keyHalves ? v.cg / 2 : v.cg) * v.td4;
   const threads = v.rg * v.cg;
   if (dp < headDim) throw new Error(`flash variant ${JSON.stringify(v)} covers ${dp} < ${headDim}`);
   if (v.kernel === "tiled") {
     const br4 = v.tm4 * v.rg, d4 = headDim / 4, dp4 = dp / 4;
-    const kstr4 = d4 + (v.kx ? 0 : 1);
+    const kstr4 = d4 + (v.swizzleK ? 0 : 1);
     const kv4 = Math.max(bc * kstr4, bc * dp4);
-    const qb = v.hq ? 8 : 16, kb = v.hs ? 8 : 16;
-    const smemBytes = v.sg
-      ? qb * headDim * br4 + kb * (v.sv ? kv4 : bc * kstr4 + bc * dp4)
+    const qb = v.f16QT ? 8 : 16, kb = v.f16KV ? 8 : 16;
+    const smemBytes = v.subgroupRows
+      ? qb * headDim * br4 + kb * (v.vOverK ? kv4 : bc * kstr4 + bc * dp4)
       : qb * headDim * br4 + kb * kv4 + 16 * (bc * (br4 + 1) + br4 * v.cg);
     const uj = v.uj ?? 4;
     const per = (n: number) => Math.ceil(n / threads);
     return {
       ...v,
+      file: v.subgroupRows ? "flash_subgroup" : "flash_tiled",
       headDim,
       br: 4 * br4,
       bc,
@@ -337,26 +361,30 @@ export function flashConfig(
         TM4: v.tm4,
         TN: v.tn,
         TD4: v.td4,
-        QPT: per(v.q8 ? v.rg * d4 : br4 * d4),
+        QPT: per(v.packedQT ? v.rg * d4 : br4 * d4),
         KPT: per(bc * d4),
         VPT: per(bc * dp4),
         UD: [v.ud ?? 4, 4, 2, 1].find((u) => d4 % u === 0)!,
-        UJ: (v.sg ? (v.kh ? v.cg / 2 : v.cg) : bc) % uj === 0 ? uj : 1,
-        PF: v.pf ? 1 : 0,
-        VE: v.ve ? 1 : 0,
-        HS: v.hs ? 1 : 0,
-        HQ: v.hq ? 1 : 0,
-        HM: v.hm ? 1 : 0,
-        H16: v.hs || v.hq || v.hm ? 1 : 0,
-        VT: dp === headDim ? 1 : 0,
-        PH: v.ph ? 1 : 0,
-        Q8: v.q8 ? 1 : 0,
-        KH: v.kh ? 1 : 0,
-        SG: v.sg ? 1 : 0,
-        KX: v.kx ? 1 : 0,
-        SV: v.sv ? 1 : 0,
-        SGS: v.sg ? subgroupSize : 1,
-        SR: v.sg && v.cg < subgroupSize ? 1 : 0,
+        UJ: (v.subgroupRows ? (v.keyHalves ? v.cg / 2 : v.cg) : bc) % uj === 0 ? uj : 1,
+        PREFETCH_K: v.prefetchK ? 1 : 0,
+        EARLY_V: v.earlyV ? 1 : 0,
+        F16_KV: v.f16KV ? 1 : 0,
+        F16_QT: v.f16QT ? 1 : 0,
+        F16_S: v.f16S ? 1 : 0,
+        ENABLE_F16: v.f16KV || v.f16QT || v.f16S ? 1 : 0,
+        V_TOKENS_FROM_K: dp === headDim ? 1 : 0,
+        PACKED_QT: v.packedQT ? 1 : 0,
+        SWIZZLE_K: v.swizzleK ? 1 : 0,
+        // The subgroup kernel's own flags.
+        ...(v.subgroupRows
+          ? {
+            V_OVER_K: v.vOverK ? 1 : 0,
+            KEY_HALVES: v.keyHalves ? 1 : 0,
+            SUBGROUP_SIZE: subgroupSize,
+            SUB_ROWS: v.cg < subgroupSize ? 1 : 0,
+            F16_PV: v.f16PV ? 1 : 0,
+          }
+          : {}),
       },
       overrides: { RG: v.rg, CG: v.cg, D: headDim },
     };
@@ -368,6 +396,7 @@ export function flashConfig(
   const smemBytes = 16 * stage4 + 4 * br * bc + 4 * br * v.cg + 4 * (br + bc);
   return {
     ...v,
+    file: "flash_chunked",
     dk,
     headDim,
     br,
@@ -394,7 +423,7 @@ export interface VariantOptions {
   /** The subgroup size where `subgroups` is enabled and the adapter has one size, else 0. */
   subgroupSize?: number;
   table?: Readonly<Record<number, readonly FlashVariant[]>>;
-  /** The op asked for `precision: "f16-pv"`: rows with `ph` may serve it (else skipped). */
+  /** The op asked for `precision: "f16-pv"`: rows with `f16PV` may serve it (else skipped). */
   f16PV?: boolean;
   /**
    * Token counts of the query tiles of a draft op (its plan's `tileLen`): work items hold `br`
@@ -443,7 +472,7 @@ function isTwin(a: FlashConfig, b: FlashConfig): boolean {
   const shape = (c: FlashConfig) => {
     const { QPT: _q, KPT: _k, VPT: _v, ...consts } = c.consts;
     const { RG: _rg, ...overrides } = c.overrides;
-    return JSON.stringify([c.kernel, consts, overrides]);
+    return JSON.stringify([c.file, consts, overrides]);
   };
   return shape(a) === shape(b);
 }
@@ -476,9 +505,9 @@ export function pickFlashVariant(
   const fitting: FlashConfig[] = [];
   for (const v of table[dp]) {
     // f16 P V departs from the reference's f32 accumulators: only where the op asked for it.
-    if (v.kernel === "tiled" && v.ph && !options.f16PV) continue;
+    if (v.kernel === "tiled" && v.f16PV && !options.f16PV) continue;
     const c = flashConfig(v, headDim, f16Smem, options.subgroupSize ?? 0);
-    const options16 = ["hs", "hq", "hm", "sg", "q8", "ph"] as const;
+    const options16 = ["f16KV", "f16QT", "f16S", "subgroupRows", "packedQT", "f16PV"] as const;
     if (v.kernel === "tiled" && options16.some((o) => v[o] && !(c as TiledVariant)[o])) continue;
     if (
       c.smemBytes <= limits.maxComputeWorkgroupStorageSize &&
@@ -505,5 +534,5 @@ export function pickFlashVariant(
 export function flashKey(c: FlashConfig, dtype: string): string {
   const shape = [...Object.entries(c.consts), ...Object.entries(c.overrides)]
     .map(([k, v]) => `${k}${v}`).join(":");
-  return `flash:${c.kernel}:${dtype}:${shape}`;
+  return `flash:${c.file}:${dtype}:${shape}`;
 }
