@@ -20,4 +20,11 @@ export {
   poolTiles,
   prepTiles,
 } from "./attention";
-export { rowMassBits, sampledMap, sampledScratchBytes, selectRows } from "./policy";
+export {
+  rowMassBits,
+  sampledMap,
+  sampledScratchBytes,
+  selectMaskTokens,
+  selectRows,
+  tokenThresholdBits,
+} from "./policy";

@@ -18,6 +18,13 @@
  * - `"hybrid"`: `0.5 * (len_i / maxLen * P[i][j] + I[i][j])`, the mean of the draft map and the
  *   sampled map, both as estimated block masses (a draft row spreads the `len_i` queries of its
  *   block over the key blocks).
+ * - Under `budget: "tokens"` the sampled map is a density instead, the mean sample's mass per
+ *   key token: `I[i][j] = f32(1 / n_i) * sum over samples of mass(j) * f32(1 / len_j)`, and
+ *   "hybrid" is `0.5 * (P[i][j] + I[i][j])`: a token budget is best spent by mass per token pair,
+ *   and the draft map, one pooled key per window, already estimates that within a row.
+ * - `budget: "tokens"` (percentile only): kept(i, j) = `M[i][j] >= t` with `t` the largest value
+ *   whose entries at or above it hold `pairBudget(videoTokens, sparsity)` video token pairs
+ *   (`len_i * len_j` per entry), or `M[i][j]` equal to its row's maximum.
  *
  * ## Policies (`policy`), on a map `M`
  * - `"percentile"` (the reference): kept(i, j) = `M[i][j] >= t` with `t` the `keep`-th largest
@@ -44,7 +51,7 @@
  * @module
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
-import type { DraftSpec, Estimator, Plan, Policy } from "./types.ts";
+import type { Budget, DraftSpec, Estimator, Plan, Policy } from "./types.ts";
 import { DEFAULT_SAMPLES, DEFAULT_TAU, keepCount, MAX_SAMPLES, rowKeepCount } from "./validate.ts";
 import { AsmInstance } from "./wasm/instance.ts";
 
@@ -63,6 +70,8 @@ export interface PolicyExports {
   ): number;
   rowMassBits(row: number, g: number, tau: number): number;
   sampledScratchBytes(tokens: number, g: number): number;
+  selectMaskTokens(p: number, g: number, len: number, budget: number, mask: number): number;
+  tokenThresholdBits(p: number, g: number, len: number, budget: number): number;
   sampledMap(
     qw: number,
     kt: number,
@@ -97,6 +106,26 @@ export interface MaskConfig {
   tau: number;
   samples: number;
   maskEvery: number;
+  /** What the percentile policy's `keep` counts. */
+  budget: Budget;
+  /** Budget "tokens": the video token pairs to reach, {@linkcode pairBudget}. */
+  pairs: number;
+}
+
+/**
+ * Video token pairs the percentile policy keeps under `budget: "tokens"`:
+ * `ceil((1 - sparsity) * videoTokens^2)`, at least 1 (rounded like `keepCount`).
+ *
+ * @example
+ * ```ts
+ * import { pairBudget } from "./policy.ts";
+ * console.assert(pairBudget(4800, 0.9) === 2304000);
+ * ```
+ */
+export function pairBudget(videoTokens: number, sparsity: number): number {
+  const n = videoTokens * videoTokens;
+  const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
+  return Math.min(n, Math.max(1, k));
 }
 
 /**
@@ -124,6 +153,8 @@ export function maskConfig(
     tau: Math.fround(spec.tau ?? DEFAULT_TAU),
     samples: spec.samples ?? DEFAULT_SAMPLES,
     maskEvery: spec.maskEvery ?? 1,
+    budget: dense ? "blocks" : spec.budget ?? "blocks",
+    pairs: pairBudget((spec.frames ?? 0) * (spec.height ?? 0) * (spec.width ?? 0), spec.sparsity),
   };
 }
 
@@ -151,7 +182,8 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * `floor((s + 0.5) * hh / n)` and column `floor(frac((s + 0.5) * GOLDEN) * ww)` with GOLDEN =
  * (sqrt(5) - 1) / 2 (rows evenly spread, columns a golden-ratio sequence), or when that token is
  * taken by an earlier sample, the next free token in the window's raster order (wrapping). With
- * `n = len` every token is sampled.
+ * `n = len` every token is sampled. With `density` (budget "tokens") the coefficients are
+ * `1 / n_i` and 1: the estimator then gives mass per key token (see the module doc).
  *
  * @example
  * ```ts
@@ -164,7 +196,7 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * console.assert(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
  * ```
  */
-export function sampleTable(plan: Plan, samples: number): SampleTable {
+export function sampleTable(plan: Plan, samples: number, density = false): SampleTable {
   if (!Number.isInteger(samples) || samples < 1 || samples > MAX_SAMPLES) {
     throw new DraftAttentionError(
       "INVALID_OPTION",
@@ -195,8 +227,9 @@ export function sampleTable(plan: Plan, samples: number): SampleTable {
       table[i * stride + 1 + s] = plan.tileStart[i] + x;
     }
     table[i * stride] = n;
-    coef[2 * i] = len / (maxLen * n);
-    coef[2 * i + 1] = len / maxLen;
+    // Density (budget "tokens"): the mean sample's mass per key token, beside the draft map.
+    coef[2 * i] = density ? 1 / n : len / (maxLen * n);
+    coef[2 * i + 1] = density ? 1 : len / maxLen;
   }
   return { samples, table, coef, maxLen };
 }
