@@ -293,5 +293,48 @@ export function selectRowMask(
   return a.u8(mask, g * g).slice();
 }
 
+/**
+ * The WebAssembly reference of the token-budget threshold (budget "tokens") on one map `p`
+ * (`g x g`, entries >= 0) with window sizes `lens`: the largest value whose entries at or above
+ * it hold at least `budget` token pairs (`lens[i] * lens[j]` each), as an f32. The GPU's
+ * threshold (wgsl/select_tokens.wgsl) is tested to equal it on the same map.
+ *
+ * @example
+ * ```ts
+ * import { tokenThreshold } from "./policy.ts";
+ * const p = new Float32Array([0.5, 0.25, 0.125, 0.125]);
+ * console.assert(tokenThreshold(p, [2, 1], 4) === 0.5); // block (0, 0) holds 4 pairs
+ * console.assert(tokenThreshold(p, [2, 1], 5) === 0.25);
+ * ```
+ */
+export function tokenThreshold(p: Float32Array, lens: readonly number[], budget: number): number {
+  const g = lens.length;
+  if (g < 1 || p.length !== g * g) {
+    throw new DraftAttentionError(
+      "INVALID_INPUT",
+      "p",
+      `must hold lens.length^2 = ${g * g} values, got ${p.length}`,
+    );
+  }
+  let total = 0;
+  for (const a of lens) for (const b of lens) total += a * b;
+  if (!Number.isSafeInteger(budget) || budget < 1 || budget > total) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "budget",
+      `must be an integer in [1, ${total}], got ${describeValue(budget)}`,
+    );
+  }
+  reference ??= new AsmInstance("release");
+  const a = reference;
+  a.reset();
+  const pp = a.alloc(g * g * 4, "the importance map");
+  const len = a.alloc(g * 4, "the window sizes");
+  a.f32(pp, g * g).set(p);
+  a.i32(len, g).set(lens);
+  const bits = (a.x as unknown as PolicyExports).tokenThresholdBits(pp, g, len, budget);
+  return new Float32Array(new Uint32Array([bits]).buffer)[0];
+}
+
 /** Entries the reference percentile keeps: re-exported next to the row count for callers. */
 export { keepCount, rowKeepCount };

@@ -494,7 +494,13 @@ export class WebGpuOp implements DraftKernelOp {
         pair0,
         n,
         local: this.#localGroups(n, plan),
-        stage: stage.group(pair0, n, { p: scratch.p, counts, lists }),
+        stage: stage.group(pair0, n, {
+          p: scratch.p,
+          counts,
+          lists,
+          state: scratch.state,
+          tiles: this.#tiles,
+        }),
       };
       if (scratch.state) {
         const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
@@ -1005,7 +1011,8 @@ export class WebGpuOp implements DraftKernelOp {
           if (sampled) stage!.dispatchEstimate(pass("map"), sampled, n);
           if (mg.listsGroup) {
             const chunks = Math.ceil((g * g) / HIST_CHUNK);
-            for (let s = 0; s < SHIFTS.length; s++) {
+            if (stage!.usesTokens) stage!.dispatchTokens(pass("select"), mg.stage);
+            for (let s = 0; s < SHIFTS.length && !stage!.usesTokens; s++) {
               this.#hist!.dispatch(pass("select"), mg.local.hist[s], n * chunks);
               this.#pick!.dispatch(pass("select"), mg.local.pick[s], n);
             }

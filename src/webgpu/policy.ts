@@ -24,6 +24,14 @@ export const ROW_PARAMS: ParamLayout = [
   ["pair0", "u32"],
 ];
 
+/** Mirror of `Params` in wgsl/select_tokens.wgsl. */
+export const TOKENS_PARAMS: ParamLayout = [
+  ["nbh", "u32"],
+  ["g", "u32"],
+  ["budget_lo", "u32"],
+  ["budget_hi", "u32"],
+];
+
 /** Mirror of `Params` in wgsl/estimate_sampled.wgsl. */
 export const SAMPLED_PARAMS: ParamLayout = [
   ["nbh", "u32"],
@@ -59,6 +67,20 @@ export function rowKernel(ctx: GpuContext): Kernel {
       ["p", "read"],
       ["counts", "storage"],
       ["lists", "storage"],
+    ],
+  });
+}
+
+/** The token-budget threshold of the percentile policy (budget "tokens"). */
+export function tokensKernel(ctx: GpuContext): Kernel {
+  return ctx.kernel({
+    key: "select_tokens",
+    code: specialize("select_tokens"),
+    bindings: [
+      ["params", "uniform"],
+      ["p", "read"],
+      ["tiles", "read"],
+      ["state", "storage"],
     ],
   });
 }
@@ -142,6 +164,8 @@ export interface StageGroup {
   n: number;
   /** Row policies: the bind group of select_row. */
   rowGroup?: GPUBindGroup;
+  /** Budget "tokens": the bind group of select_tokens (writes the percentile state). */
+  tokensGroup?: GPUBindGroup;
   /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
   sampledParams?: GPUBuffer;
   p: GPUBuffer;
@@ -165,6 +189,7 @@ export class GpuMaskStage {
   readonly #plan: Plan;
   readonly #buffer: BufferMaker;
   #row?: Kernel;
+  #tokens?: Kernel;
   #sampled?: Kernel;
   #table?: SampleTable;
   #samples?: GPUBuffer;
@@ -192,8 +217,9 @@ export class GpuMaskStage {
     this.config = maskConfig(spec, plan.g);
     const c = this.config;
     if (c.policy !== "percentile") this.#row = rowKernel(ctx);
+    if (c.policy === "percentile" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
     if (c.estimator !== "draft") {
-      const t = sampleTable(plan, c.samples);
+      const t = sampleTable(plan, c.samples, c.budget === "tokens");
       this.#table = t;
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
@@ -214,6 +240,11 @@ export class GpuMaskStage {
     return this.config.policy === "percentile";
   }
 
+  /** Whether the percentile threshold comes from the token budget (select_tokens) instead. */
+  get usesTokens(): boolean {
+    return this.#tokens !== undefined;
+  }
+
   /** Whether the next run computes the mask; otherwise it reuses the block lists in place. */
   due(): boolean {
     return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
@@ -231,7 +262,14 @@ export class GpuMaskStage {
   group(
     pair0: number,
     n: number,
-    d: { p: GPUBuffer; counts: GPUBuffer; lists: GPUBuffer },
+    d: {
+      p: GPUBuffer;
+      counts: GPUBuffer;
+      lists: GPUBuffer;
+      /** The percentile state and the tile table (budget "tokens"). */
+      state?: GPUBuffer;
+      tiles?: GPUBuffer;
+    },
   ): StageGroup {
     const U = GPUBufferUsage;
     const { g, tiles } = this.#plan;
@@ -253,6 +291,20 @@ export class GpuMaskStage {
         })),
       );
       out.rowGroup = this.#row.bind({ params, p: d.p, counts: d.counts, lists: d.lists });
+    }
+    if (this.#tokens && d.state && d.tiles) {
+      const params = this.#buffer(
+        "tokens params",
+        paramsBytes(TOKENS_PARAMS),
+        U.UNIFORM | U.COPY_DST,
+        new Uint8Array(packParams(TOKENS_PARAMS, {
+          nbh: n,
+          g,
+          budget_lo: c.pairs % 2 ** 32,
+          budget_hi: Math.floor(c.pairs / 2 ** 32),
+        })),
+      );
+      out.tokensGroup = this.#tokens.bind({ params, p: d.p, tiles: d.tiles, state: d.state });
     }
     if (this.#sampled) {
       out.sampledParams = this.#buffer(
@@ -300,7 +352,8 @@ export class GpuMaskStage {
         g: this.#plan.g,
         tokens: this.#plan.tokens,
         stride: this.#table!.samples + 1,
-        hybrid: this.config.estimator === "hybrid" ? 1 : 0,
+        hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
+          (this.config.budget === "tokens" ? 2 : 0),
         scale: this.#spec.scale,
       }),
     );
@@ -311,6 +364,11 @@ export class GpuMaskStage {
     if (this.#sampled && group) {
       this.#sampled.dispatch(pass, group, n * Math.ceil(this.#plan.g / this.#qt));
     }
+  }
+
+  /** Records the token-budget threshold of a group (before select_lists). */
+  dispatchTokens(pass: GPUComputePassEncoder, sp: StageGroup): void {
+    if (this.#tokens && sp.tokensGroup) this.#tokens.dispatch(pass, sp.tokensGroup, sp.n);
   }
 
   /** Records the row policy's selection and block lists of a group. */
