@@ -7,11 +7,11 @@
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type {
   AttentionOptions,
+  Budget,
   DenseSpec,
   DraftAttentionOptions,
   DraftSpec,
   DType,
-  Budget,
   Estimator,
   Layout,
   Policy,
