@@ -27,8 +27,10 @@ import {
   type DenseStats,
   denseStats,
   draftMap,
+  maskPairs,
   maskRecall,
   oracleRecall,
+  oracleRecallAtPairs,
   type OutputError,
 } from "./src/metrics.ts";
 import {
@@ -37,12 +39,14 @@ import {
   generateWorkload,
   headArchetype,
   LATENT_CHANNELS,
+  PHOTO_REGIMES,
   QUICK_GEOMETRY,
   resolveConcentration,
   type Workload,
 } from "./src/workload.ts";
 import type {
   BackendInfo,
+  Budget,
   DType,
   Estimator,
   GpuRunArgs,
@@ -67,6 +71,9 @@ const ALL_VARIANTS = [
   "rowTopK/sampled",
   "rowMass/sampled",
   "percentile/hybrid",
+  "percentile/draft/tokens",
+  "percentile/sampled/2/tokens",
+  "percentile/sampled/8/tokens",
 ];
 /** `--model` without `--scale`: scale the latent grid down to about this many video tokens. */
 const AUTO_SCALE_TOKENS = 4800;
@@ -88,7 +95,8 @@ options:
 };
                            estimator: ${
   ESTIMATOR_NAMES.join(", ")
-}), comma-separated, or "all"; default
+}), optionally /SAMPLES and /tokens
+                           (budget "tokens"), comma-separated, or "all"; default
                            percentile/draft (the reference)
   --tau T                  rowMass's share of each row's mass, in (0, 1] (default ${DEFAULT_TAU})
   --samples S              query samples per block of the sampled and hybrid estimators
@@ -109,6 +117,10 @@ options:
   --concentration C        a number > 0 or ${
   Object.entries(CONCENTRATION_LEVELS).map(([k, v]) => `${k} (${v})`).join(", ")
 }; default moderate
+  --scene S                shapes (default: textured superellipses) or photo (1/f textures,
+                           hard edges, pan and zoom; named concentrations then mean ${
+  Object.entries(PHOTO_REGIMES).map(([k, v]) => `${k} ${v}`).join(", ")
+})
   --seed N                 workload seed (default 1)
   --runs N                 timed runs per op, median reported (default 3; 2 with --quick)
   --png DIR                write PNGs: scene, draft map and kept blocks per head, error maps
@@ -136,7 +148,8 @@ interface DemoConfig {
   concentration: number;
   seed: number;
   sparsities: number[];
-  variants: { policy: Policy; estimator: Estimator }[];
+  variants: Variant[];
+  scene: "shapes" | "photo";
   tau: number;
   samples: number;
   maskEvery: number;
@@ -146,10 +159,25 @@ interface DemoConfig {
 }
 
 /** One row of the result table. */
+/** One block selection of `--policies`. */
+interface Variant {
+  policy: Policy;
+  estimator: Estimator;
+  /** Samples of this variant (else `--samples`). */
+  samples?: number;
+  budget?: Budget;
+}
+
 export interface DemoRow {
   sparsity: number;
   policy: Policy;
   estimator: Estimator;
+  /** Query samples per block (sampled and hybrid estimators), else null. */
+  samples: number | null;
+  /** What sparsity budgets: blocks (the reference) or video token pairs. */
+  budget: Budget;
+  /** Kept video token pairs / all video token pairs, mean over (batch, head). */
+  pairs: number | null;
   /** Kept video block pairs / all, over batch and heads. */
   density: number;
   /** Median time of a run that computes its mask, ms. */
@@ -170,8 +198,13 @@ export interface DemoRow {
   /** Mask recall, mean and worst over (batch, head); `null` with `--no-reference`. */
   recall: number | null;
   recallMin: number | null;
-  /** Oracle recall at the same number of kept blocks per (batch, head). */
+  /**
+   * Oracle recall at the same kept video token pairs per (batch, head) (`oracleRecallAtPairs`):
+   * with ragged windows a block count flatters selections of full windows, token pairs do not.
+   */
   oracleRecall: number | null;
+  /** Oracle recall at the same number of kept blocks (the comparison before token pairs). */
+  oracleRecallBlocks: number | null;
   /** `recall / oracleRecall` (means). */
   recallRatio: number | null;
   oracleRecallMin: number | null;
@@ -207,6 +240,7 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
       backend: { type: "string" },
       sparsity: { type: "string" },
       policies: { type: "string" },
+      scene: { type: "string" },
       tau: { type: "string" },
       samples: { type: "string" },
       "mask-every": { type: "string" },
@@ -296,15 +330,25 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
       ? ["percentile/draft"]
       : values.policies === "all"
       ? ALL_VARIANTS
-      : values.policies.split(",")).map((x) => {
-        const [policy, estimator = "draft"] = x.trim().split("/");
-        if (
-          !(POLICY_NAMES as readonly string[]).includes(policy) ||
-          !(ESTIMATOR_NAMES as readonly string[]).includes(estimator)
-        ) {
-          usage(`--policies must list policy/estimator pairs or "all", got "${values.policies}"`);
+      : values.policies.split(",")).map((x): Variant => {
+        const [policy, estimator = "draft", ...rest] = x.trim().split("/");
+        const v: Variant = { policy: policy as Policy, estimator: estimator as Estimator };
+        let ok = (POLICY_NAMES as readonly string[]).includes(policy) &&
+          (ESTIMATOR_NAMES as readonly string[]).includes(estimator);
+        for (const r of rest) {
+          const n = Number(r);
+          if (r === "tokens" && policy === "percentile") v.budget = "tokens";
+          else if (estimator !== "draft" && Number.isInteger(n) && n >= 1 && n <= MAX_SAMPLES) {
+            v.samples = n;
+          } else ok = false;
         }
-        return { policy: policy as Policy, estimator: estimator as Estimator };
+        if (!ok) {
+          usage(
+            `--policies must list policy/estimator[/samples][/tokens] or "all", ` +
+              `got "${values.policies}"`,
+          );
+        }
+        return v;
       });
   const tau = values.tau === undefined ? DEFAULT_TAU : Number(values.tau);
   if (!(tau > 0 && tau <= 1)) usage(`--tau must be in (0, 1], got "${values.tau}"`);
@@ -320,9 +364,16 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
   if (layout !== "BSHD" && layout !== "BHSD") {
     usage(`--layout must be BSHD or BHSD, got "${layout}"`);
   }
+  const scene = values.scene ?? "shapes";
+  if (scene !== "shapes" && scene !== "photo") {
+    usage(`--scene must be shapes or photo, got "${scene}"`);
+  }
   let concentration: number;
   try {
-    concentration = resolveConcentration(values.concentration);
+    concentration = scene === "photo" && values.concentration !== undefined &&
+        Object.hasOwn(PHOTO_REGIMES, values.concentration)
+      ? PHOTO_REGIMES[values.concentration as keyof typeof PHOTO_REGIMES]
+      : resolveConcentration(values.concentration);
   } catch (e) {
     usage(`--concentration: ${(e as Error).message}`);
   }
@@ -348,6 +399,7 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
     seed,
     sparsities,
     variants,
+    scene,
     tau,
     samples,
     maskEvery: intFlag("mask-every", values["mask-every"]) ?? DEFAULT_MASK_EVERY,
@@ -467,6 +519,8 @@ export interface DemoResult {
     tokens: number;
     g: number;
     concentration: number;
+    /** `--scene`: what the workload renders. */
+    scene: "shapes" | "photo";
     seed: number;
     /**
      * Sampled query rows of the sampled estimator over all query rows: its share of dense
@@ -490,6 +544,8 @@ interface Draft {
   sparsity: number;
   policy: Policy;
   estimator: Estimator;
+  samples: number | null;
+  budget: Budget;
   /** For file names: the sparsity, plus the variant unless it is the reference. */
   label: string;
   out: TensorArray;
@@ -500,7 +556,9 @@ interface Draft {
 
 /** Sampled query rows (over every batch element's tokens) / tokens; null when nothing samples. */
 function sampledShare(c: DemoConfig, tokens: number): number | null {
-  if (c.variants.every((v) => v.estimator === "draft")) return null;
+  const sampling = c.variants.filter((v) => v.estimator !== "draft");
+  if (!sampling.length) return null;
+  const samples = Math.max(...sampling.map((v) => v.samples ?? c.samples));
   const plan = buildPlan({
     frames: c.frames,
     height: c.height,
@@ -510,10 +568,18 @@ function sampledShare(c: DemoConfig, tokens: number): number | null {
     poolH: c.pool[0],
     poolW: c.pool[1],
   });
-  const t = sampleTable(plan, c.samples);
+  const t = sampleTable(plan, samples);
   let rows = 0;
-  for (let i = 0; i < plan.g; i++) rows += t.table[i * (c.samples + 1)];
+  for (let i = 0; i < plan.g; i++) rows += t.table[i * (samples + 1)];
   return rows / tokens;
+}
+
+/** `policy/estimator[/samples][/tokens]`, as `--policies` takes it. */
+function variantName(
+  v: { policy: Policy; estimator: Estimator; samples: number | null; budget: Budget },
+): string {
+  return `${v.policy}/${v.estimator}${v.samples === null ? "" : `/${v.samples}`}` +
+    (v.budget === "tokens" ? "/tokens" : "");
 }
 
 /** Runs the demo and returns its result; progress goes to stderr. */
@@ -540,6 +606,7 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
     dtype: c.dtype,
     seed: c.seed,
     concentration: c.concentration,
+    scene: c.scene,
   });
   const generate = (performance.now() - t) / 1000;
 
@@ -560,9 +627,11 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
   const drafts: Draft[] = [];
   let g = 0;
   for (const sparsity of c.sparsities) {
-    for (const { policy, estimator } of c.variants) {
-      const reference = policy === "percentile" && estimator === "draft";
-      const name = reference ? "" : ` (${policy}/${estimator})`;
+    for (const { policy, estimator, samples: vs, budget = "blocks" } of c.variants) {
+      const reference = policy === "percentile" && estimator === "draft" && budget === "blocks";
+      const samples = estimator === "draft" ? null : vs ?? c.samples;
+      const tag = variantName({ policy, estimator, samples, budget });
+      const name = reference ? "" : ` (${tag})`;
       progress(
         `draft attention at sparsity ${sparsity}${name}: 1 warm-up + ${c.runs} timed runs, ` +
           `mask computed every run, then again with the mask reused`,
@@ -583,7 +652,8 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
         policy,
         estimator,
         ...(policy === "rowMass" ? { tau: c.tau } : {}),
-        ...(estimator === "draft" ? {} : { samples: c.samples }),
+        ...(samples === null ? {} : { samples }),
+        ...(budget === "tokens" ? { budget } : {}),
       };
       const op: DraftAttentionOp = rt.draftAttention(options);
       // Its warm-up run computes the mask; its timed runs reuse it: the sparse attention alone.
@@ -594,11 +664,13 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       g = m.g;
       op.dispose();
       reuse.dispose();
-      const label = reference ? `${sparsity}` : `${sparsity}_${policy}-${estimator}`;
+      const label = reference ? `${sparsity}` : `${sparsity}_${tag.replaceAll("/", "-")}`;
       drafts.push({
         sparsity,
         policy,
         estimator,
+        samples,
+        budget,
         label,
         out: r.out,
         ms: r.ms,
@@ -636,7 +708,10 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
   const rows: DemoRow[] = drafts.map((d) => {
     const e: OutputError = compareOutputs(dense.out, d.out);
     const mr = stats ? maskRecall(stats, d.mask) : undefined;
-    const or = stats && mr ? oracleRecall(stats, mr.kept) : undefined;
+    const pairs = stats ? maskPairs(stats, d.mask) : undefined;
+    const or = stats && pairs ? oracleRecallAtPairs(stats, pairs) : undefined;
+    const ob = stats && mr ? oracleRecall(stats, mr.kept) : undefined;
+    const v = (c.frames * c.height * c.width) ** 2;
     let kept = 0;
     for (const x of d.mask) kept += x;
     const maskCost = d.ms / d.attentionMs - 1;
@@ -644,6 +719,9 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       sparsity: d.sparsity,
       policy: d.policy,
       estimator: d.estimator,
+      samples: d.samples,
+      budget: d.budget,
+      pairs: pairs ? pairs.reduce((a, b) => a + b, 0) / (pairs.length * v) : null,
       density: kept / d.mask.length,
       ms: d.ms,
       attentionMs: d.attentionMs,
@@ -657,6 +735,7 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       recall: mr?.mean ?? null,
       recallMin: mr?.min ?? null,
       oracleRecall: or?.mean ?? null,
+      oracleRecallBlocks: ob?.mean ?? null,
       recallRatio: mr && or ? mr.mean / or.mean : null,
       oracleRecallMin: or?.min ?? null,
       recallPerHead: mr ? Array.from(mr.perHead) : null,
@@ -692,6 +771,7 @@ async function runDemo(c: DemoConfig, rt: Runtime): Promise<DemoResult> {
       tokens,
       g,
       concentration: c.concentration,
+      scene: c.scene,
       seed: c.seed,
       sampledQueryShare: sampledShare(c, tokens),
       maskEvery: c.maskEvery,
@@ -743,7 +823,7 @@ function formatTable(r: DemoResult): string {
   ];
   const header = [
     pad("sparsity", 8),
-    pad("policy/estimator", 18),
+    pad("policy/estimator", 26),
     pad("density", 7),
     pad("time ms", 9),
     pad("attn ms", 9),
@@ -760,7 +840,7 @@ function formatTable(r: DemoResult): string {
   lines.push(
     [
       pad("dense", 8),
-      pad("-", 18),
+      pad("-", 26),
       pad("1.000", 7),
       pad(r.dense.ms.toFixed(1), 9),
       pad("-", 9),
@@ -779,7 +859,7 @@ function formatTable(r: DemoResult): string {
     lines.push(
       [
         pad(row.sparsity.toFixed(2), 8),
-        pad(`${row.policy}/${row.estimator}`, 18),
+        pad(variantName(row), 26),
         pad(row.density.toFixed(3), 7),
         pad(row.ms.toFixed(1), 9),
         pad(row.attentionMs.toFixed(1), 9),
@@ -801,8 +881,9 @@ function formatTable(r: DemoResult): string {
       `with the mask recomputed every ${w.maskEvery} runs (maskEvery).`,
     "rel-L2, PSNR (peak = max |dense|): draft output vs dense output of the same backend.",
     "recall: share of the dense attention mass (video queries -> video keys) inside the kept",
-    "blocks, mean over heads; oracle: the same for the top blocks by true mass, as many blocks;",
-    "rec/orc: recall / oracle.",
+    "blocks, mean over heads; oracle: the most any selection of as many video token pairs could",
+    "keep (blocks by true mass per pair); rec/orc: recall / oracle. /N: samples; /tokens: budget",
+    '"tokens" (sparsity counts video token pairs instead of blocks).',
     ...(r.backend === "webgpu"
       ? [
         `webgpu times: runs on GPU buffers (no upload or readback), each sample the mean of ` +
