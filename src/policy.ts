@@ -20,8 +20,9 @@
  *   block over the key blocks).
  * - Under `budget: "tokens"` the sampled map is a density instead, the mean sample's mass per
  *   key token: `I[i][j] = f32(1 / n_i) * sum over samples of mass(j) * f32(1 / len_j)`, and
- *   "hybrid" is `0.5 * (P[i][j] + I[i][j])`: a token budget is best spent by mass per token pair,
- *   and the draft map, one pooled key per window, already estimates that within a row.
+ *   "hybrid" is `0.5 * (f32(g / videoTokens) * P[i][j] + I[i][j])`: a token budget is best spent
+ *   by mass per token pair; the draft map, one pooled key per window, estimates that within a row
+ *   up to the mean window size.
  * - `budget: "tokens"` (percentile only): kept(i, j) = `M[i][j] >= t` with `t` the largest value
  *   whose entries at or above it hold `pairBudget(videoTokens, sparsity)` video token pairs
  *   (`len_i * len_j` per entry), or `M[i][j]` equal to its row's maximum.
@@ -183,7 +184,7 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * (sqrt(5) - 1) / 2 (rows evenly spread, columns a golden-ratio sequence), or when that token is
  * taken by an earlier sample, the next free token in the window's raster order (wrapping). With
  * `n = len` every token is sampled. With `density` (budget "tokens") the coefficients are
- * `1 / n_i` and 1: the estimator then gives mass per key token (see the module doc).
+ * `1 / n_i` and `g / videoTokens`: the estimator then gives mass per key token (module doc).
  *
  * @example
  * ```ts
@@ -206,8 +207,11 @@ export function sampleTable(plan: Plan, samples: number, density = false): Sampl
   }
   const { g, nh, nw } = plan;
   const { poolH, poolW, height, width } = plan.geometry;
-  let maxLen = 1;
-  for (let i = 0; i < g; i++) maxLen = Math.max(maxLen, plan.tileLen[i]);
+  let maxLen = 1, videoTokens = 0;
+  for (let i = 0; i < g; i++) {
+    maxLen = Math.max(maxLen, plan.tileLen[i]);
+    videoTokens += plan.tileLen[i];
+  }
   const stride = samples + 1;
   const table = new Int32Array(g * stride);
   const coef = new Float32Array(2 * g);
@@ -229,7 +233,7 @@ export function sampleTable(plan: Plan, samples: number, density = false): Sampl
     table[i * stride] = n;
     // Density (budget "tokens"): the mean sample's mass per key token, beside the draft map.
     coef[2 * i] = density ? 1 / n : len / (maxLen * n);
-    coef[2 * i + 1] = density ? 1 : len / maxLen;
+    coef[2 * i + 1] = density ? g / videoTokens : len / maxLen;
   }
   return { samples, table, coef, maxLen };
 }

@@ -260,7 +260,11 @@ function importanceRef(
   if (estimator === "draft") return draft!;
   const sampled = sampledMapRef(inputs, dims, geom, ord, samples, scale, density);
   if (estimator === "sampled") return sampled;
-  if (density) return sampled.map((x, e) => 0.5 * (draft![e] + x));
+  if (density) {
+    // The draft map per key token: over the mean window size g / videoTokens, as an f32.
+    const c = Math.fround(g / ord.blockTokens.reduce((a, b) => a + b.length, 0));
+    return sampled.map((x, e) => 0.5 * (c * draft![e] + x));
+  }
   const maxLen = Math.max(...ord.blockTokens.map((m) => m.length));
   return sampled.map((x, e) => {
     const i = Math.floor(e / g) % g;
