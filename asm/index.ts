@@ -25,6 +25,7 @@ export {
   sampledMap,
   sampledScratchBytes,
   selectMaskTokens,
+  selectRowMassTokens,
   selectRows,
   tokenThresholdBits,
 } from "./policy";

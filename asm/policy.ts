@@ -14,6 +14,15 @@ import { kthLargestBits } from "./plan";
   return <u32>Mathf.floor(Mathf.min(reinterpret<f32>(bits), <f32>1.0) * MASS_SCALE);
 }
 
+/**
+ * Weight of column j in rowMass's masses: 1, or under the token budget (`len` != 0, the map a
+ * density per key token) the tokens of key block j, so a masses sum is per token:
+ * w = floor(min(x, 1) * 2^22) * len_j, integers either way.
+ */
+@inline function lenOf(len: usize, j: i32): u32 {
+  return len == 0 ? 1 : <u32>load<i32>(len + (<usize>j << 2));
+}
+
 /** Count and mass histograms of one radix digit. */
 const HC: usize = memory.data(256 * 4, 16);
 const HM: usize = memory.data(256 * 4, 16);
@@ -25,9 +34,9 @@ const HM: usize = memory.data(256 * 4, 16);
  * mass histogram next to the count histogram; integer sums, so any summation order gives the same
  * answer (the GPU sums with atomics).
  */
-export function rowMassBits(row: usize, g: i32, tau: f32): u32 {
+export function rowMassBits(row: usize, g: i32, tau: f32, len: usize): u32 {
   let z: u32 = 0;
-  for (let j = 0; j < g; j++) z += massOf(load<u32>(row + (<usize>j << 2)));
+  for (let j = 0; j < g; j++) z += massOf(load<u32>(row + (<usize>j << 2))) * lenOf(len, j);
   const target = <u32>Mathf.ceil(tau * <f32>z);
   let prefix: u32 = 0;
   let known: u32 = 0;
@@ -40,7 +49,7 @@ export function rowMassBits(row: usize, g: i32, tau: f32): u32 {
       if ((x & known) == prefix) {
         const d = <usize>((x >> shift) & 255) << 2;
         store<u32>(HC + d, load<u32>(HC + d) + 1);
-        store<u32>(HM + d, load<u32>(HM + d) + massOf(x));
+        store<u32>(HM + d, load<u32>(HM + d) + massOf(x) * lenOf(len, j));
       }
     }
     let digit: u32 = 255;
@@ -70,7 +79,7 @@ export function selectRows(p: usize, g: i32, rowKeep: i32, mass: i32, tau: f32, 
     const row = p + ((<usize>i * <usize>g) << 2);
     let t: u32 = 0;
     if (rowKeep < g) t = kthLargestBits(row, <u32>g, <u32>rowKeep);
-    if (mass != 0) t = max(t, rowMassBits(row, g, tau));
+    if (mass != 0) t = max(t, rowMassBits(row, g, tau, 0));
     const out = mask + <usize>i * <usize>g;
     for (let j = 0; j < g; j++) {
       const on = load<u32>(row + (<usize>j << 2)) >= t;
@@ -145,6 +154,38 @@ export function selectMaskTokens(p: usize, g: i32, len: usize, budget: f64, mask
     for (let j = 0; j < g; j++) {
       const x = load<u32>(row + (<usize>j << 2));
       const on = x >= t || x == rowMax;
+      store<u8>(out + <usize>j, <u8>on);
+      kept += <i32>on;
+    }
+  }
+  return kept;
+}
+
+/**
+ * rowMass under the token budget: row i keeps the entries >= max(u_i, min(t, rowMax_i)), with
+ * u_i its rowMass threshold for `tau` (uncapped, masses weighted by the key block's tokens) and t the `tokenThresholdBits` threshold of the
+ * whole map: each row stops at `tau` of its mass, and no entry below the budget's density
+ * threshold is kept (except the row's maximum), so the pair budget goes to the rows that need it.
+ * Returns the number of kept entries.
+ */
+export function selectRowMassTokens(
+  p: usize,
+  g: i32,
+  tau: f32,
+  len: usize,
+  budget: f64,
+  mask: usize,
+): i32 {
+  const t = tokenThresholdBits(p, g, len, budget);
+  let kept = 0;
+  for (let i = 0; i < g; i++) {
+    const row = p + ((<usize>i * <usize>g) << 2);
+    let rowMax: u32 = 0;
+    for (let j = 0; j < g; j++) rowMax = max(rowMax, load<u32>(row + (<usize>j << 2)));
+    const thr = max(rowMassBits(row, g, tau, len), min(t, rowMax));
+    const out = mask + <usize>i * <usize>g;
+    for (let j = 0; j < g; j++) {
+      const on = load<u32>(row + (<usize>j << 2)) >= thr;
       store<u8>(out + <usize>j, <u8>on);
       kept += <i32>on;
     }

@@ -23,9 +23,13 @@
  *   "hybrid" is `0.5 * (f32(g / videoTokens) * P[i][j] + I[i][j])`: a token budget is best spent
  *   by mass per token pair; the draft map, one pooled key per window, estimates that within a row
  *   up to the mean window size.
- * - `budget: "tokens"` (percentile only): kept(i, j) = `M[i][j] >= t` with `t` the largest value
- *   whose entries at or above it hold `pairBudget(videoTokens, sparsity)` video token pairs
- *   (`len_i * len_j` per entry), or `M[i][j]` equal to its row's maximum.
+ * - `budget: "tokens"` (percentile and rowMass): kept(i, j) = `M[i][j] >= t` with `t` the largest
+ *   value whose entries at or above it hold `pairBudget(videoTokens, sparsity)` video token pairs
+ *   (`len_i * len_j` per entry), or `M[i][j]` equal to its row's maximum. rowMass under it:
+ *   kept(i, j) = `M[i][j] >= max(u_i, min(t, rowMax_i))` with `u_i` its row threshold for `tau`
+ *   (no rowTopK cap; masses `w(M[i][j]) * len_j`, since the map is then a density per key token): each row stops at `tau` of its estimated mass, none keeps an entry below the
+ *   budget's threshold but its maximum, so the pairs go to the rows that need them (at most the
+ *   budget, plus row maxima).
  *
  * ## Policies (`policy`), on a map `M`
  * - `"percentile"` (the reference): kept(i, j) = `M[i][j] >= t` with `t` the `keep`-th largest
@@ -69,9 +73,17 @@ export interface PolicyExports {
     tau: number,
     mask: number,
   ): number;
-  rowMassBits(row: number, g: number, tau: number): number;
+  rowMassBits(row: number, g: number, tau: number, len: number): number;
   sampledScratchBytes(tokens: number, g: number): number;
   selectMaskTokens(p: number, g: number, len: number, budget: number, mask: number): number;
+  selectRowMassTokens(
+    p: number,
+    g: number,
+    tau: number,
+    len: number,
+    budget: number,
+    mask: number,
+  ): number;
   tokenThresholdBits(p: number, g: number, len: number, budget: number): number;
   sampledMap(
     qw: number,

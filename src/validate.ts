@@ -183,11 +183,11 @@ function policyOptions(
 > {
   const policy = oneOf("policy", o.policy, POLICIES, "percentile");
   const budget = oneOf("budget", o.budget, BUDGETS, "blocks");
-  if (budget === "tokens" && policy !== "percentile") {
+  if (budget === "tokens" && policy === "rowTopK") {
     throw new DraftAttentionError(
       "INVALID_OPTION",
       "budget",
-      `"tokens" applies to policy "percentile" only; policy is "${policy}"`,
+      `"tokens" applies to policies "percentile" and "rowMass"; policy is "${policy}"`,
     );
   }
   const estimator = oneOf("estimator", o.estimator, ESTIMATORS, "draft");

@@ -124,7 +124,11 @@ function refRows(
   rowKeep: number,
   tau?: number,
   slack = 1e-4,
+  weights?: readonly number[],
 ): RefSelection {
+  // Budget "tokens": masses weighted by the key block's tokens (see src/policy.ts).
+  const wt = (j: number) => weights ? weights[j] : 1;
+  const wmax = weights ? Math.max(...weights) : 1;
   const mask = new Uint8Array(g * g);
   let valueMargin = Infinity;
   const rowSafe: boolean[] = [];
@@ -132,17 +136,19 @@ function refRows(
     rowSafe.push(true);
     const row = Array.from({ length: g }, (_, j) => p[i * g + j]);
     const desc = [...row].sort((a, b) => b - a);
+    // Entries by decreasing value, for their weighted masses.
+    const byValue = Array.from({ length: g }, (_, j) => j).sort((a, b) => row[b] - row[a]);
     let thr = desc[rowKeep - 1];
     if (tau !== undefined) {
-      const z = row.reduce((a, b) => a + b, 0);
+      const z = row.reduce((a, b, j) => a + b * wt(j), 0);
       const goal = tau * z;
       let cum = 0;
       for (let x = 0; x < g;) {
-        const v = desc[x];
+        const v = row[byValue[x]];
         const before = cum;
-        while (x < g && desc[x] === v) cum += desc[x++];
+        while (x < g && row[byValue[x]] === v) cum += row[byValue[x]] * wt(byValue[x++]);
         if (cum >= goal || x === g) {
-          const err = (g + 2) * 2 ** -MASS_BITS + slack * z;
+          const err = (g + 2) * 2 ** -MASS_BITS * wmax + slack * z;
           if (!(cum - goal > err && goal - before > err)) rowSafe[i] = false;
           thr = Math.max(thr, v);
           break;
@@ -329,6 +335,15 @@ function selectRef(
     if (policy === "percentile" && lens) {
       const r = selectTokensRef(m, lens, sparsity);
       sel = { mask: r.mask, valueMargin: r.margin, massSafe: true };
+    } else if (policy === "rowMass" && lens) {
+      // Each row's mass threshold (no rowTopK cap), and the budget's threshold (row maxima kept).
+      const rows = refRows(m, g, g, tau, 1e-4, lens);
+      const budget = selectTokensRef(m, lens, sparsity);
+      sel = {
+        mask: rows.mask.map((x, e) => x & budget.mask[e]),
+        valueMargin: Math.min(rows.valueMargin, budget.margin),
+        massSafe: rows.massSafe,
+      };
     } else if (policy === "percentile") {
       const r = selectBlocks(m, g, keepCount(g, sparsity));
       sel = { mask: r.mask, valueMargin: r.margin, massSafe: true };
@@ -396,15 +411,21 @@ async function gpuRows(
         mass: tau === undefined ? 0 : 1,
         tau: tau ?? 1,
         pair0: 0,
+        floor: 0,
       }),
     ),
   );
+  const unused = make(16, U.STORAGE);
   const kernel = rowKernel(ctx);
   const readC = make(counts.size, U.MAP_READ | U.COPY_DST);
   const readL = make(lists.size, U.MAP_READ | U.COPY_DST);
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
-  kernel.dispatch(pass, kernel.bind({ params, p: pBuf, counts, lists }), count * g);
+  kernel.dispatch(
+    pass,
+    kernel.bind({ params, p: pBuf, counts, lists, state: unused, tiles: unused }),
+    count * g,
+  );
   pass.end();
   enc.copyBufferToBuffer(counts, 0, readC, 0, counts.size);
   enc.copyBufferToBuffer(lists, 0, readL, 0, lists.size);
@@ -426,7 +447,7 @@ async function gpuRows(
   }
   readC.unmap();
   readL.unmap();
-  for (const b of [pBuf, counts, lists, params, readC, readL]) b.destroy();
+  for (const b of [pBuf, counts, lists, params, readC, readL, unused]) b.destroy();
   return mask;
 }
 
@@ -738,6 +759,8 @@ const COMBOS: { policy: Policy; estimator: Estimator; tau?: number; budget?: "to
   { policy: "percentile", estimator: "draft", budget: "tokens" },
   { policy: "percentile", estimator: "sampled", budget: "tokens" },
   { policy: "percentile", estimator: "hybrid", budget: "tokens" },
+  { policy: "rowMass", estimator: "draft", tau: 0.8, budget: "tokens" },
+  { policy: "rowMass", estimator: "sampled", tau: 0.9, budget: "tokens" },
   { policy: "rowTopK", estimator: "draft" },
   { policy: "rowMass", estimator: "draft", tau: 0.8 },
   { policy: "percentile", estimator: "sampled" },
@@ -1107,6 +1130,7 @@ test("options: typed errors naming the field; resolved defaults", ["wasm"], () =
       "INVALID_OPTION",
       "budget",
     ],
+    ["budget a number", { budget: 1 }, "INVALID_OPTION", "budget"],
   ];
   for (const [what, extra, code, field] of bad) {
     assert.throws(

@@ -164,6 +164,9 @@ export class WasmMaskStage {
       return px.selectMaskTokens(b.p, g, b.tileLen, c.pairs, b.mask);
     }
     if (c.policy === "percentile") return x.selectMask(b.p, g, c.keep, b.mask);
+    if (c.policy === "rowMass" && c.budget === "tokens") {
+      return px.selectRowMassTokens(b.p, g, c.tau, b.tileLen, c.pairs, b.mask);
+    }
     return px.selectRows(b.p, g, c.rowKeep, c.policy === "rowMass" ? 1 : 0, c.tau, b.mask);
   }
 

@@ -424,6 +424,8 @@ export class WebGpuOp implements DraftKernelOp {
     if (stage.usesPercentile) {
       scratch.hist = this.#buffer("hist", pairs * 256 * 4, STORE);
       scratch.state = this.#buffer("state", pairs * 8, STORE);
+    } else if (stage.usesTokens) {
+      scratch.state = this.#buffer("state", pairs * 8, STORE);
     }
     return scratch;
   }
@@ -502,7 +504,7 @@ export class WebGpuOp implements DraftKernelOp {
           tiles: this.#tiles,
         }),
       };
-      if (scratch.state) {
+      if (scratch.state && stage.usesPercentile) {
         const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
         group.listsGroup = this.#lists!.bind({
           params,
@@ -1018,6 +1020,7 @@ export class WebGpuOp implements DraftKernelOp {
             }
             this.#lists!.dispatch(pass("lists"), mg.listsGroup, n * g);
           } else {
+            stage!.dispatchTokens(pass("select"), mg.stage);
             stage!.dispatchSelect(pass("select"), mg.stage);
           }
         });

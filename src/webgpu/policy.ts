@@ -22,6 +22,7 @@ export const ROW_PARAMS: ParamLayout = [
   ["mass", "u32"],
   ["tau", "f32"],
   ["pair0", "u32"],
+  ["floor", "u32"],
 ];
 
 /** Mirror of `Params` in wgsl/select_tokens.wgsl. */
@@ -67,6 +68,8 @@ export function rowKernel(ctx: GpuContext): Kernel {
       ["p", "read"],
       ["counts", "storage"],
       ["lists", "storage"],
+      ["state", "read"],
+      ["tiles", "read"],
     ],
   });
 }
@@ -189,6 +192,8 @@ export class GpuMaskStage {
   readonly #plan: Plan;
   readonly #buffer: BufferMaker;
   #row?: Kernel;
+  /** select_row's state binding where no token budget applies. */
+  #noState?: GPUBuffer;
   #tokens?: Kernel;
   #sampled?: Kernel;
   #table?: SampleTable;
@@ -217,7 +222,7 @@ export class GpuMaskStage {
     this.config = maskConfig(spec, plan.g);
     const c = this.config;
     if (c.policy !== "percentile") this.#row = rowKernel(ctx);
-    if (c.policy === "percentile" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
+    if (c.policy !== "rowTopK" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
     if (c.estimator !== "draft") {
       const t = sampleTable(plan, c.samples, c.budget === "tokens");
       this.#table = t;
@@ -240,7 +245,10 @@ export class GpuMaskStage {
     return this.config.policy === "percentile";
   }
 
-  /** Whether the percentile threshold comes from the token budget (select_tokens) instead. */
+  /**
+   * Whether the token-budget threshold (select_tokens) is computed: the percentile threshold,
+   * or rowMass's floor; the op then keeps a state buffer for it.
+   */
   get usesTokens(): boolean {
     return this.#tokens !== undefined;
   }
@@ -285,12 +293,22 @@ export class GpuMaskStage {
           pair0,
           g,
           tiles,
-          k: c.rowKeep,
+          // rowMass under the token budget: no rowTopK cap, the budget's floor instead.
+          k: this.#tokens ? g : c.rowKeep,
           mass: c.policy === "rowMass" ? 1 : 0,
           tau: c.tau,
+          floor: this.#tokens ? 1 : 0,
         })),
       );
-      out.rowGroup = this.#row.bind({ params, p: d.p, counts: d.counts, lists: d.lists });
+      this.#noState ??= this.#buffer("row state (unused)", 16, U.STORAGE);
+      out.rowGroup = this.#row.bind({
+        params,
+        p: d.p,
+        counts: d.counts,
+        lists: d.lists,
+        state: this.#tokens && d.state ? d.state : this.#noState,
+        tiles: this.#tokens && d.tiles ? d.tiles : this.#noState,
+      });
     }
     if (this.#tokens && d.state && d.tiles) {
       const params = this.#buffer(
