@@ -11,7 +11,7 @@
  * token pairs (not blocks) is the point: with ragged windows a selection of larger blocks holds
  * more pairs, so block-count density flatters estimators that pick full windows.
  *
- * `--variants a,b` picks variants (`policy/estimator[/samples][/tokens]`), `--regimes`,
+ * `--variants a,b` picks variants (`policy/estimator[/samples][/tokens][/tauT]`), `--regimes`,
  * `--shapes`, `--sparsity` narrow the sweep, `--json` prints one JSON object.
  */
 import { parseArgs } from "node:util";
@@ -56,6 +56,7 @@ function variant(name: string): Partial<DraftAttentionOptions> {
   for (const x of rest) {
     if (x === "tokens") o.budget = "tokens";
     else if (/^\d+$/.test(x)) o.samples = Number(x);
+    else if (/^tau[\d.]+$/.test(x)) o.tau = Number(x.slice(3));
     else throw new Error(`unknown variant part "${x}" in "${name}"`);
   }
   return o as Partial<DraftAttentionOptions>;

@@ -64,7 +64,7 @@ const DEFAULT_SPARSITIES = [0.5, 0.75, 0.9];
 const DEFAULT_MASK_EVERY = 10;
 const POLICY_NAMES: readonly Policy[] = ["percentile", "rowTopK", "rowMass"];
 const ESTIMATOR_NAMES: readonly Estimator[] = ["draft", "sampled", "hybrid"];
-/** `--policies all`: the reference, then every policy on the draft map and the sampled map. */
+/** `--policies all`: the reference, every policy on the draft and sampled maps, the token budget. */
 const ALL_VARIANTS = [
   "percentile/draft",
   "rowTopK/draft",
@@ -75,7 +75,9 @@ const ALL_VARIANTS = [
   "percentile/hybrid",
   "percentile/draft/tokens",
   "percentile/sampled/2/tokens",
+  "percentile/hybrid/2/tokens",
   "percentile/sampled/8/tokens",
+  "rowMass/hybrid/2/tokens",
 ];
 /** `--model` without `--scale`: scale the latent grid down to about this many video tokens. */
 const AUTO_SCALE_TOKENS = 4800;
@@ -293,7 +295,7 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
           (ESTIMATOR_NAMES as readonly string[]).includes(estimator);
         for (const r of rest) {
           const n = Number(r);
-          if (r === "tokens" && policy === "percentile") v.budget = "tokens";
+          if (r === "tokens" && policy !== "rowTopK") v.budget = "tokens";
           else if (estimator !== "draft" && Number.isInteger(n) && n >= 1 && n <= MAX_SAMPLES) {
             v.samples = n;
           } else ok = false;

@@ -30,7 +30,8 @@ export type Estimator = "draft" | "sampled" | "hybrid";
  * What `sparsity` budgets. `"blocks"` (the reference): the percentile policy keeps
  * `ceil((1 - sparsity) * g^2)` blocks. `"tokens"`: it keeps the largest entries until their
  * video token pairs reach `ceil((1 - sparsity) * videoTokens^2)`, so that with ragged windows a
- * partial window costs what it holds (percentile policy only).
+ * partial window costs what it holds; rowMass then keeps no entry below that threshold but the
+ * row maxima and stops each row at `tau` of its mass (not rowTopK).
  */
 export type Budget = "blocks" | "tokens";
 /** Which backend computes. */
