@@ -328,6 +328,7 @@ function parseConfig(argv: string[]): DemoConfig | "help" {
   }
   let concentration: number;
   try {
+    // A named level means the photo family's regime on the photo scene (as generateWorkload).
     concentration = scene === "photo" && values.concentration !== undefined &&
         Object.hasOwn(PHOTO_REGIMES, values.concentration)
       ? PHOTO_REGIMES[values.concentration as keyof typeof PHOTO_REGIMES]

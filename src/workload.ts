@@ -133,7 +133,10 @@ export interface WorkloadOptions {
   dtype?: DType;
   /** Any integer; default 1. */
   seed?: number;
-  /** A number > 0 or a named level; default {@linkcode DEFAULT_CONCENTRATION}. */
+  /**
+   * A number > 0 or a named level (of {@linkcode PHOTO_REGIMES} with `scene: "photo"`, else of
+   * {@linkcode CONCENTRATION_LEVELS}); default {@linkcode DEFAULT_CONCENTRATION}.
+   */
   concentration?: number | ConcentrationLevel;
   /**
    * What is rendered: `"shapes"` (default; textured superellipses over a two-texture
@@ -812,11 +815,16 @@ export function generateWorkload(options: WorkloadOptions): Workload {
   if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
     invalid("seed", `must be an integer, got ${describeValue(seed)}`);
   }
-  const concentration = resolveConcentration(options.concentration);
   const sceneKind = options.scene ?? "shapes";
   if (sceneKind !== "shapes" && sceneKind !== "photo") {
     invalid("scene", `must be "shapes" or "photo", got ${describeValue(sceneKind)}`);
   }
+  // A named level means the photo family's regime on the photo scene.
+  const named = options.concentration;
+  const concentration = sceneKind === "photo" && typeof named === "string" &&
+      Object.hasOwn(PHOTO_REGIMES, named)
+    ? PHOTO_REGIMES[named as ConcentrationLevel]
+    : resolveConcentration(named);
   const videoTokens = frames * height * width;
   const tokens = videoTokens + textTokens;
   const total = batch * tokens * heads * headDim;

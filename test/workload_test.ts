@@ -132,6 +132,10 @@ Deno.test("workload: photo regimes give ~4,000 / ~300 / ~50 effective keys, even
   const b = generateWorkload({ ...SMALL, scene: "photo", seed: 4 });
   const c = generateWorkload({ ...SMALL, seed: 4 });
   assert.ok(same(a.scene, b.scene) && same(a.q, b.q) && !same(a.scene, c.scene));
+  assert.equal(
+    generateWorkload({ ...SMALL, scene: "photo", concentration: "sharp" }).concentration,
+    PHOTO_REGIMES.sharp,
+  );
   const frame = a.scene.length / 2;
   assert.ok(!same(a.scene.subarray(0, frame), a.scene.subarray(frame)));
   assert.throws(
