@@ -108,6 +108,7 @@ for (const sparsity of args.sparsity.split(",").map(Number)) {
   for (const name of args.variants.split(",")) {
     const opts = { ...SHAPES[shapeName], dtype, sparsity, ...variant(name) };
     let mask: number, attention: number;
+    let stages = "";
     if (gpu) {
       const spec: DraftSpec = rt.draftAttention(opts).spec as DraftSpec;
       const op = new WebGpuOp(new GpuContext(rt.device!), spec, buildPlan(spec), () => {});
@@ -121,6 +122,8 @@ for (const sparsity of args.sparsity.split(",").map(Number)) {
       const t = runs.sort((a, b) => a.attention - b.attention)[runs.length >> 1];
       mask = t.pool + t.map + t.select + t.lists;
       attention = t.attention;
+      stages = `  (pool ${t.pool.toFixed(2)}, map ${t.map.toFixed(2)}, select ` +
+        `${t.select.toFixed(2)}, lists ${t.lists.toFixed(2)} ms)`;
     } else {
       // maskEvery 2: runs alternate computing and reusing the mask; pairs of adjacent runs
       // see the same machine load (this one is shared), the median of their differences is
@@ -151,7 +154,7 @@ for (const sparsity of args.sparsity.split(",").map(Number)) {
         `attention ${attention.toFixed(2)} ms`,
         `share ${(100 * mask / attention).toFixed(1)}%`,
         `amortised /${every} ${(100 * mask / every / attention).toFixed(1)}%`,
-      ].join("  "),
+      ].join("  ") + stages,
     );
   }
 }
