@@ -7,7 +7,7 @@
 // whose lo wrapped adds 1 to hi, which makes the 64-bit sum exact in any order, as
 // asm/policy.ts `tokenThresholdBits` computes it with u64. Writes state[bh] = (threshold, 0);
 // wgsl/select_lists.wgsl then keeps P >= threshold and each row's maximum, as for the count
-// budget.
+// budget (percentile), or wgsl/select_row.wgsl takes it as rowMass's floor.
 
 /** Mirrored by TOKENS_PARAMS in src/webgpu/policy.ts. */
 struct Params {

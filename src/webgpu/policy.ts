@@ -1,8 +1,9 @@
 /**
  * The mask stage of the WebGPU backend for the policies and estimators beyond the reference
  * (src/policy.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
- * the row policies with their block lists (wgsl/select_row.wgsl), their buffers and bind
- * groups, and the mask-reuse schedule (`maskEvery`). The reference path (pool -> draft map ->
+ * the row policies with their block lists (wgsl/select_row.wgsl), the token budget's threshold
+ * (wgsl/select_tokens.wgsl), their buffers and bind groups, and the mask-reuse schedule
+ * (`maskEvery`). The reference path (pool -> draft map ->
  * radix select -> block lists) stays in op.ts; this stage tells it which passes a run records.
  *
  * @module
@@ -74,7 +75,7 @@ export function rowKernel(ctx: GpuContext): Kernel {
   });
 }
 
-/** The token-budget threshold of the percentile policy (budget "tokens"). */
+/** The token-budget threshold (budget "tokens"): the percentile threshold or rowMass's floor. */
 export function tokensKernel(ctx: GpuContext): Kernel {
   return ctx.kernel({
     key: "select_tokens",
