@@ -56,16 +56,40 @@ fn main(
     atomicStore(&hhi[lid], 0u);
     workgroupBarrier();
     let prefix = sel.x;
-    for (var e = lid; e < n; e += WG) {
-      let x = p[base + e];
-      if ((x & known) == prefix) {
-        let d = (x >> shift) & 0xffu;
-        atomicAdd(&hc[d], 1u);
-        let w = tiles[e / g].y * tiles[e % g].y;
-        let old = atomicAdd(&hlo[d], w);
-        if (old > 0xffffffffu - w) {
-          atomicAdd(&hhi[d], 1u);
+    // A thread sums a run of entries with the same digit in registers and adds the run to the
+    // bins when the digit changes: most entries of a map share their top digits (the first
+    // pass sees a few exponents), and 256 threads adding to one bin would serialise.
+    var cur = 0u;
+    var c_n = 0u;
+    var c_lo = 0u;
+    var c_hi = 0u;
+    // One step past the end (e >= n) flushes the last run.
+    for (var e = lid; e < n + WG; e += WG) {
+      var hit = false;
+      var d = 0u;
+      var w = 0u;
+      if (e < n) {
+        let x = p[base + e];
+        if ((x & known) == prefix) {
+          hit = true;
+          d = (x >> shift) & 0xffu;
+          w = tiles[e / g].y * tiles[e % g].y;
         }
+      }
+      if ((e >= n || (hit && d != cur)) && c_n > 0u) {
+        atomicAdd(&hc[cur], c_n);
+        let old = atomicAdd(&hlo[cur], c_lo);
+        atomicAdd(&hhi[cur], c_hi + select(0u, 1u, old > 0xffffffffu - c_lo));
+        c_n = 0u;
+        c_lo = 0u;
+        c_hi = 0u;
+      }
+      if (hit) {
+        cur = d;
+        c_n += 1u;
+        let lo = c_lo + w;
+        c_hi += select(0u, 1u, lo < c_lo);
+        c_lo = lo;
       }
     }
     workgroupBarrier();
