@@ -30,6 +30,7 @@ export type {
   AttentionOptions,
   BackendInfo,
   BackendKind,
+  Budget,
   DenseSpec,
   DraftAttentionOptions,
   DraftSpec,
@@ -53,6 +54,9 @@ export type { Tensor } from "./src/_tensor.ts";
 export { CONCENTRATION_LEVELS, generateWorkload } from "./src/workload.ts";
 export type { ConcentrationLevel, Workload, WorkloadOptions } from "./src/workload.ts";
 export { compareOutputs, denseStats, maskRecall, oracleRecall } from "./src/metrics.ts";
+export { maskPairs, oracleRecallAtPairs } from "./src/metrics.ts";
+export { PHOTO_GEOMETRIES, PHOTO_REGIMES } from "./src/workload.ts";
+export type { SceneKind } from "./src/workload.ts";
 export type {
   AttentionShape,
   DenseStats,

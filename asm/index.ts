@@ -20,4 +20,12 @@ export {
   poolTiles,
   prepTiles,
 } from "./attention";
-export { rowMassBits, sampledMap, sampledScratchBytes, selectRows } from "./policy";
+export {
+  rowMassBits,
+  sampledMap,
+  sampledScratchBytes,
+  selectMaskTokens,
+  selectRowMassTokens,
+  selectRows,
+  tokenThresholdBits,
+} from "./policy";

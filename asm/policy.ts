@@ -14,6 +14,15 @@ import { kthLargestBits } from "./plan";
   return <u32>Mathf.floor(Mathf.min(reinterpret<f32>(bits), <f32>1.0) * MASS_SCALE);
 }
 
+/**
+ * Weight of column j in rowMass's masses: 1, or under the token budget (`len` != 0, the map a
+ * density per key token) the tokens of key block j, so a masses sum is per token:
+ * w = floor(min(x, 1) * 2^22) * len_j, integers either way.
+ */
+@inline function lenOf(len: usize, j: i32): u32 {
+  return len == 0 ? 1 : <u32>load<i32>(len + (<usize>j << 2));
+}
+
 /** Count and mass histograms of one radix digit. */
 const HC: usize = memory.data(256 * 4, 16);
 const HM: usize = memory.data(256 * 4, 16);
@@ -25,9 +34,9 @@ const HM: usize = memory.data(256 * 4, 16);
  * mass histogram next to the count histogram; integer sums, so any summation order gives the same
  * answer (the GPU sums with atomics).
  */
-export function rowMassBits(row: usize, g: i32, tau: f32): u32 {
+export function rowMassBits(row: usize, g: i32, tau: f32, len: usize): u32 {
   let z: u32 = 0;
-  for (let j = 0; j < g; j++) z += massOf(load<u32>(row + (<usize>j << 2)));
+  for (let j = 0; j < g; j++) z += massOf(load<u32>(row + (<usize>j << 2))) * lenOf(len, j);
   const target = <u32>Mathf.ceil(tau * <f32>z);
   let prefix: u32 = 0;
   let known: u32 = 0;
@@ -40,7 +49,7 @@ export function rowMassBits(row: usize, g: i32, tau: f32): u32 {
       if ((x & known) == prefix) {
         const d = <usize>((x >> shift) & 255) << 2;
         store<u32>(HC + d, load<u32>(HC + d) + 1);
-        store<u32>(HM + d, load<u32>(HM + d) + massOf(x));
+        store<u32>(HM + d, load<u32>(HM + d) + massOf(x) * lenOf(len, j));
       }
     }
     let digit: u32 = 255;
@@ -70,10 +79,113 @@ export function selectRows(p: usize, g: i32, rowKeep: i32, mass: i32, tau: f32, 
     const row = p + ((<usize>i * <usize>g) << 2);
     let t: u32 = 0;
     if (rowKeep < g) t = kthLargestBits(row, <u32>g, <u32>rowKeep);
-    if (mass != 0) t = max(t, rowMassBits(row, g, tau));
+    if (mass != 0) t = max(t, rowMassBits(row, g, tau, 0));
     const out = mask + <usize>i * <usize>g;
     for (let j = 0; j < g; j++) {
       const on = load<u32>(row + (<usize>j << 2)) >= t;
+      store<u8>(out + <usize>j, <u8>on);
+      kept += <i32>on;
+    }
+  }
+  return kept;
+}
+
+/** Count and token-pair histograms of one radix digit for `tokenThresholdBits`. */
+const TC: usize = memory.data(256 * 4, 16);
+const TW: usize = memory.data(256 * 8, 16);
+
+/**
+ * Token-budget threshold of one (batch, head) map (budget "tokens"): with w(i, j) = len[i] *
+ * len[j] the token pairs of block (i, j) and W(v) = sum of w over the entries >= v, the largest
+ * value v of the map with W(v) >= budget. MSD radix select over the f32 bit patterns with a
+ * pair-count histogram (u64) beside the count histogram, as `rowMassBits` does with masses;
+ * integer sums, so any summation order (the GPU's atomics) gives the same threshold. p: f32[g*g]
+ * (>= 0), len: i32[g], budget <= sum of w (an integer below 2^53).
+ */
+export function tokenThresholdBits(p: usize, g: i32, len: usize, budget: f64): u32 {
+  const target = <u64>budget;
+  let prefix: u32 = 0;
+  let known: u32 = 0;
+  let above: u64 = 0; // pairs of the entries above the current prefix group
+  for (let shift: u32 = 24;; shift -= 8) {
+    memory.fill(TC, 0, 256 * 4);
+    memory.fill(TW, 0, 256 * 8);
+    for (let i = 0; i < g; i++) {
+      const li = <u64>load<i32>(len + (<usize>i << 2));
+      const row = p + ((<usize>i * <usize>g) << 2);
+      for (let j = 0; j < g; j++) {
+        const x = load<u32>(row + (<usize>j << 2));
+        if ((x & known) == prefix) {
+          const d = <usize>((x >> shift) & 255);
+          store<u32>(TC + (d << 2), load<u32>(TC + (d << 2)) + 1);
+          const w = li * <u64>load<i32>(len + (<usize>j << 2));
+          store<u64>(TW + (d << 3), load<u64>(TW + (d << 3)) + w);
+        }
+      }
+    }
+    let digit: u32 = 255;
+    for (;; digit--) {
+      const c = load<u32>(TC + (<usize>digit << 2));
+      const m = load<u64>(TW + (<usize>digit << 3));
+      if (c > 0 && above + m >= target) break;
+      above += m;
+      assert(digit > 0);
+    }
+    prefix |= digit << shift;
+    known |= <u32>255 << shift;
+    if (shift == 0) break;
+  }
+  return prefix;
+}
+
+/**
+ * Percentile mask under the token budget: mask[i*g+j] = 1 where P[i][j] >= the
+ * `tokenThresholdBits` threshold or P[i][j] is its row's largest entry (as `selectMask`).
+ * Returns the number of kept entries.
+ */
+export function selectMaskTokens(p: usize, g: i32, len: usize, budget: f64, mask: usize): i32 {
+  const t = tokenThresholdBits(p, g, len, budget);
+  let kept = 0;
+  for (let i = 0; i < g; i++) {
+    const row = p + ((<usize>i * <usize>g) << 2);
+    let rowMax: u32 = 0;
+    for (let j = 0; j < g; j++) rowMax = max(rowMax, load<u32>(row + (<usize>j << 2)));
+    const out = mask + <usize>i * <usize>g;
+    for (let j = 0; j < g; j++) {
+      const x = load<u32>(row + (<usize>j << 2));
+      const on = x >= t || x == rowMax;
+      store<u8>(out + <usize>j, <u8>on);
+      kept += <i32>on;
+    }
+  }
+  return kept;
+}
+
+/**
+ * rowMass under the token budget: row i keeps the entries >= max(u_i, min(t, rowMax_i)), with
+ * u_i its rowMass threshold for `tau` (uncapped, masses weighted by the key block's tokens) and t the `tokenThresholdBits` threshold of the
+ * whole map: each row stops at `tau` of its mass, and no entry below the budget's density
+ * threshold is kept (except the row's maximum), so the pair budget goes to the rows that need it.
+ * Returns the number of kept entries.
+ */
+export function selectRowMassTokens(
+  p: usize,
+  g: i32,
+  tau: f32,
+  len: usize,
+  budget: f64,
+  mask: usize,
+): i32 {
+  const t = tokenThresholdBits(p, g, len, budget);
+  let kept = 0;
+  for (let i = 0; i < g; i++) {
+    const row = p + ((<usize>i * <usize>g) << 2);
+    let rowMax: u32 = 0;
+    for (let j = 0; j < g; j++) rowMax = max(rowMax, load<u32>(row + (<usize>j << 2)));
+    const thr = max(rowMassBits(row, g, tau, len), min(t, rowMax));
+    const out = mask + <usize>i * <usize>g;
+    for (let j = 0; j < g; j++) {
+      const on = load<u32>(row + (<usize>j << 2)) >= thr;
       store<u8>(out + <usize>j, <u8>on);
       kept += <i32>on;
     }
@@ -115,8 +227,9 @@ export function sampledScratchBytes(tokens: i32, g: i32): i32 {
  * rows (window-order positions `samples[i * stride + 1 + s]`, n_i = `samples[i * stride]`,
  * stride = maxSamples + 1) attend exactly to every key (softmax over all `tokens` keys, text
  * included); each sample's probability mass is summed per video key tile j, and
- * I[i][j] = coef[2i] * sum over samples of mass_s(j). With `hybrid` != 0 the draft map already
- * in `p` is mixed in: p[i][j] = 0.5 * (coef[2i + 1] * p[i][j] + I[i][j]); else p[i][j] = I[i][j].
+ * I[i][j] = coef[2i] * sum over samples of mass_s(j), times f32(1 / len_j) when bit 1 of `hybrid`
+ * is set (density, budget "tokens"). With bit 0 of `hybrid` set the draft map already in `p` is
+ * mixed in: p[i][j] = 0.5 * (coef[2i + 1] * p[i][j] + I[i][j]); else p[i][j] = I[i][j].
  *
  * qw: window-order query rows f32[tokens * headDim]; kt, offsets: keys packed by `packKeys`
  * (panels of 8 keys, [headDim][8], zero past a tile's end). Logits are kept in log2 units so
@@ -234,9 +347,11 @@ export function sampledMap(
     const dc = load<f32>(coef + (<usize>(2 * i + 1) << 2));
     const row = p + ((<usize>i * <usize>g) << 2);
     for (let j = 0; j < g; j++) {
-      const est = c * load<f32>(acc + (<usize>j << 2));
+      let est = c * load<f32>(acc + (<usize>j << 2));
+      // Density (budget "tokens"): mass per key token of block j.
+      if ((hybrid & 2) != 0) est *= <f32>1.0 / <f32>load<i32>(tileLen + (<usize>j << 2));
       const at = row + (<usize>j << 2);
-      store<f32>(at, hybrid != 0 ? <f32>0.5 * (dc * load<f32>(at) + est) : est);
+      store<f32>(at, (hybrid & 1) != 0 ? <f32>0.5 * (dc * load<f32>(at) + est) : est);
     }
   }
 }

@@ -467,6 +467,87 @@ export function oracleRecall(stats: DenseStats, kept: number | ArrayLike<number>
   return summarise(perHead, counts);
 }
 
+/**
+ * Token pairs a block mask keeps per (batch, head): the sum of `windowLen[i] * windowLen[j]`
+ * over the kept video blocks `(i, j)`. With ragged windows, block counts and token pairs
+ * disagree (a corner window holds a quarter of a full one), and the attention's cost follows
+ * the token pairs.
+ *
+ * @example
+ * ```ts
+ * import { denseStats, maskPairs } from "./metrics.ts";
+ * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 3, pool: [1, 2] as const };
+ * const s = denseStats(new Float32Array(12), new Float32Array(12), shape); // windows of 2 and 1
+ * console.assert(maskPairs(s, new Uint8Array([1, 1, 0, 1]))[0] === 4 + 2 + 1);
+ * ```
+ */
+export function maskPairs(stats: DenseStats, mask: ArrayLike<number>): Float64Array {
+  const { g, windowLen } = stats;
+  const g2 = g * g;
+  const bhs = stats.batch * stats.heads;
+  checkLength("mask", mask, bhs * g2);
+  const out = new Float64Array(bhs);
+  for (let bh = 0; bh < bhs; bh++) {
+    let n = 0;
+    for (let i = 0; i < g; i++) {
+      for (let j = 0; j < g; j++) if (mask[bh * g2 + i * g + j]) n += windowLen[i] * windowLen[j];
+    }
+    out[bh] = n;
+  }
+  return out;
+}
+
+/**
+ * Oracle recall at equal token pairs: the most true mass any selection of at most `pairs` video
+ * token pairs per (batch, head) can keep (one number for all heads, or one per head, e.g.
+ * `maskPairs(stats, mask)`). Blocks are taken by true mass per token pair, the last one in part
+ * (the fractional-knapsack bound), so this is an upper bound on every block selection of that
+ * cost; with equal windows and whole blocks it is the top blocks by true mass. `kept` counts the
+ * blocks taken whole.
+ *
+ * @example
+ * ```ts
+ * import { denseStats, oracleRecallAtPairs } from "./metrics.ts";
+ * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2, pool: [1, 1] as const };
+ * const s = denseStats(new Float32Array(8), new Float32Array(8), shape);
+ * console.assert(oracleRecallAtPairs(s, 3).mean === 0.75);
+ * ```
+ */
+export function oracleRecallAtPairs(
+  stats: DenseStats,
+  pairs: number | ArrayLike<number>,
+): Recall {
+  const { g, windowLen } = stats;
+  const g2 = g * g;
+  const bhs = stats.batch * stats.heads;
+  if (typeof pairs !== "number") checkLength("pairs", pairs, bhs);
+  const perHead = new Float64Array(bhs);
+  const counts = new Int32Array(bhs);
+  const size = new Float64Array(g2);
+  for (let i = 0; i < g; i++) {
+    for (let j = 0; j < g; j++) size[i * g + j] = windowLen[i] * windowLen[j];
+  }
+  const idx = new Int32Array(g2);
+  for (let bh = 0; bh < bhs; bh++) {
+    const m = stats.blockMass.subarray(bh * g2, (bh + 1) * g2);
+    for (let x = 0; x < g2; x++) idx[x] = x;
+    idx.sort((a, b) => m[b] / size[b] - m[a] / size[a] || a - b);
+    let left = Math.max(0, typeof pairs === "number" ? pairs : pairs[bh]);
+    let inside = 0, n = 0;
+    for (let x = 0; x < g2 && left > 0; x++) {
+      const e = idx[x];
+      const take = Math.min(1, left / size[e]);
+      inside += take * m[e];
+      left -= take * size[e];
+      if (take === 1) n++;
+    }
+    const total = videoTotal(stats, bh);
+    perHead[bh] = total > 0 ? inside / total : 1;
+    counts[bh] = n;
+  }
+  return summarise(perHead, counts);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Effective keys and the draft map
 // ---------------------------------------------------------------------------------------------

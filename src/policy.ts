@@ -18,6 +18,18 @@
  * - `"hybrid"`: `0.5 * (len_i / maxLen * P[i][j] + I[i][j])`, the mean of the draft map and the
  *   sampled map, both as estimated block masses (a draft row spreads the `len_i` queries of its
  *   block over the key blocks).
+ * - Under `budget: "tokens"` the sampled map is a density instead, the mean sample's mass per
+ *   key token: `I[i][j] = f32(1 / n_i) * sum over samples of mass(j) * f32(1 / len_j)`, and
+ *   "hybrid" is `0.5 * (f32(g / videoTokens) * P[i][j] + I[i][j])`: a token budget is best spent
+ *   by mass per token pair; the draft map, one pooled key per window, estimates that within a row
+ *   up to the mean window size.
+ * - `budget: "tokens"` (percentile and rowMass): kept(i, j) = `M[i][j] >= t` with `t` the largest
+ *   value whose entries at or above it hold `pairBudget(videoTokens, sparsity)` video token pairs
+ *   (`len_i * len_j` per entry), or `M[i][j]` equal to its row's maximum. rowMass under it:
+ *   kept(i, j) = `M[i][j] >= max(u_i, min(t, rowMax_i))` with `u_i` its row threshold for `tau`
+ *   (no rowTopK cap; masses `w(M[i][j]) * len_j`, since the map is then a density per key token): each row stops at `tau` of its estimated mass, none keeps an entry below the
+ *   budget's threshold but its maximum, so the pairs go to the rows that need them (at most the
+ *   budget, plus row maxima).
  *
  * ## Policies (`policy`), on a map `M`
  * - `"percentile"` (the reference): kept(i, j) = `M[i][j] >= t` with `t` the `keep`-th largest
@@ -44,7 +56,7 @@
  * @module
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
-import type { DraftSpec, Estimator, Plan, Policy } from "./types.ts";
+import type { Budget, DraftSpec, Estimator, Plan, Policy } from "./types.ts";
 import { DEFAULT_SAMPLES, DEFAULT_TAU, keepCount, MAX_SAMPLES, rowKeepCount } from "./validate.ts";
 import { AsmInstance } from "./wasm/instance.ts";
 
@@ -61,8 +73,18 @@ export interface PolicyExports {
     tau: number,
     mask: number,
   ): number;
-  rowMassBits(row: number, g: number, tau: number): number;
+  rowMassBits(row: number, g: number, tau: number, len: number): number;
   sampledScratchBytes(tokens: number, g: number): number;
+  selectMaskTokens(p: number, g: number, len: number, budget: number, mask: number): number;
+  selectRowMassTokens(
+    p: number,
+    g: number,
+    tau: number,
+    len: number,
+    budget: number,
+    mask: number,
+  ): number;
+  tokenThresholdBits(p: number, g: number, len: number, budget: number): number;
   sampledMap(
     qw: number,
     kt: number,
@@ -97,6 +119,26 @@ export interface MaskConfig {
   tau: number;
   samples: number;
   maskEvery: number;
+  /** What the percentile policy's `keep` counts. */
+  budget: Budget;
+  /** Budget "tokens": the video token pairs to reach, {@linkcode pairBudget}. */
+  pairs: number;
+}
+
+/**
+ * Video token pairs the percentile policy keeps under `budget: "tokens"`:
+ * `ceil((1 - sparsity) * videoTokens^2)`, at least 1 (rounded like `keepCount`).
+ *
+ * @example
+ * ```ts
+ * import { pairBudget } from "./policy.ts";
+ * console.assert(pairBudget(4800, 0.9) === 2304000);
+ * ```
+ */
+export function pairBudget(videoTokens: number, sparsity: number): number {
+  const n = videoTokens * videoTokens;
+  const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
+  return Math.min(n, Math.max(1, k));
 }
 
 /**
@@ -125,6 +167,8 @@ export function maskConfig(
     tau: Math.fround(spec.tau ?? DEFAULT_TAU),
     samples: spec.samples ?? DEFAULT_SAMPLES,
     maskEvery: spec.maskEvery ?? 1,
+    budget: dense ? "blocks" : spec.budget ?? "blocks",
+    pairs: pairBudget((spec.frames ?? 0) * (spec.height ?? 0) * (spec.width ?? 0), spec.sparsity),
   };
 }
 
@@ -152,7 +196,8 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * `floor((s + 0.5) * hh / n)` and column `floor(frac((s + 0.5) * GOLDEN) * ww)` with GOLDEN =
  * (sqrt(5) - 1) / 2 (rows evenly spread, columns a golden-ratio sequence), or when that token is
  * taken by an earlier sample, the next free token in the window's raster order (wrapping). With
- * `n = len` every token is sampled.
+ * `n = len` every token is sampled. With `density` (budget "tokens") the coefficients are
+ * `1 / n_i` and `g / videoTokens`: the estimator then gives mass per key token (module doc).
  *
  * @example
  * ```ts
@@ -166,7 +211,7 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * assert.ok(table.join() === "2,36,110" && coef[0] === 0.5 && coef[1] === 1);
  * ```
  */
-export function sampleTable(plan: Plan, samples: number): SampleTable {
+export function sampleTable(plan: Plan, samples: number, density = false): SampleTable {
   if (!Number.isInteger(samples) || samples < 1 || samples > MAX_SAMPLES) {
     throw new DraftAttentionError(
       "INVALID_OPTION",
@@ -176,8 +221,11 @@ export function sampleTable(plan: Plan, samples: number): SampleTable {
   }
   const { g, nh, nw } = plan;
   const { poolH, poolW, height, width } = plan.geometry;
-  let maxLen = 1;
-  for (let i = 0; i < g; i++) maxLen = Math.max(maxLen, plan.tileLen[i]);
+  let maxLen = 1, videoTokens = 0;
+  for (let i = 0; i < g; i++) {
+    maxLen = Math.max(maxLen, plan.tileLen[i]);
+    videoTokens += plan.tileLen[i];
+  }
   const stride = samples + 1;
   const table = new Int32Array(g * stride);
   const coef = new Float32Array(2 * g);
@@ -197,8 +245,9 @@ export function sampleTable(plan: Plan, samples: number): SampleTable {
       table[i * stride + 1 + s] = plan.tileStart[i] + x;
     }
     table[i * stride] = n;
-    coef[2 * i] = len / (maxLen * n);
-    coef[2 * i + 1] = len / maxLen;
+    // Density (budget "tokens"): the mean sample's mass per key token, beside the draft map.
+    coef[2 * i] = density ? 1 / n : len / (maxLen * n);
+    coef[2 * i + 1] = density ? g / videoTokens : len / maxLen;
   }
   return { samples, table, coef, maxLen };
 }
@@ -261,6 +310,49 @@ export function selectRowMask(
     mask,
   );
   return a.u8(mask, g * g).slice();
+}
+
+/**
+ * The WebAssembly reference of the token-budget threshold (budget "tokens") on one map `p`
+ * (`g x g`, entries >= 0) with window sizes `lens`: the largest value whose entries at or above
+ * it hold at least `budget` token pairs (`lens[i] * lens[j]` each), as an f32. The GPU's
+ * threshold (wgsl/select_tokens.wgsl) is tested to equal it on the same map.
+ *
+ * @example
+ * ```ts
+ * import { tokenThreshold } from "./policy.ts";
+ * const p = new Float32Array([0.5, 0.25, 0.125, 0.125]);
+ * console.assert(tokenThreshold(p, [2, 1], 4) === 0.5); // block (0, 0) holds 4 pairs
+ * console.assert(tokenThreshold(p, [2, 1], 5) === 0.25);
+ * ```
+ */
+export function tokenThreshold(p: Float32Array, lens: readonly number[], budget: number): number {
+  const g = lens.length;
+  if (g < 1 || p.length !== g * g) {
+    throw new DraftAttentionError(
+      "INVALID_INPUT",
+      "p",
+      `must hold lens.length^2 = ${g * g} values, got ${p.length}`,
+    );
+  }
+  let total = 0;
+  for (const a of lens) for (const b of lens) total += a * b;
+  if (!Number.isSafeInteger(budget) || budget < 1 || budget > total) {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "budget",
+      `must be an integer in [1, ${total}], got ${describeValue(budget)}`,
+    );
+  }
+  reference ??= new AsmInstance("release");
+  const a = reference;
+  a.reset();
+  const pp = a.alloc(g * g * 4, "the importance map");
+  const len = a.alloc(g * 4, "the window sizes");
+  a.f32(pp, g * g).set(p);
+  a.i32(len, g).set(lens);
+  const bits = (a.x as unknown as PolicyExports).tokenThresholdBits(pp, g, len, budget);
+  return new Float32Array(new Uint32Array([bits]).buffer)[0];
 }
 
 /** Entries the reference percentile keeps: re-exported next to the row count for callers. */

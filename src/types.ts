@@ -25,6 +25,15 @@ export type Policy = "percentile" | "rowTopK" | "rowMass";
  * block masses.
  */
 export type Estimator = "draft" | "sampled" | "hybrid";
+
+/**
+ * What `sparsity` budgets. `"blocks"` (the reference): the percentile policy keeps
+ * `ceil((1 - sparsity) * g^2)` blocks. `"tokens"`: it keeps the largest entries until their
+ * video token pairs reach `ceil((1 - sparsity) * videoTokens^2)`, so that with ragged windows a
+ * partial window costs what it holds; rowMass then keeps no entry below that threshold but the
+ * row maxima and stops each row at `tau` of its mass (not rowTopK).
+ */
+export type Budget = "blocks" | "tokens";
 /** Which backend computes. */
 export type BackendKind = "webgpu" | "wasm";
 
@@ -102,6 +111,8 @@ export interface DraftAttentionOptions {
   estimator?: Estimator;
   /** `sampled` and `hybrid` only: query samples per query block, 1 to 16; default 8. */
   samples?: number;
+  /** What `sparsity` budgets, blocks or token pairs; default `"blocks"` (see {@linkcode Budget}). */
+  budget?: Budget;
   /**
    * Recompute the block mask on every `maskEvery`-th run and reuse it on the runs in between
    * (denoising steps change the attention pattern slowly); default 1 (every run).
@@ -167,6 +178,8 @@ export interface DraftSpec extends DenseSpec, Geometry {
   estimator?: Estimator;
   /** Query samples per query block of the sampled and hybrid estimators (default 8). */
   samples?: number;
+  /** Default `"blocks"`. */
+  budget?: Budget;
   /** Runs per mask computation (default 1). */
   maskEvery?: number;
 }

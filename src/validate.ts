@@ -7,6 +7,7 @@
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type {
   AttentionOptions,
+  Budget,
   DenseSpec,
   DraftAttentionOptions,
   DraftSpec,
@@ -33,6 +34,7 @@ const PRECISIONS: readonly Precision[] = ["f32", "f16-pv"];
 const TEXT_POSITIONS: readonly TextPosition[] = ["after", "before"];
 const POLICIES: readonly Policy[] = ["percentile", "rowTopK", "rowMass"];
 const ESTIMATORS: readonly Estimator[] = ["draft", "sampled", "hybrid"];
+const BUDGETS: readonly Budget[] = ["blocks", "tokens"];
 /** Default `tau` of the rowMass policy. */
 export const DEFAULT_TAU = 0.9;
 /** Default query samples per block of the sampled and hybrid estimators. */
@@ -167,6 +169,7 @@ export const OPTION_KEYS = {
     "estimator",
     "samples",
     "maskEvery",
+    "budget",
     "scale",
     "precision",
   ],
@@ -186,6 +189,7 @@ export const OPTION_KEYS = {
     "dtype",
     "seed",
     "concentration",
+    "scene",
   ],
   /** `StepSchedule.mode()`'s query. */
   mode: ["step", "layer", "timestep", "cross"],
@@ -311,9 +315,17 @@ function policyOptions(
   sparsity: number,
 ): Pick<
   DraftSpec,
-  "policy" | "keep" | "rowKeep" | "tau" | "estimator" | "samples" | "maskEvery"
+  "policy" | "keep" | "rowKeep" | "tau" | "estimator" | "samples" | "maskEvery" | "budget"
 > {
   const policy = oneOf("policy", o.policy, POLICIES, "percentile");
+  const budget = oneOf("budget", o.budget, BUDGETS, "blocks");
+  if (budget === "tokens" && policy === "rowTopK") {
+    throw new DraftAttentionError(
+      "INVALID_OPTION",
+      "budget",
+      `"tokens" applies to policies "percentile" and "rowMass"; policy is "${policy}"`,
+    );
+  }
   const estimator = oneOf("estimator", o.estimator, ESTIMATORS, "draft");
   let tau = DEFAULT_TAU;
   if (o.tau !== undefined) {
@@ -352,6 +364,7 @@ function policyOptions(
     estimator,
     samples,
     maskEvery: o.maskEvery === undefined ? 1 : positiveInt("maskEvery", o.maskEvery, 1),
+    budget,
   };
 }
 

@@ -84,6 +84,32 @@ export const QUICK_GEOMETRY: Readonly<
   { frames: number; height: number; width: number; heads: number; headDim: number }
 > = Object.freeze({ frames: 4, height: 16, width: 32, heads: 2, headDim: 32 });
 
+/**
+ * The photo workload family's concentration regimes (`scene: "photo"`), named by the effective
+ * keys per query they give on {@linkcode PHOTO_GEOMETRIES} (about 4,000 / 300 / 50 of 4,600-4,800
+ * tokens; test/workload_test.ts pins the ranges).
+ */
+export const PHOTO_REGIMES: Readonly<Record<ConcentrationLevel, number>> = Object.freeze({
+  flat: 3,
+  moderate: 16,
+  sharp: 26,
+});
+
+/**
+ * The photo family's two window shapes: `even` (6 x 16 x 48, every 8 x 16 window full, g = 36)
+ * and `ragged` (6 x 20 x 40, partial windows at the bottom and right edges as in Wan 480p,
+ * g = 54). Four heads (one of each archetype), head dim 64.
+ */
+export const PHOTO_GEOMETRIES: Readonly<
+  Record<
+    "even" | "ragged",
+    { frames: number; height: number; width: number; heads: number; headDim: number }
+  >
+> = Object.freeze({
+  even: Object.freeze({ frames: 6, height: 16, width: 48, heads: 4, headDim: 64 }),
+  ragged: Object.freeze({ frames: 6, height: 20, width: 40, heads: 4, headDim: 64 }),
+});
+
 /** Options of {@linkcode generateWorkload}. */
 export interface WorkloadOptions {
   /** Latent frames after patchify. */
@@ -108,9 +134,21 @@ export interface WorkloadOptions {
   dtype?: DType;
   /** Any integer; default 1. */
   seed?: number;
-  /** A number > 0 or a named level; default {@linkcode DEFAULT_CONCENTRATION}. */
+  /**
+   * A number > 0 or a named level (of {@linkcode PHOTO_REGIMES} with `scene: "photo"`, else of
+   * {@linkcode CONCENTRATION_LEVELS}); default {@linkcode DEFAULT_CONCENTRATION}.
+   */
   concentration?: number | ConcentrationLevel;
+  /**
+   * What is rendered: `"shapes"` (default; textured superellipses over a two-texture
+   * background) or `"photo"` (photograph-like content: 1/f spectrum textures, hard-edged
+   * occluding objects, a camera that pans and zooms; see {@linkcode PHOTO_REGIMES}).
+   */
+  scene?: SceneKind;
 }
+
+/** The scene kinds of {@linkcode generateWorkload}. */
+export type SceneKind = "shapes" | "photo";
 
 /** What {@linkcode generateWorkload} returns. */
 export interface Workload {
@@ -370,6 +408,200 @@ function renderScene(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Photograph-like scene
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A 1/f texture: a sum of plane waves whose frequencies are log-uniform between `1 / size` and
+ * about 1 cycle per token, amplitude `(k0 / k)^beta` (the power spectrum of photographs falls
+ * like `1/f^2`; `beta` near 1 is a natural image, smaller is busier), each wave with its own
+ * channel loading, so colour varies across the texture as it does in a photograph.
+ */
+interface Spectrum {
+  kx: Float64Array;
+  ky: Float64Array;
+  phase: Float64Array;
+  amp: Float64Array;
+  /** `[waves * LATENT_CHANNELS]`. */
+  load: Float64Array;
+  color: Float64Array;
+}
+
+/** Waves per texture. */
+const WAVES = 40;
+
+function makeSpectrum(rng: Rng, size: number, beta: number, contrast: number): Spectrum {
+  const kx = new Float64Array(WAVES), ky = new Float64Array(WAVES);
+  const phase = new Float64Array(WAVES), amp = new Float64Array(WAVES);
+  const k0 = 1 / size, k1 = 1;
+  let norm = 0;
+  for (let w = 0; w < WAVES; w++) {
+    const k = k0 * (k1 / k0) ** rng.next();
+    const a = rng.uniform(0, Math.PI);
+    kx[w] = k * Math.cos(a);
+    ky[w] = k * Math.sin(a);
+    phase[w] = rng.uniform(0, 2 * Math.PI);
+    amp[w] = (k0 / k) ** beta;
+    norm += amp[w] * amp[w] / 2;
+  }
+  // Unit total variance per channel loading, times the contrast.
+  const f = contrast / Math.sqrt(norm);
+  for (let w = 0; w < WAVES; w++) amp[w] *= f;
+  const load = rng.gaussian(WAVES * LATENT_CHANNELS, 1 / Math.sqrt(LATENT_CHANNELS) * 2);
+  return { kx, ky, phase, amp, load, color: rng.gaussian(LATENT_CHANNELS, 0.8) };
+}
+
+/**
+ * Adds the texture at world point (u, v) into `out` times `w`; waves finer than the screen can
+ * show at `zoom` (world units per screen token = 1 / zoom) fade out instead of aliasing.
+ */
+function addSpectrum(out: Float64Array, t: Spectrum, u: number, v: number, zoom: number, w = 1) {
+  for (let c = 0; c < LATENT_CHANNELS; c++) out[c] += w * t.color[c];
+  for (let i = 0; i < WAVES; i++) {
+    const ks = Math.hypot(t.kx[i], t.ky[i]) / zoom; // cycles per screen token
+    const fade = Math.exp(-((ks / 0.6) ** 2));
+    if (fade < 1e-3) continue;
+    const a = w * fade * t.amp[i] *
+      Math.sin(2 * Math.PI * (t.kx[i] * u + t.ky[i] * v) + t.phase[i]);
+    const o = i * LATENT_CHANNELS;
+    for (let c = 0; c < LATENT_CHANNELS; c++) out[c] += a * t.load[o + c];
+  }
+}
+
+/** An occluding object: a polygon with a texture in its own coordinates, hard edges. */
+interface PhotoObject {
+  cx: number;
+  cy: number;
+  vx: number;
+  vy: number;
+  /** Polygon vertices relative to the centre, counter-clockwise. */
+  px: Float64Array;
+  py: Float64Array;
+  texture: Spectrum;
+}
+
+interface Photo {
+  layers: Spectrum[];
+  /** Boundaries between background layers: y = base + slope x + a wavy 1/f profile. */
+  bounds: { base: number; slope: number; profile: Spectrum }[];
+  objects: PhotoObject[];
+  /** Camera centre at frame 0, its pan per frame, zoom at frame 0 and its growth per frame. */
+  cx: number;
+  cy: number;
+  panX: number;
+  panY: number;
+  zoom0: number;
+  zoomRate: number;
+}
+
+function makePhoto(rng: Rng, height: number, width: number): Photo {
+  const size = Math.max(height, width);
+  const nLayers = 3;
+  const layers: Spectrum[] = [];
+  const bounds: Photo["bounds"] = [];
+  for (let l = 0; l < nLayers; l++) {
+    layers.push(makeSpectrum(rng, size * rng.uniform(0.3, 1), rng.uniform(0.7, 1.2), 1));
+  }
+  for (let l = 1; l < nLayers; l++) {
+    bounds.push({
+      base: height * (l / nLayers + rng.uniform(-0.1, 0.1)),
+      slope: rng.uniform(-0.25, 0.25),
+      profile: makeSpectrum(rng, size * 0.5, 1, height * 0.06),
+    });
+  }
+  const objects: PhotoObject[] = [];
+  const count = 4 + Math.floor(rng.next() * 4);
+  for (let i = 0; i < count; i++) {
+    const r = Math.min(height, width) * rng.uniform(0.08, 0.3);
+    const n = 3 + Math.floor(rng.next() * 5);
+    const px = new Float64Array(n), py = new Float64Array(n);
+    const a0 = rng.uniform(0, 2 * Math.PI);
+    for (let v = 0; v < n; v++) {
+      const a = a0 + (2 * Math.PI * (v + rng.uniform(-0.3, 0.3))) / n;
+      const rr = r * rng.uniform(0.6, 1.3);
+      px[v] = rr * Math.cos(a);
+      py[v] = rr * Math.sin(a);
+    }
+    const speed = width * rng.uniform(0, 0.04);
+    const dir = rng.uniform(0, 2 * Math.PI);
+    objects.push({
+      cx: rng.uniform(0.05, 0.95) * width,
+      cy: rng.uniform(0.1, 0.9) * height,
+      vx: speed * Math.cos(dir),
+      vy: 0.4 * speed * Math.sin(dir),
+      px,
+      py,
+      texture: makeSpectrum(rng, r, rng.uniform(0.6, 1.2), 0.8),
+    });
+  }
+  return {
+    layers,
+    bounds,
+    objects,
+    cx: width / 2,
+    cy: height / 2,
+    panX: width * rng.uniform(0.01, 0.05) * (rng.next() < 0.5 ? -1 : 1),
+    panY: height * rng.uniform(-0.02, 0.02),
+    zoom0: rng.uniform(0.9, 1.1),
+    zoomRate: rng.uniform(0.02, 0.06) * (rng.next() < 0.5 ? -1 : 1),
+  };
+}
+
+/** Whether (x, y) is inside the polygon (even-odd rule). */
+function insidePolygon(px: Float64Array, py: Float64Array, x: number, y: number): boolean {
+  let inside = false;
+  for (let a = 0, b = px.length - 1; a < px.length; b = a++) {
+    if ((py[a] > y) !== (py[b] > y)) {
+      const xc = px[a] + ((y - py[a]) * (px[b] - px[a])) / (py[b] - py[a]);
+      if (x < xc) inside = !inside;
+    }
+  }
+  return inside;
+}
+
+/** Renders a {@linkcode Photo} like {@linkcode renderScene}: world seen through a moving camera. */
+function renderPhoto(
+  s: Photo,
+  frames: number,
+  height: number,
+  width: number,
+  out: Float32Array,
+  offset: number,
+): void {
+  const ph = height * PATCH, pw = width * PATCH;
+  const px = new Float64Array(LATENT_CHANNELS);
+  const tmp = new Float64Array(LATENT_CHANNELS);
+  for (let f = 0; f < frames; f++) {
+    const zoom = s.zoom0 * Math.exp(s.zoomRate * f);
+    const camX = s.cx + s.panX * f, camY = s.cy + s.panY * f;
+    for (let yi = 0; yi < ph; yi++) {
+      for (let xi = 0; xi < pw; xi++) {
+        const x = (xi + 0.5) / PATCH, y = (yi + 0.5) / PATCH;
+        const wx = camX + (x - width / 2) / zoom, wy = camY + (y - height / 2) / zoom;
+        // Background layer: the first boundary below the point decides (hard edges).
+        let layer = 0;
+        for (let l = 0; l < s.bounds.length; l++) {
+          const b = s.bounds[l];
+          tmp.fill(0);
+          addSpectrum(tmp, b.profile, wx, 0, zoom);
+          if (wy > b.base + b.slope * (wx - width / 2) + tmp[0]) layer = l + 1;
+        }
+        px.fill(0);
+        addSpectrum(px, s.layers[layer], wx, wy, zoom);
+        for (const o of s.objects) {
+          const lu = wx - (o.cx + o.vx * f), lv = wy - (o.cy + o.vy * f);
+          if (!insidePolygon(o.px, o.py, lu, lv)) continue;
+          px.fill(0);
+          addSpectrum(px, o.texture, lu, lv, zoom);
+        }
+        const base = offset + ((f * ph + yi) * pw + xi) * LATENT_CHANNELS;
+        for (let c = 0; c < LATENT_CHANNELS; c++) out[base + c] = px[c];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Projections
 // ---------------------------------------------------------------------------------------------
 
@@ -586,7 +818,16 @@ export function generateWorkload(options: WorkloadOptions): Workload {
   if (typeof seed !== "number" || !Number.isSafeInteger(seed)) {
     invalid("seed", `must be an integer, got ${describeValue(seed)}`);
   }
-  const concentration = resolveConcentration(options.concentration);
+  const sceneKind = options.scene ?? "shapes";
+  if (sceneKind !== "shapes" && sceneKind !== "photo") {
+    invalid("scene", `must be "shapes" or "photo", got ${describeValue(sceneKind)}`);
+  }
+  // A named level means the photo family's regime on the photo scene.
+  const named = options.concentration;
+  const concentration = sceneKind === "photo" && typeof named === "string" &&
+      Object.hasOwn(PHOTO_REGIMES, named)
+    ? PHOTO_REGIMES[named as ConcentrationLevel]
+    : resolveConcentration(named);
   const videoTokens = frames * height * width;
   const tokens = videoTokens + textTokens;
   const total = batch * tokens * heads * headDim;
@@ -654,8 +895,11 @@ export function generateWorkload(options: WorkloadOptions): Workload {
 
   for (let b = 0; b < batch; b++) {
     const rng = new Rng(seed * 7919 + 104729 * (b + 1));
-    const s = makeScene(rng, height, width);
-    renderScene(s, frames, height, width, scene, b * sceneLen);
+    if (sceneKind === "photo") {
+      renderPhoto(makePhoto(rng, height, width), frames, height, width, scene, b * sceneLen);
+    } else {
+      renderScene(makeScene(rng, height, width), frames, height, width, scene, b * sceneLen);
+    }
     const noise = new Rng(rng.fork());
     for (let f = 0; f < frames; f++) {
       for (let r = 0; r < height; r++) {

@@ -185,6 +185,14 @@ const DRAFT_OPTION_CASES: [
   ["pool height 0", { pool: [0, 16] }, "INVALID_OPTION", "pool[0]", "got 0"],
   ["pool width fractional", { pool: [8, 1.5] }, "INVALID_OPTION", "pool[1]", "got 1.5"],
   ["policy bogus", { policy: "bogus" }, "UNSUPPORTED", "policy", `got "bogus"`],
+  ["budget bogus", { budget: "pairs" }, "UNSUPPORTED", "budget", `got "pairs"`],
+  [
+    "budget tokens with rowTopK",
+    { policy: "rowTopK", budget: "tokens" },
+    "INVALID_OPTION",
+    "budget",
+    `policy is "rowTopK"`,
+  ],
   ["headDim 260", { headDim: 260 }, "UNSUPPORTED", "headDim", "got 260"],
   ["dtype bf16", { dtype: "bf16" }, "UNSUPPORTED", "dtype", `got "bf16"`],
   ["layout BHDS", { layout: "BHDS" }, "UNSUPPORTED", "layout", `got "BHDS"`],
@@ -890,6 +898,7 @@ wasmTest("every documented option key is accepted (none rejected as unknown)", (
     estimator: "hybrid",
     samples: 2,
     maskEvery: 2,
+    budget: "tokens",
     scale: 0.3,
     precision: "f16-pv",
   } as const;
@@ -926,6 +935,7 @@ wasmTest("every documented option key is accepted (none rejected as unknown)", (
     dtype: "f32",
     seed: 5,
     concentration: "sharp",
+    scene: "photo",
   } as const;
   assert.deepEqual(Object.keys(workload).sort(), [...OPTION_KEYS.generateWorkload].sort());
   generateWorkload(workload);

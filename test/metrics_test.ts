@@ -4,8 +4,10 @@ import {
   denseStats,
   draftMap,
   effectiveKeys,
+  maskPairs,
   maskRecall,
   oracleRecall,
+  oracleRecallAtPairs,
 } from "../src/metrics.ts";
 import {
   attentionF64,
@@ -149,6 +151,53 @@ Deno.test("metrics: recall of the full mask is 1, oracle >= mask recall at equal
     assert.deepEqual(o.kept, m.kept);
     for (let bh = 0; bh < 6; bh++) assert.ok(o.perHead[bh] >= m.perHead[bh] - 1e-12);
     assert.ok(o.mean >= m.mean && o.min >= 0 && o.mean <= 1 + 1e-12);
+  }
+});
+
+Deno.test("metrics: token pairs of a mask; the oracle at equal pairs bounds every mask", () => {
+  // Ragged windows: 6 x 10 tokens under 4 x 4 windows are 16, 8, 8 and 4 tokens wide.
+  const shape = { batch: 2, heads: 2, headDim: 8, frames: 2, height: 6, width: 10 };
+  const pool = [4, 4] as const;
+  const n = 2 * 120 * 2 * 8;
+  const s = denseStats(noise(n, 6).map((x) => 5 * x), noise(n, 7).map((x) => 5 * x), {
+    ...shape,
+    pool,
+  });
+  const g = s.g;
+  assert.equal(g, 2 * 2 * 3);
+  assert.deepEqual(Array.from(s.windowLen.subarray(0, 6)), [16, 16, 8, 8, 8, 4]);
+  const all = maskPairs(s, new Uint8Array(4 * g * g).fill(1));
+  assert.ok(all.every((x) => x === 120 * 120));
+  assert.ok(close(oracleRecallAtPairs(s, 120 * 120).mean, 1));
+  assert.equal(oracleRecallAtPairs(s, 0).mean, 0);
+  let seed = 21;
+  for (let trial = 0; trial < 6; trial++) {
+    const mask = noise(4 * g * g, seed++).map((x) => (x > 0.5 - trial * 0.3 ? 1 : 0));
+    const pairs = maskPairs(s, mask);
+    // Pairs by hand for the first head.
+    let want = 0;
+    for (let e = 0; e < g * g; e++) {
+      if (mask[e]) want += s.windowLen[Math.floor(e / g)] * s.windowLen[e % g];
+    }
+    assert.equal(pairs[0], want);
+    const m = maskRecall(s, mask);
+    const o = oracleRecallAtPairs(s, pairs);
+    for (let bh = 0; bh < 4; bh++) assert.ok(o.perHead[bh] >= m.perHead[bh] - 1e-12, `${bh}`);
+    // More pairs never keep less.
+    const more = oracleRecallAtPairs(s, Array.from(pairs, (x) => x + 64));
+    for (let bh = 0; bh < 4; bh++) assert.ok(more.perHead[bh] >= o.perHead[bh] - 1e-12);
+  }
+  // Equal windows: at whole-block budgets the oracle at equal pairs is the block oracle.
+  const even = denseStats(noise(64 * 8, 8).map((x) => 5 * x), noise(64 * 8, 9), {
+    heads: 1,
+    headDim: 8,
+    frames: 2,
+    height: 4,
+    width: 8,
+    pool: [2, 4],
+  });
+  for (const blocks of [1, 5, 17, 64]) {
+    assert.ok(close(oracleRecallAtPairs(even, blocks * 64).mean, oracleRecall(even, blocks).mean));
   }
 });
 

@@ -26,21 +26,27 @@ Deno.test("demo: --policies all compares every selection against the oracle", as
   const j = JSON.parse(r.stdout);
   assert.equal(j.workload.maskEvery, 5);
   assert.ok(j.workload.sampledQueryShare > 0 && j.workload.sampledQueryShare < 0.1);
-  assert.equal(j.rows.length, 2 * 7);
+  assert.equal(j.rows.length, 2 * 12);
   const seen = new Set<string>();
   for (const row of j.rows) {
-    seen.add(`${row.sparsity} ${row.policy}/${row.estimator}`);
+    seen.add(`${row.sparsity} ${row.policy}/${row.estimator}/${row.samples}/${row.budget}`);
     for (const f of ["ms", "attentionMs", "maskCost", "amortisedCost", "recallRatio"]) {
       assert.ok(Number.isFinite(row[f]), `${f}: ${row[f]}`);
     }
     assert.ok(Math.abs(row.amortisedCost - row.maskCost / 5) < 1e-12);
     assert.ok(row.recall <= row.oracleRecall + 1e-9);
+    if (row.budget === "tokens") {
+      // The token budget keeps what it was given, up to the row maxima it adds; rowMass may
+      // stop rows early.
+      const floor = row.policy === "rowMass" ? 0 : 1 - row.sparsity - 1e-9;
+      assert.ok(row.pairs >= floor && row.pairs < 1 - row.sparsity + 0.02, `${row.pairs}`);
+    }
     if (row.estimator === "sampled" && row.policy === "percentile") {
       // The sampled estimator nearly reaches the oracle on this workload.
       assert.ok(row.recallRatio >= 0.95, `${row.sparsity}: recall / oracle ${row.recallRatio}`);
     }
   }
-  assert.equal(seen.size, 14);
+  assert.equal(seen.size, 24);
 });
 
 Deno.test("demo: --policies, --tau, --samples and --mask-every usage errors exit 2", async () => {
@@ -48,6 +54,9 @@ Deno.test("demo: --policies, --tau, --samples and --mask-every usage errors exit
     const [args, flag] of [
       [["--policies", "topk/draft"], "--policies"],
       [["--policies", "percentile/oracle"], "--policies"],
+      [["--policies", "rowTopK/draft/tokens"], "--policies"],
+      [["--policies", "percentile/draft/4"], "--policies"],
+      [["--scene", "film"], "--scene"],
       [["--tau", "0"], "--tau"],
       [["--samples", "17"], "--samples"],
       [["--mask-every", "0"], "--mask-every"],

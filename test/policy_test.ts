@@ -17,7 +17,7 @@
  */
 import assert from "node:assert/strict";
 import { DraftAttentionError, openRuntime, type Runtime } from "../mod.ts";
-import { sampleTable, selectRowMask } from "../src/policy.ts";
+import { sampleTable, selectRowMask, tokenThreshold } from "../src/policy.ts";
 import { buildPlan } from "../src/plan.ts";
 import type {
   DraftAttentionOptions,
@@ -31,7 +31,13 @@ import { keepCount, resolveDraft, rowKeepCount } from "../src/validate.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { packParams } from "../src/webgpu/kernel.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
-import { ROW_PARAMS, rowKernel, SAMPLED_TUNING } from "../src/webgpu/policy.ts";
+import {
+  ROW_PARAMS,
+  rowKernel,
+  SAMPLED_TUNING,
+  TOKENS_PARAMS,
+  tokensKernel,
+} from "../src/webgpu/policy.ts";
 import { type Availability, gpuMissing, MASK_MARGIN, reasonOf, tolerance } from "./_cases.ts";
 import {
   attentionF64,
@@ -118,7 +124,11 @@ function refRows(
   rowKeep: number,
   tau?: number,
   slack = 1e-4,
+  weights?: readonly number[],
 ): RefSelection {
+  // Budget "tokens": masses weighted by the key block's tokens (see src/policy.ts).
+  const wt = (j: number) => weights ? weights[j] : 1;
+  const wmax = weights ? Math.max(...weights) : 1;
   const mask = new Uint8Array(g * g);
   let valueMargin = Infinity;
   const rowSafe: boolean[] = [];
@@ -126,17 +136,19 @@ function refRows(
     rowSafe.push(true);
     const row = Array.from({ length: g }, (_, j) => p[i * g + j]);
     const desc = [...row].sort((a, b) => b - a);
+    // Entries by decreasing value, for their weighted masses.
+    const byValue = Array.from({ length: g }, (_, j) => j).sort((a, b) => row[b] - row[a]);
     let thr = desc[rowKeep - 1];
     if (tau !== undefined) {
-      const z = row.reduce((a, b) => a + b, 0);
+      const z = row.reduce((a, b, j) => a + b * wt(j), 0);
       const goal = tau * z;
       let cum = 0;
       for (let x = 0; x < g;) {
-        const v = desc[x];
+        const v = row[byValue[x]];
         const before = cum;
-        while (x < g && desc[x] === v) cum += desc[x++];
+        while (x < g && row[byValue[x]] === v) cum += row[byValue[x]] * wt(byValue[x++]);
         if (cum >= goal || x === g) {
-          const err = (g + 2) * 2 ** -MASS_BITS + slack * z;
+          const err = (g + 2) * 2 ** -MASS_BITS * wmax + slack * z;
           if (!(cum - goal > err && goal - before > err)) rowSafe[i] = false;
           thr = Math.max(thr, v);
           break;
@@ -196,6 +208,7 @@ function sampledMapRef(
   ord: TokenOrder,
   samples: number,
   scale: number,
+  density = false,
 ): Float64Array {
   const { batch: B, heads: H, headDim: D, tokens: N } = dims;
   const g = ord.g;
@@ -221,7 +234,12 @@ function sampledMapRef(
         for (let j = 0; j < N; j++) if (ord.blockOf[j] >= 0) acc[ord.blockOf[j]] += s[j] / z;
       }
       const c = ord.blockTokens[i].length / (maxLen * sampled[i].length);
-      for (let j = 0; j < g; j++) out[(bh * g + i) * g + j] = c * acc[j];
+      for (let j = 0; j < g; j++) {
+        // Budget "tokens": the mean sample's mass per key token of block j.
+        out[(bh * g + i) * g + j] = density
+          ? acc[j] / (sampled[i].length * ord.blockTokens[j].length)
+          : c * acc[j];
+      }
     }
   }
   return out;
@@ -236,6 +254,7 @@ function importanceRef(
   ord: TokenOrder,
   samples: number,
   scale: number,
+  density = false,
 ): Float64Array {
   const g = ord.g;
   const shape = { batch: dims.batch, heads: dims.heads, g, headDim: dims.headDim, scale };
@@ -245,8 +264,13 @@ function importanceRef(
     shape,
   );
   if (estimator === "draft") return draft!;
-  const sampled = sampledMapRef(inputs, dims, geom, ord, samples, scale);
+  const sampled = sampledMapRef(inputs, dims, geom, ord, samples, scale, density);
   if (estimator === "sampled") return sampled;
+  if (density) {
+    // The draft map per key token: over the mean window size g / videoTokens, as an f32.
+    const c = Math.fround(g / ord.blockTokens.reduce((a, b) => a + b.length, 0));
+    return sampled.map((x, e) => 0.5 * (c * draft![e] + x));
+  }
   const maxLen = Math.max(...ord.blockTokens.map((m) => m.length));
   return sampled.map((x, e) => {
     const i = Math.floor(e / g) % g;
@@ -254,13 +278,53 @@ function importanceRef(
   });
 }
 
-/** A policy applied to every (batch, head) of a map. */
+/**
+ * Percentile under the token budget in float64: the entries in decreasing order until their
+ * token pairs `len_i * len_j` reach `ceil((1 - sparsity) * V^2)`; the value reached is the
+ * threshold, ties kept, each row's maximum kept. `margin`: relative gap from the threshold to
+ * the largest value below it and from each row's maximum to its largest dropped rival.
+ */
+function selectTokensRef(
+  m: Float64Array,
+  lens: readonly number[],
+  sparsity: number,
+): { mask: Uint8Array; margin: number } {
+  const g = lens.length;
+  const V = lens.reduce((a, b) => a + b, 0);
+  const budget = Math.min(V * V, Math.max(1, Math.ceil((1 - sparsity) * V * V - V * V * 1e-12)));
+  const idx = Array.from({ length: g * g }, (_, e) => e).sort((a, b) => m[b] - m[a]);
+  let pairs = 0, x = 0;
+  for (; x < idx.length; x++) {
+    pairs += lens[Math.floor(idx[x] / g)] * lens[idx[x] % g];
+    if (pairs >= budget) break;
+  }
+  const t = m[idx[x]];
+  let below = -Infinity;
+  for (const v of m) if (v < t && v > below) below = v;
+  let margin = below > -Infinity ? (t - below) / t : Infinity;
+  const mask = new Uint8Array(g * g);
+  for (let i = 0; i < g; i++) {
+    const row = m.subarray(i * g, (i + 1) * g);
+    const mx = Math.max(...row);
+    let rival = -Infinity, first = true;
+    for (let j = 0; j < g; j++) {
+      mask[i * g + j] = row[j] >= t || row[j] === mx ? 1 : 0;
+      if (row[j] === mx && first) first = false;
+      else if (row[j] < t && row[j] > rival) rival = row[j];
+    }
+    if (rival > -Infinity) margin = Math.min(margin, (mx - rival) / mx);
+  }
+  return { mask, margin };
+}
+
+/** A policy applied to every (batch, head) of a map; `lens` (window sizes): budget "tokens". */
 function selectRef(
   map: Float64Array,
   g: number,
   policy: Policy,
   sparsity: number,
   tau: number,
+  lens?: readonly number[],
 ): RefSelection {
   const mask = new Uint8Array(map.length);
   let valueMargin = Infinity;
@@ -268,7 +332,19 @@ function selectRef(
   for (let bh = 0; bh < map.length / (g * g); bh++) {
     const m = map.subarray(bh * g * g, (bh + 1) * g * g);
     let sel: RefSelection;
-    if (policy === "percentile") {
+    if (policy === "percentile" && lens) {
+      const r = selectTokensRef(m, lens, sparsity);
+      sel = { mask: r.mask, valueMargin: r.margin, massSafe: true };
+    } else if (policy === "rowMass" && lens) {
+      // Each row's mass threshold (no rowTopK cap), and the budget's threshold (row maxima kept).
+      const rows = refRows(m, g, g, tau, 1e-4, lens);
+      const budget = selectTokensRef(m, lens, sparsity);
+      sel = {
+        mask: rows.mask.map((x, e) => x & budget.mask[e]),
+        valueMargin: Math.min(rows.valueMargin, budget.margin),
+        massSafe: rows.massSafe,
+      };
+    } else if (policy === "percentile") {
       const r = selectBlocks(m, g, keepCount(g, sparsity));
       sel = { mask: r.mask, valueMargin: r.margin, massSafe: true };
     } else {
@@ -335,15 +411,21 @@ async function gpuRows(
         mass: tau === undefined ? 0 : 1,
         tau: tau ?? 1,
         pair0: 0,
+        floor: 0,
       }),
     ),
   );
+  const unused = make(16, U.STORAGE);
   const kernel = rowKernel(ctx);
   const readC = make(counts.size, U.MAP_READ | U.COPY_DST);
   const readL = make(lists.size, U.MAP_READ | U.COPY_DST);
   const enc = device.createCommandEncoder();
   const pass = enc.beginComputePass();
-  kernel.dispatch(pass, kernel.bind({ params, p: pBuf, counts, lists }), count * g);
+  kernel.dispatch(
+    pass,
+    kernel.bind({ params, p: pBuf, counts, lists, state: unused, tiles: unused }),
+    count * g,
+  );
   pass.end();
   enc.copyBufferToBuffer(counts, 0, readC, 0, counts.size);
   enc.copyBufferToBuffer(lists, 0, readL, 0, lists.size);
@@ -365,9 +447,96 @@ async function gpuRows(
   }
   readC.unmap();
   readL.unmap();
-  for (const b of [pBuf, counts, lists, params, readC, readL]) b.destroy();
+  for (const b of [pBuf, counts, lists, params, readC, readL, unused]) b.destroy();
   return mask;
 }
+
+/** The GPU token-budget thresholds (wgsl/select_tokens.wgsl) of `count` maps, as f32 values. */
+async function gpuTokenThresholds(
+  device: GPUDevice,
+  p: Float32Array,
+  count: number,
+  lens: readonly number[],
+  budget: number,
+): Promise<Float32Array> {
+  const ctx = new GpuContext(device);
+  const U = GPUBufferUsage;
+  const g = lens.length;
+  const make = (size: number, usage: number, data?: ArrayBufferView) => {
+    const b = device.createBuffer({ size: Math.max(16, size), usage, mappedAtCreation: !!data });
+    if (data) {
+      new Uint8Array(b.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, size));
+      b.unmap();
+    }
+    return b;
+  };
+  const tt = new Uint32Array(2 * g);
+  lens.forEach((len, i) => tt[2 * i + 1] = len);
+  const pBuf = make(p.byteLength, U.STORAGE, p);
+  const tiles = make(tt.byteLength, U.STORAGE, tt);
+  const state = make(count * 8, U.STORAGE | U.COPY_SRC);
+  const params = make(
+    16,
+    U.UNIFORM,
+    new Uint8Array(packParams(TOKENS_PARAMS, {
+      nbh: count,
+      g,
+      budget_lo: budget % 2 ** 32,
+      budget_hi: Math.floor(budget / 2 ** 32),
+    })),
+  );
+  const kernel = tokensKernel(ctx);
+  const read = make(state.size, U.MAP_READ | U.COPY_DST);
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  kernel.dispatch(pass, kernel.bind({ params, p: pBuf, tiles, state }), count);
+  pass.end();
+  enc.copyBufferToBuffer(state, 0, read, 0, state.size);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const s = new Uint32Array(read.getMappedRange().slice(0));
+  read.unmap();
+  for (const b of [pBuf, tiles, state, params, read]) b.destroy();
+  return new Float32Array(Uint32Array.from({ length: count }, (_, x) => s[2 * x]).buffer);
+}
+
+test("token budget on the same f32 maps: WebAssembly = GPU kernel = float64, sums past 2^32", [
+  "wasm",
+  "webgpu",
+], async () => {
+  const device = runtimes.get("webgpu")!.device!;
+  // g = 800 windows of 32-128 tokens: 5.1e9 pairs in all, so budgets and the bins of the
+  // first radix pass pass 2^32 and the GPU's (lo, hi) carries matter.
+  const cases = [{ g: 5, levels: 2 }, { g: 45, levels: 0 }, { g: 45, levels: 5 }];
+  cases.push({ g: 800, levels: 0 });
+  for (const c of cases) {
+    const count = c.g > 100 ? 1 : 3;
+    const rng = new Rng(c.g * 7 + c.levels);
+    const p = randomMaps(c.g, count, rng, c.levels, 10);
+    const sizes = [128, 128, 64, 32, 96];
+    const lens = Array.from({ length: c.g }, (_, i) => sizes[(i * 7) % sizes.length]);
+    const V = lens.reduce((a, b) => a + b, 0);
+    if (c.g === 800) assert.ok(V * V > 2 ** 32, `${V * V} pairs`);
+    for (const sparsity of [0.05, 0.5, 0.9, 0.99]) {
+      const budget = Math.ceil((1 - sparsity) * V * V);
+      const gpu = await gpuTokenThresholds(device, p, count, lens, budget);
+      for (let x = 0; x < count; x++) {
+        const m = p.subarray(x * c.g * c.g, (x + 1) * c.g * c.g);
+        const what = `g=${c.g} levels=${c.levels} sparsity=${sparsity} map ${x}`;
+        const wasm = tokenThreshold(m, lens, budget);
+        // Float64: entries in decreasing order until their pairs reach the budget.
+        const idx = Array.from(m.keys()).sort((a, b) => m[b] - m[a]);
+        let pairs = 0, e = 0;
+        for (; e < idx.length; e++) {
+          pairs += lens[Math.floor(idx[e] / c.g)] * lens[idx[e] % c.g];
+          if (pairs >= budget) break;
+        }
+        assert.equal(wasm, m[idx[e]], `wasm vs float64, ${what}`);
+        assert.equal(gpu[x], wasm, `GPU vs wasm, ${what}`);
+      }
+    }
+  }
+});
 
 const SAME_MAP_CASES: { g: number; levels: number; spread: number }[] = [
   { g: 1, levels: 0, spread: 4 },
@@ -585,8 +754,13 @@ OP_CASES.push({
 
 const DEFAULT_MIN_WORKGROUPS = SAMPLED_TUNING.minWorkgroups;
 
-const COMBOS: { policy: Policy; estimator: Estimator; tau?: number }[] = [
+const COMBOS: { policy: Policy; estimator: Estimator; tau?: number; budget?: "tokens" }[] = [
   { policy: "percentile", estimator: "draft" },
+  { policy: "percentile", estimator: "draft", budget: "tokens" },
+  { policy: "percentile", estimator: "sampled", budget: "tokens" },
+  { policy: "percentile", estimator: "hybrid", budget: "tokens" },
+  { policy: "rowMass", estimator: "draft", tau: 0.8, budget: "tokens" },
+  { policy: "rowMass", estimator: "sampled", tau: 0.9, budget: "tokens" },
   { policy: "rowTopK", estimator: "draft" },
   { policy: "rowMass", estimator: "draft", tau: 0.8 },
   { policy: "percentile", estimator: "sampled" },
@@ -621,8 +795,19 @@ function prepare(c: OpCase, combo: typeof COMBOS[number]): Prepared {
   const scale = 1 / Math.sqrt(c.headDim);
   for (let seed = c.seed; seed < c.seed + 64; seed++) {
     const inputs = videoInputs({ geometry: c.geom, ...c, seed });
-    const map = importanceRef(combo.estimator, inputs, dims, c.geom, ord, c.samples, scale);
-    const sel = selectRef(map, ord.g, combo.policy, c.sparsity, combo.tau ?? 0.9);
+    const tokens = combo.budget === "tokens";
+    const map = importanceRef(
+      combo.estimator,
+      inputs,
+      dims,
+      c.geom,
+      ord,
+      c.samples,
+      scale,
+      tokens,
+    );
+    const lens = tokens ? ord.blockTokens.map((b) => b.length) : undefined;
+    const sel = selectRef(map, ord.g, combo.policy, c.sparsity, combo.tau ?? 0.9, lens);
     if (!(sel.valueMargin >= MASK_MARGIN && sel.massSafe)) continue;
     const keys = maskedKeys(ord, sel.mask, c.heads);
     const ref = attentionF64({ ...inputs, dims, scale, keys });
@@ -663,12 +848,14 @@ function draftOptions(c: OpCase, combo: typeof COMBOS[number]): DraftAttentionOp
     estimator: combo.estimator,
     ...(combo.tau ? { tau: combo.tau } : {}),
     ...(combo.estimator === "draft" ? {} : { samples: c.samples }),
+    ...(combo.budget ? { budget: combo.budget } : {}),
   };
 }
 
 for (const c of OP_CASES) {
   for (const combo of COMBOS) {
-    const label = `${combo.policy}/${combo.estimator}${combo.tau ? ` tau ${combo.tau}` : ""}, ` +
+    const label = `${combo.policy}/${combo.estimator}${combo.tau ? ` tau ${combo.tau}` : ""}` +
+      `${combo.budget ? ` budget ${combo.budget}` : ""}, ` +
       `${c.name}: masks of wasm and webgpu equal float64, outputs within tolerance`;
     test(label, BACKENDS, async () => {
       const prep = prepare(c, combo);
@@ -762,6 +949,7 @@ for (
           estimator: combo.estimator,
           samples: 3,
           ...(combo.tau ? { tau: combo.tau } : {}),
+          ...(combo.budget ? { budget: combo.budget } : {}),
         });
         const plan = buildPlan(spec);
         const geom: RefGeometry = { ...plan.geometry };
@@ -773,7 +961,7 @@ for (
           assert.ok(b.pieceCount >= 2, `${b.pieceCount} pieces`);
           const want = await a.run(x.q, x.k, x.v);
           const got = await b.run(x.q, x.k, x.v);
-          const what = `${combo.policy}/${combo.estimator}`;
+          const what = `${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
           assert.deepEqual(got, want, what);
           const mask = (await a.lastMask()).mask;
           assert.deepEqual((await b.lastMask()).mask, mask, what);
@@ -831,6 +1019,7 @@ test("sparsity 0 is dense attention under every policy and estimator", BACKENDS,
         policy: combo.policy,
         estimator: combo.estimator,
         ...(combo.tau ? { tau: 0.5 } : {}),
+        ...(combo.budget ? { budget: combo.budget } : {}),
       });
       try {
         const out = await op.run(inputs.q, inputs.k, inputs.v);
@@ -934,6 +1123,14 @@ test("options: typed errors naming the field; resolved defaults", ["wasm"], () =
     ["samples with draft", { samples: 4 }, "INVALID_OPTION", "samples"],
     ["maskEvery 0", { maskEvery: 0 }, "INVALID_OPTION", "maskEvery"],
     ["maskEvery 1.5", { maskEvery: 1.5 }, "INVALID_OPTION", "maskEvery"],
+    ["budget unknown", { budget: "pairs" }, "UNSUPPORTED", "budget"],
+    [
+      "budget tokens with rowTopK",
+      { policy: "rowTopK", budget: "tokens" },
+      "INVALID_OPTION",
+      "budget",
+    ],
+    ["budget a number", { budget: 1 }, "INVALID_OPTION", "budget"],
   ];
   for (const [what, extra, code, field] of bad) {
     assert.throws(

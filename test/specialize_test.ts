@@ -22,7 +22,7 @@ import {
   PICK_PARAMS,
   POOL_PARAMS,
 } from "../src/webgpu/kernels.ts";
-import { ROW_PARAMS, SAMPLED_PARAMS } from "../src/webgpu/policy.ts";
+import { ROW_PARAMS, SAMPLED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/policy.ts";
 import { specialize, specializeSource } from "../src/webgpu/specialize.ts";
 import { FLASH_VARIANTS, flashConfig } from "../src/webgpu/variants.ts";
 
@@ -240,6 +240,7 @@ const HOST_LAYOUTS: Record<string, ParamLayout> = {
   select_pick: PICK_PARAMS,
   select_lists: LISTS_PARAMS,
   select_row: ROW_PARAMS,
+  select_tokens: TOKENS_PARAMS,
   estimate_sampled: SAMPLED_PARAMS,
 };
 

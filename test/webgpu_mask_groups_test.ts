@@ -74,11 +74,14 @@ function inputs(n: number, f16: boolean, seed: number): TensorArray[] {
   });
 }
 
-const COMBOS: { policy: Policy; estimator: Estimator; tau?: number }[] = [
+const COMBOS: { policy: Policy; estimator: Estimator; tau?: number; budget?: "tokens" }[] = [
   { policy: "percentile", estimator: "draft" },
   { policy: "rowTopK", estimator: "draft" },
   { policy: "rowMass", estimator: "sampled", tau: 0.8 },
   { policy: "percentile", estimator: "hybrid" },
+  // The token budget's threshold lives in the group's scratch state, as the percentile's does.
+  { policy: "percentile", estimator: "draft", budget: "tokens" },
+  { policy: "rowMass", estimator: "draft", tau: 0.8, budget: "tokens" },
 ];
 
 for (const [layout, dtype] of [["BSHD", "f32"], ["BHSD", "f16"]] as const) {
@@ -125,8 +128,9 @@ async function compare(
     maskEvery: 2,
     ...(combo.tau ? { tau: combo.tau } : {}),
     ...(combo.estimator === "draft" ? {} : { samples: 3 }),
+    ...(combo.budget ? { budget: combo.budget } : {}),
   };
-  const what = `${layout} ${dtype} ${combo.policy}/${combo.estimator}`;
+  const what = `${layout} ${dtype} ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
   const spec = resolveDraft(options);
   const plan = buildPlan(spec);
   const pairs = spec.batch * spec.heads;

@@ -7,6 +7,8 @@ import {
   DEFAULT_CONCENTRATION,
   DEFAULT_GEOMETRY,
   generateWorkload,
+  PHOTO_GEOMETRIES,
+  PHOTO_REGIMES,
   ropeSections,
   type WorkloadOptions,
 } from "../src/workload.ts";
@@ -108,6 +110,38 @@ Deno.test("workload: at the default, the oracle keeps >= 60% of the mass at spar
   assert.ok(oracle.mean >= 0.6, `oracle recall ${oracle.mean}`);
   // Not trivially sharp either: the selection has to work for it.
   assert.ok(oracle.mean < 0.95, `oracle recall ${oracle.mean}`);
+});
+
+Deno.test("workload: photo regimes give ~4,000 / ~300 / ~50 effective keys, even and ragged", () => {
+  const want = { flat: [3000, 4600], moderate: [200, 450], sharp: [30, 80] } as const;
+  for (const [shape, geo] of Object.entries(PHOTO_GEOMETRIES)) {
+    for (const regime of ["flat", "moderate", "sharp"] as const) {
+      const w = generateWorkload({
+        ...geo,
+        seed: 11,
+        concentration: PHOTO_REGIMES[regime],
+        scene: "photo",
+      });
+      const e = effectiveKeys(w.q, w.k, w, { samples: 32 });
+      const [lo, hi] = want[regime];
+      assert.ok(e >= lo && e <= hi, `${shape} ${regime}: ${e} effective keys`);
+    }
+  }
+  // Not the shapes scene, deterministic, and it moves: frames differ.
+  const a = generateWorkload({ ...SMALL, scene: "photo", seed: 4 });
+  const b = generateWorkload({ ...SMALL, scene: "photo", seed: 4 });
+  const c = generateWorkload({ ...SMALL, seed: 4 });
+  assert.ok(same(a.scene, b.scene) && same(a.q, b.q) && !same(a.scene, c.scene));
+  assert.equal(
+    generateWorkload({ ...SMALL, scene: "photo", concentration: "sharp" }).concentration,
+    PHOTO_REGIMES.sharp,
+  );
+  const frame = a.scene.length / 2;
+  assert.ok(!same(a.scene.subarray(0, frame), a.scene.subarray(frame)));
+  assert.throws(
+    () => generateWorkload({ ...SMALL, scene: "film" } as unknown as WorkloadOptions),
+    (e: unknown) => e instanceof DraftAttentionError && e.field === "scene",
+  );
 });
 
 Deno.test("workload: RoPE sections split headDim as Wan does", () => {

@@ -27,6 +27,7 @@ struct Params {
   base_k: u32,
   /** Stride of the sample table: samples + 1. */
   stride: u32,
+  /** Bit 0: mix with the draft map ("hybrid"); bit 1: density per key token (budget "tokens"). */
   hybrid: u32,
   scale: f32,
   /** First pair of the group, relative to the piece. */
@@ -205,12 +206,14 @@ fn main(
         }
         if (ns > 0u) {
           let cf = coef[i];
-          let est = cf.x * acc;
+          // Density (budget "tokens", bit 1 of `hybrid`): mass per key token of tile j.
+          let est = select(cf.x * acc, cf.x * acc * (1.0 / f32(t.y)), (params.hybrid & 2u) != 0u);
           let at = (bh * g + i) * g + j;
+          let mix = (params.hybrid & 1u) != 0u;
           if (s0 == 0u) {
-            p[at] = select(est, 0.5 * (cf.y * p[at] + est), params.hybrid != 0u);
+            p[at] = select(est, 0.5 * (cf.y * p[at] + est), mix);
           } else {
-            p[at] = p[at] + select(est, 0.5 * est, params.hybrid != 0u);
+            p[at] = p[at] + select(est, 0.5 * est, mix);
           }
         }
       }

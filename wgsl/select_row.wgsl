@@ -11,6 +11,9 @@
 //    plus the mass above reaches T.
 // 3. kept(i, j) = bits(P[i][j]) >= max(t, u); list row i = kept j ascending, then the text
 //    tiles; compaction by wgsl/list_compact.wgsl.
+//    With `floor` != 0 (rowMass under budget "tokens"; rowTopK off, k = g) also >= min(f,
+//    rowMax) with f = state[bh].x, the whole map's token-budget threshold that
+//    wgsl/select_tokens.wgsl wrote just before (asm/policy.ts `selectRowMassTokens`).
 // P holds a group of `nbh` pairs (scratch); their lists are rows pair0 + bh of the piece.
 
 /** Mirrored by ROW_PARAMS in src/webgpu/policy.ts. */
@@ -25,6 +28,8 @@ struct Params {
   tau: f32,
   /** First pair of the group, relative to the piece (rows of counts and lists). */
   pair0: u32,
+  /** 1: apply the token-budget floor from `state` too. */
+  floor: u32,
 }
 
 const WG: u32 = 256u;
@@ -34,6 +39,10 @@ const MASS_SCALE: f32 = 4194304.0;
 @group(0) @binding(1) var<storage, read> p: array<u32>;
 @group(0) @binding(2) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(3) var<storage, read_write> lists: array<u32>;
+/** Per pair of the group: (token-budget threshold, unused), read when `floor` != 0. */
+@group(0) @binding(4) var<storage, read> state: array<vec2<u32>>;
+/** Per tile: (start, len); read when `floor` != 0. */
+@group(0) @binding(5) var<storage, read> tiles: array<vec2<u32>>;
 
 var<workgroup> hc: array<atomic<u32>, WG>;
 var<workgroup> hm: array<atomic<u32>, WG>;
@@ -45,11 +54,17 @@ var<workgroup> hm: array<atomic<u32>, WG>;
 var<workgroup> sm: array<u32, WG>;
 var<workgroup> pick: atomic<u32>;
 var<workgroup> zsum: atomic<u32>;
+var<workgroup> rmax: atomic<u32>;
 
 // @include list_compact
 
-fn mass_of(bits: u32) -> u32 {
-  return u32(floor(min(bitcast<f32>(bits), 1.0) * MASS_SCALE));
+/** Quantised mass of entry j; under the token budget (`floor`) times the key block's tokens. */
+fn mass_of(bits: u32, j: u32) -> u32 {
+  var w = 1u;
+  if (params.floor != 0u) {
+    w = tiles[j].y;
+  }
+  return u32(floor(min(bitcast<f32>(bits), 1.0) * MASS_SCALE)) * w;
 }
 
 @compute @workgroup_size(WG)
@@ -82,7 +97,7 @@ fn main(
       workgroupBarrier();
       var z = 0u;
       for (var j = lid; j < g; j += WG) {
-        z += mass_of(p[row + j]);
+        z += mass_of(p[row + j], j);
       }
       atomicAdd(&zsum, z);
       workgroupBarrier();
@@ -106,7 +121,7 @@ fn main(
           let d = (x >> shift) & 0xffu;
           atomicAdd(&hc[d], 1u);
           if (mode == 1u) {
-            atomicAdd(&hm[d], mass_of(x));
+            atomicAdd(&hm[d], mass_of(x, j));
           }
         }
       }
@@ -148,6 +163,19 @@ fn main(
       workgroupBarrier(); // everyone has read scan, sm, hc, hm before the next pass clears them
     }
     t = max(t, prefix);
+  }
+  if (params.floor != 0u) {
+    if (lid == 0u) {
+      atomicStore(&rmax, 0u);
+    }
+    workgroupBarrier();
+    var mx = 0u;
+    for (var j = lid; j < g; j += WG) {
+      mx = max(mx, p[row + j]);
+    }
+    atomicMax(&rmax, mx);
+    workgroupBarrier();
+    t = max(t, min(state[bh].x, atomicLoad(&rmax)));
   }
 
   let list_row = (params.pair0 + bh) * params.tiles + i;

@@ -64,7 +64,12 @@ export class WasmMaskStage {
     this.config = maskConfig(spec, plan.g);
     this.#table = this.config.estimator === "draft"
       ? undefined
-      : sampleTable(plan, this.config.samples);
+      : sampleTable(plan, this.config.samples, this.config.budget === "tokens");
+  }
+
+  /** `sampledMap`'s flags: bit 0 hybrid, bit 1 density (budget "tokens"). */
+  get #flags(): number {
+    return (this.config.estimator === "hybrid" ? 1 : 0) | (this.config.budget === "tokens" ? 2 : 0);
   }
 
   /** Whether the next run computes the mask; otherwise it reuses the last one. */
@@ -119,7 +124,7 @@ export class WasmMaskStage {
       samples: run.samples,
       maxSamples: this.#table?.samples ?? 0,
       coef: run.coef,
-      hybrid: this.config.estimator === "hybrid" ? 1 : 0,
+      hybrid: this.#flags,
       estScratch: run.scratch,
       estScratchBytes: run.scratchBytes,
       tileChunk,
@@ -157,14 +162,20 @@ export class WasmMaskStage {
         run.samples,
         this.#table!.samples,
         run.coef,
-        c.estimator === "hybrid" ? 1 : 0,
+        this.#flags,
         run.scratch,
         b.p,
         0,
         g,
       );
     }
+    if (c.policy === "percentile" && c.budget === "tokens") {
+      return px.selectMaskTokens(b.p, g, b.tileLen, c.pairs, b.mask);
+    }
     if (c.policy === "percentile") return x.selectMask(b.p, g, c.keep, b.mask);
+    if (c.policy === "rowMass" && c.budget === "tokens") {
+      return px.selectRowMassTokens(b.p, g, c.tau, b.tileLen, c.pairs, b.mask);
+    }
     return px.selectRows(b.p, g, c.rowKeep, c.policy === "rowMass" ? 1 : 0, c.tau, b.mask);
   }
 

@@ -425,6 +425,8 @@ export class WebGpuOp implements DraftKernelOp {
     if (stage.usesPercentile) {
       scratch.hist = this.#buffer("hist", pairs * 256 * 4, STORE);
       scratch.state = this.#buffer("state", pairs * 8, STORE);
+    } else if (stage.usesTokens) {
+      scratch.state = this.#buffer("state", pairs * 8, STORE);
     }
     return scratch;
   }
@@ -495,9 +497,15 @@ export class WebGpuOp implements DraftKernelOp {
         pair0,
         n,
         local: this.#localGroups(n, plan),
-        stage: stage.group(pair0, n, { p: scratch.p, counts, lists }),
+        stage: stage.group(pair0, n, {
+          p: scratch.p,
+          counts,
+          lists,
+          state: scratch.state,
+          tiles: this.#tiles,
+        }),
       };
-      if (scratch.state) {
+      if (scratch.state && stage.usesPercentile) {
         const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
         group.listsGroup = this.#lists!.bind({
           params,
@@ -1008,12 +1016,14 @@ export class WebGpuOp implements DraftKernelOp {
           if (sampled) stage!.dispatchEstimate(pass("map"), sampled, n);
           if (mg.listsGroup) {
             const chunks = Math.ceil((g * g) / HIST_CHUNK);
-            for (let s = 0; s < SHIFTS.length; s++) {
+            if (stage!.usesTokens) stage!.dispatchTokens(pass("select"), mg.stage);
+            for (let s = 0; s < SHIFTS.length && !stage!.usesTokens; s++) {
               this.#hist!.dispatch(pass("select"), mg.local.hist[s], n * chunks);
               this.#pick!.dispatch(pass("select"), mg.local.pick[s], n);
             }
             this.#lists!.dispatch(pass("lists"), mg.listsGroup, n * g);
           } else {
+            stage!.dispatchTokens(pass("select"), mg.stage);
             stage!.dispatchSelect(pass("select"), mg.stage);
           }
         });

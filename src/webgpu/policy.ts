@@ -1,8 +1,9 @@
 /**
  * The mask stage of the WebGPU backend for the policies and estimators beyond the reference
  * (src/policy.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
- * the row policies with their block lists (wgsl/select_row.wgsl), their buffers and bind
- * groups, and the mask-reuse schedule (`maskEvery`). The reference path (pool -> draft map ->
+ * the row policies with their block lists (wgsl/select_row.wgsl), the token budget's threshold
+ * (wgsl/select_tokens.wgsl), their buffers and bind groups, and the mask-reuse schedule
+ * (`maskEvery`). The reference path (pool -> draft map ->
  * radix select -> block lists) stays in op.ts; this stage tells it which passes a run records.
  *
  * @module
@@ -23,6 +24,15 @@ export const ROW_PARAMS: ParamLayout = [
   ["mass", "u32"],
   ["tau", "f32"],
   ["pair0", "u32"],
+  ["floor", "u32"],
+];
+
+/** Mirror of `Params` in wgsl/select_tokens.wgsl. */
+export const TOKENS_PARAMS: ParamLayout = [
+  ["nbh", "u32"],
+  ["g", "u32"],
+  ["budget_lo", "u32"],
+  ["budget_hi", "u32"],
 ];
 
 /** Mirror of `Params` in wgsl/estimate_sampled.wgsl. */
@@ -60,6 +70,22 @@ export function rowKernel(ctx: GpuContext): Kernel {
       ["p", "read"],
       ["counts", "storage"],
       ["lists", "storage"],
+      ["state", "read"],
+      ["tiles", "read"],
+    ],
+  });
+}
+
+/** The token-budget threshold (budget "tokens"): the percentile threshold or rowMass's floor. */
+export function tokensKernel(ctx: GpuContext): Kernel {
+  return ctx.kernel({
+    key: "select_tokens",
+    code: specialize("select_tokens"),
+    bindings: [
+      ["params", "uniform"],
+      ["p", "read"],
+      ["tiles", "read"],
+      ["state", "storage"],
     ],
   });
 }
@@ -144,6 +170,8 @@ export interface StageGroup {
   n: number;
   /** Row policies: the bind group of select_row. */
   rowGroup?: GPUBindGroup;
+  /** Budget "tokens": the bind group of select_tokens (writes the percentile state). */
+  tokensGroup?: GPUBindGroup;
   /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
   sampledParams?: GPUBuffer;
   p: GPUBuffer;
@@ -167,6 +195,9 @@ export class GpuMaskStage {
   readonly #plan: Plan;
   readonly #buffer: BufferMaker;
   #row?: Kernel;
+  /** select_row's state binding where no token budget applies. */
+  #noState?: GPUBuffer;
+  #tokens?: Kernel;
   #sampled?: Kernel;
   #table?: SampleTable;
   #samples?: GPUBuffer;
@@ -196,8 +227,9 @@ export class GpuMaskStage {
     this.config = maskConfig(spec, plan.g);
     const c = this.config;
     if (c.policy !== "percentile") this.#row = rowKernel(ctx);
+    if (c.policy !== "rowTopK" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
     if (c.estimator !== "draft") {
-      const t = sampleTable(plan, c.samples);
+      const t = sampleTable(plan, c.samples, c.budget === "tokens");
       this.#table = t;
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
@@ -216,6 +248,14 @@ export class GpuMaskStage {
   /** Whether a computing run selects with the reference passes (histogram, pick, lists). */
   get usesPercentile(): boolean {
     return this.config.policy === "percentile";
+  }
+
+  /**
+   * Whether the token-budget threshold (select_tokens) is computed: the percentile threshold,
+   * or rowMass's floor; the op then keeps a state buffer for it.
+   */
+  get usesTokens(): boolean {
+    return this.#tokens !== undefined;
   }
 
   /** Whether the next run computes the mask; otherwise it reuses the block lists in place. */
@@ -241,7 +281,14 @@ export class GpuMaskStage {
   group(
     pair0: number,
     n: number,
-    d: { p: GPUBuffer; counts: GPUBuffer; lists: GPUBuffer },
+    d: {
+      p: GPUBuffer;
+      counts: GPUBuffer;
+      lists: GPUBuffer;
+      /** The percentile state and the tile table (budget "tokens"). */
+      state?: GPUBuffer;
+      tiles?: GPUBuffer;
+    },
   ): StageGroup {
     const U = GPUBufferUsage;
     const { g, tiles } = this.#plan;
@@ -257,12 +304,36 @@ export class GpuMaskStage {
           pair0,
           g,
           tiles,
-          k: c.rowKeep,
+          // rowMass under the token budget: no rowTopK cap, the budget's floor instead.
+          k: this.#tokens ? g : c.rowKeep,
           mass: c.policy === "rowMass" ? 1 : 0,
           tau: c.tau,
+          floor: this.#tokens ? 1 : 0,
         })),
       );
-      out.rowGroup = this.#row.bind({ params, p: d.p, counts: d.counts, lists: d.lists });
+      this.#noState ??= this.#buffer("row state (unused)", 16, U.STORAGE);
+      out.rowGroup = this.#row.bind({
+        params,
+        p: d.p,
+        counts: d.counts,
+        lists: d.lists,
+        state: this.#tokens && d.state ? d.state : this.#noState,
+        tiles: this.#tokens && d.tiles ? d.tiles : this.#noState,
+      });
+    }
+    if (this.#tokens && d.state && d.tiles) {
+      const params = this.#buffer(
+        "tokens params",
+        paramsBytes(TOKENS_PARAMS),
+        U.UNIFORM | U.COPY_DST,
+        new Uint8Array(packParams(TOKENS_PARAMS, {
+          nbh: n,
+          g,
+          budget_lo: c.pairs % 2 ** 32,
+          budget_hi: Math.floor(c.pairs / 2 ** 32),
+        })),
+      );
+      out.tokensGroup = this.#tokens.bind({ params, p: d.p, tiles: d.tiles, state: d.state });
     }
     if (this.#sampled) {
       out.sampledParams = this.#buffer(
@@ -310,7 +381,8 @@ export class GpuMaskStage {
         g: this.#plan.g,
         tokens: this.#plan.tokens,
         stride: this.#table!.samples + 1,
-        hybrid: this.config.estimator === "hybrid" ? 1 : 0,
+        hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
+          (this.config.budget === "tokens" ? 2 : 0),
         scale: this.#spec.scale,
       }),
     );
@@ -321,6 +393,11 @@ export class GpuMaskStage {
     if (this.#sampled && group) {
       this.#sampled.dispatch(pass, group, n * Math.ceil(this.#plan.g / this.#qt));
     }
+  }
+
+  /** Records the token-budget threshold of a group (before select_lists). */
+  dispatchTokens(pass: GPUComputePassEncoder, sp: StageGroup): void {
+    if (this.#tokens && sp.tokensGroup) this.#tokens.dispatch(pass, sp.tokensGroup, sp.n);
   }
 
   /** Records the row policy's selection and block lists of a group. */
