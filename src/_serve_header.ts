@@ -118,7 +118,11 @@ export function checkHeaderText(text: string, field = "body"): void {
       if (stack.length >= MAX_DEPTH) {
         invalid(top?.at ?? field, `header nests deeper than ${MAX_DEPTH} levels`);
       }
-      const at = stack.length === 0 ? field : stack.length === 1 ? `${field}:${cut(top.last ?? "")}` : top.at;
+      const at = stack.length === 0
+        ? field
+        : stack.length === 1
+        ? `${field}:${cut(top.last ?? "")}`
+        : top.at;
       stack.push({ object: c === 0x7b, keys: new Set(), items: 0, wantKey: c === 0x7b, at });
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       stack.pop();
@@ -198,7 +202,9 @@ export function checkHeader(bytes: Uint8Array, limits: HeaderLimits, field = "bo
       throw new DraftAttentionError(
         "TOO_LARGE",
         name,
-        `shape [${shape.join(", ")}] has ${count} elements; the limit is ${limits.maxTensorElements} (maxTensorElements)`,
+        `shape [${
+          shape.join(", ")
+        }] has ${count} elements; the limit is ${limits.maxTensorElements} (maxTensorElements)`,
       );
     }
   }

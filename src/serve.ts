@@ -503,7 +503,9 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
       throw new DraftAttentionError(
         "TOO_LARGE",
         "flops",
-        `the request needs about ${flops.toExponential(2)} FLOPs (${req.mode}, ${tokens} tokens); ` +
+        `the request needs about ${
+          flops.toExponential(2)
+        } FLOPs (${req.mode}, ${tokens} tokens); ` +
           `the budget is ${budget.toExponential(2)} (maxFlops)`,
       );
     }
@@ -662,7 +664,8 @@ export function serveFlags(args: string[]): {
   return { help: values.help ?? false, port, hostname: values.hostname, options };
 }
 
-const USAGE = `usage: deno task serve [--port 8787] [--hostname 127.0.0.1] [--backend auto|webgpu|wasm]
+const USAGE =
+  `usage: deno task serve [--port 8787] [--hostname 127.0.0.1] [--backend auto|webgpu|wasm]
   [--token T (or DRAFTATTN_TOKEN)] [--compute worker|inline] [--threads N]
   [--max-body-bytes N] [--max-header-bytes N] [--max-tensor-elements N] [--max-flops N]
   [--timeout-ms N] [--body-timeout-ms N] [--max-uploads N] [--max-concurrent N] [--max-queue N]

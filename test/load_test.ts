@@ -35,6 +35,9 @@ const MAX_BODY = 1 << 20;
 /** Requests between two collections in the child (see the test below). */
 const GC_EVERY = 100;
 
+/** The content type every POST must declare. */
+const OCTET = { "content-type": "application/octet-stream" };
+
 const gc = (globalThis as { gc?: () => void }).gc;
 function collect(): void {
   gc?.();
@@ -128,7 +131,7 @@ interface Malformed {
 
 function malformed(valid: { body: Uint8Array; q: Tensor; k: Tensor; v: Tensor }): Malformed[] {
   const meta = VALID[0].metadata;
-  const post = (body: BodyInit) => ({ method: "POST", body });
+  const post = (body: BodyInit) => ({ method: "POST", body, headers: OCTET });
   const nan = { ...valid.q, data: valid.q.data.slice() };
   nan.data[17] = NaN;
   return [
@@ -226,7 +229,7 @@ async function load(): Promise<Report> {
       const body = encodeSafetensors({ tensors: { q, k, v: vv }, metadata: v.metadata });
       // What the handler computes, through the same request path but without HTTP.
       const direct = createHandler({ runtime: rt });
-      const res = await direct(new Request("http://x/", { method: "POST", body }));
+      const res = await direct(new Request("http://x/", { method: "POST", body, headers: OCTET }));
       assert.equal(res.status, 200, `${v.name}: ${await res.clone().text()}`);
       const out = parseSafetensors(new Uint8Array(await res.arrayBuffer())).tensors.out;
       direct.close();
@@ -286,7 +289,11 @@ async function load(): Promise<Report> {
       stats.rejected++;
     } else {
       const v = valid[i % valid.length];
-      const res = await fetch(url, { method: "POST", body: v.body as Uint8Array<ArrayBuffer> });
+      const res = await fetch(url, {
+        method: "POST",
+        body: v.body as Uint8Array<ArrayBuffer>,
+        headers: OCTET,
+      });
       stats.byStatus[res.status] = (stats.byStatus[res.status] ?? 0) + 1;
       if (res.status !== 200) {
         failures.push(`#${i} ${v.name}: status ${res.status}: ${await res.text()}`);
