@@ -185,7 +185,15 @@ export class WorkerCompute {
     try {
       this.#info = await slot.ready;
       const result = await new Promise<AttentionResult>((resolve, reject) => {
-        let timer: ReturnType<typeof setTimeout> | undefined;
+        const timer = setTimeout(() =>
+          slot.kill(
+            new ServeError(
+              503,
+              "TIMEOUT",
+              "timeoutMs",
+              `the run took longer than ${job.timeoutMs} ms and was stopped`,
+            ),
+          ), job.timeoutMs);
         const onAbort = () =>
           slot.kill(new ServeError(499, "ABORTED", "request", "the client closed the request"));
         const done = () => {
@@ -198,15 +206,6 @@ export class WorkerCompute {
         };
         if (job.signal?.aborted) return onAbort();
         job.signal?.addEventListener("abort", onAbort, { once: true });
-        timer = setTimeout(() =>
-          slot.kill(
-            new ServeError(
-              503,
-              "TIMEOUT",
-              "timeoutMs",
-              `the run took longer than ${job.timeoutMs} ms and was stopped`,
-            ),
-          ), job.timeoutMs);
         const { q, k, v } = job;
         // The tensors are the parser's own copies: moved, not copied, to the worker.
         const transfer = [...new Set([q.data.buffer, k.data.buffer, v.data.buffer])];

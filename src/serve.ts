@@ -261,14 +261,23 @@ async function readBody(request: Request, max: number, ms: number): Promise<Uint
 
 /** The limits in force, as `/health` and the serve task report them. */
 export interface HandlerLimits {
+  /** See {@linkcode HandlerOptions.maxBodyBytes}. */
   maxBodyBytes: number;
+  /** See {@linkcode HandlerOptions.maxHeaderBytes}. */
   maxHeaderBytes: number;
+  /** See {@linkcode HandlerOptions.maxTensorElements}. */
   maxTensorElements: number;
+  /** See {@linkcode HandlerOptions.maxFlops}; `undefined` until the backend is known. */
   maxFlops: number | undefined;
+  /** See {@linkcode HandlerOptions.timeoutMs}. */
   timeoutMs: number;
+  /** See {@linkcode HandlerOptions.bodyTimeoutMs}. */
   bodyTimeoutMs: number;
+  /** See {@linkcode HandlerOptions.maxUploads}. */
   maxUploads: number;
+  /** See {@linkcode HandlerOptions.maxConcurrent}. */
   maxConcurrent: number;
+  /** See {@linkcode HandlerOptions.maxQueue}. */
   maxQueue: number;
   /**
    * Request bytes the handler may hold at once in the worst case: every upload, queued and

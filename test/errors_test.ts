@@ -20,6 +20,7 @@ import {
 } from "../mod.ts";
 import type { AttentionOptions, DraftAttentionOptions } from "../src/types.ts";
 import { type Availability, gpuMissing, reasonOf } from "./_cases.ts";
+import { renderServeSection } from "./_serve_cases.ts";
 
 /** What the error must say: code, field, and a substring of the message naming the value. */
 interface Want {
@@ -823,6 +824,8 @@ function renderDoc(): string {
       } | \`${r.code}\` | \`${r.field}\` | ${r.backend} |`
     ),
     "",
+    // The edge handler's rows: test/_serve_cases.ts, each a test in test/serve_test.ts.
+    ...renderServeSection(),
   ];
   return lines.join("\n");
 }
