@@ -341,6 +341,7 @@ for (const [i, c] of SERVE_CASES.entries()) {
     const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
     const url = `http://127.0.0.1:${server.addr.port}`;
     try {
+      await c.prepare?.(url);
       const t0 = performance.now();
       const res = await c.send!(url, handler);
       const ms = performance.now() - t0;
