@@ -717,6 +717,12 @@ if (import.meta.main) {
     if (health.error) throw new Error(health.error.message);
     const l = health.limits;
     const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+    if (!/^(127\.|::1$|localhost$)/.test(flags.hostname) && !flags.options.token) {
+      console.error(
+        `draftattn serve: listening on ${flags.hostname} without a token: anyone who can reach ` +
+          "it can start compute (set DRAFTATTN_TOKEN)",
+      );
+    }
     Deno.serve({
       port: flags.port,
       hostname: flags.hostname,
@@ -725,7 +731,8 @@ if (import.meta.main) {
           `draftattn serve: http://${hostname}:${port} on ${health.backend.backend} ` +
             `(${health.backend.adapter}; ${health.compute}); body <= ${mib(l.maxBodyBytes)}, ` +
             `${l.maxUploads} uploads + ${l.maxQueue} queued + ${l.maxConcurrent} running: ` +
-            `request memory up to ${mib(l.worstCaseBytes)} plus each run's working set` +
+            `request memory up to ${mib(l.worstCaseBytes)} plus each run's working set; ` +
+            `at most ${l.maxFlops.toExponential(1)} FLOPs per request` +
             (flags.options.token ? "; bearer token required" : ""),
         ),
     }, handler);
