@@ -350,6 +350,7 @@ for (const [i, c] of SERVE_CASES.entries()) {
       if (c.withinMs) assert.ok(ms < c.withinMs, `answered after ${ms.toFixed(0)} ms`);
       assert.ok(JSON.stringify(error).length < 1200, "the error echoes its input");
     } finally {
+      await c.cleanup?.();
       await server.shutdown();
       handler.close();
     }
