@@ -24,6 +24,7 @@ import { buildPlan, densePlan, PLANNER_KEEP_BYTES, plannerMemoryBytes } from "..
 import { OPTION_KEYS } from "../src/validate.ts";
 import { type Availability, gpuMissing, reasonOf } from "./_cases.ts";
 import { attentionF64, maxAbsErr } from "./reference.ts";
+import { renderServeSection } from "./_serve_cases.ts";
 
 /** What the error must say: code, field, and a substring of the message naming the value. */
 interface Want {
@@ -1279,6 +1280,8 @@ function renderDoc(): string {
       } | \`${r.code}\` | \`${r.field}\` | ${r.backend} |`
     ),
     "",
+    // The edge handler's rows: test/_serve_cases.ts, each a test in test/serve_test.ts.
+    ...renderServeSection(),
   ];
   return lines.join("\n");
 }

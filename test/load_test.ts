@@ -12,6 +12,11 @@
  *
  * The sizes are tiny (a few hundred tokens) and the backend is WebAssembly, so the run measures
  * the handler (parsing, admission, the op cache, error paths), not the kernels.
+ *
+ * A second test holds the event loop to account while a request computes: with `maxFlops` at
+ * 2^34, the maximal allowed request (dense, 8,192 tokens x 64, exactly 2^34 FLOPs, seconds on
+ * WebAssembly) runs on the handler's compute worker while `GET /health` is sent back to back;
+ * its p99 latency must stay under 100 ms, and the output must match a float64 reference.
  */
 import assert from "node:assert/strict";
 import { openRuntime } from "../src/runtime.ts";
@@ -34,6 +39,9 @@ const IN_FLIGHT = 16;
 const MAX_BODY = 1 << 20;
 /** Requests between two collections in the child (see the test below). */
 const GC_EVERY = 100;
+
+/** The content type every POST must declare. */
+const OCTET = { "content-type": "application/octet-stream" };
 
 const gc = (globalThis as { gc?: () => void }).gc;
 function collect(): void {
@@ -128,7 +136,7 @@ interface Malformed {
 
 function malformed(valid: { body: Uint8Array; q: Tensor; k: Tensor; v: Tensor }): Malformed[] {
   const meta = VALID[0].metadata;
-  const post = (body: BodyInit) => ({ method: "POST", body });
+  const post = (body: BodyInit) => ({ method: "POST", body, headers: OCTET });
   const nan = { ...valid.q, data: valid.q.data.slice() };
   nan.data[17] = NaN;
   return [
@@ -226,7 +234,7 @@ async function load(): Promise<Report> {
       const body = encodeSafetensors({ tensors: { q, k, v: vv }, metadata: v.metadata });
       // What the handler computes, through the same request path but without HTTP.
       const direct = createHandler({ runtime: rt });
-      const res = await direct(new Request("http://x/", { method: "POST", body }));
+      const res = await direct(new Request("http://x/", { method: "POST", body, headers: OCTET }));
       assert.equal(res.status, 200, `${v.name}: ${await res.clone().text()}`);
       const out = parseSafetensors(new Uint8Array(await res.arrayBuffer())).tensors.out;
       direct.close();
@@ -286,7 +294,11 @@ async function load(): Promise<Report> {
       stats.rejected++;
     } else {
       const v = valid[i % valid.length];
-      const res = await fetch(url, { method: "POST", body: v.body as Uint8Array<ArrayBuffer> });
+      const res = await fetch(url, {
+        method: "POST",
+        body: v.body as Uint8Array<ArrayBuffer>,
+        headers: OCTET,
+      });
       stats.byStatus[res.status] = (stats.byStatus[res.status] ?? 0) + 1;
       if (res.status !== 200) {
         failures.push(`#${i} ${v.name}: status ${res.status}: ${await res.text()}`);
@@ -347,9 +359,113 @@ async function load(): Promise<Report> {
   return report;
 }
 
+/** The budget of the /health test, and the request that uses all of it. */
+const HEALTH_FLOPS = 2 ** 34;
+const HEALTH_TOKENS = 8192; // 4 * 8192^2 * 64 = 2^34
+const HEALTH_DIM = 64;
+
+/** Attention of query row `i` in float64 (one batch, one head, BSHD). */
+function referenceRow(q: Tensor, k: Tensor, v: Tensor, i: number): Float64Array {
+  const [, t, , d] = q.shape;
+  const scale = 1 / Math.sqrt(d);
+  const logits = new Float64Array(t);
+  let max = -Infinity;
+  for (let j = 0; j < t; j++) {
+    let dot = 0;
+    for (let c = 0; c < d; c++) dot += q.data[i * d + c] * k.data[j * d + c];
+    logits[j] = dot * scale;
+    max = Math.max(max, logits[j]);
+  }
+  const out = new Float64Array(d);
+  let sum = 0;
+  for (let j = 0; j < t; j++) {
+    const p = Math.exp(logits[j] - max);
+    sum += p;
+    for (let c = 0; c < d; c++) out[c] += p * v.data[j * d + c];
+  }
+  return out.map((x) => x / sum);
+}
+
 if (import.meta.main) {
   console.log(JSON.stringify(await load()));
 } else {
+  Deno.test({
+    name: "load: GET /health p99 < 100 ms while the maximal allowed request computes",
+    fn: async () => {
+      const rng = new Rng(14);
+      const shape = [1, HEALTH_TOKENS, 1, HEALTH_DIM];
+      const [q, k, v] = [0, 1, 2].map(() => tensor("f16", shape, rng));
+      const body = encodeSafetensors({ tensors: { q, k, v }, metadata: { mode: "dense" } });
+      const handler = createHandler({
+        backend: "wasm",
+        maxFlops: HEALTH_FLOPS,
+        timeoutMs: 25_000,
+      });
+      const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
+      const url = `http://127.0.0.1:${server.addr.port}`;
+      try {
+        const health = await (await fetch(`${url}/health`)).json();
+        assert.equal(health.compute, "worker");
+        assert.equal(health.limits.maxFlops, HEALTH_FLOPS);
+        // One token more is over the budget: this request is the largest allowed.
+        const over = encodeSafetensors({
+          tensors: Object.fromEntries(
+            ["q", "k", "v"].map((n) => [n, tensor("f16", [1, HEALTH_TOKENS + 1, 1, 64], rng)]),
+          ),
+          metadata: { mode: "dense" },
+        });
+        const rejected = await fetch(url, { method: "POST", body: over, headers: OCTET });
+        assert.equal(rejected.status, 413, await rejected.clone().text());
+        assert.equal((await rejected.json()).error.field, "flops");
+
+        const t0 = performance.now();
+        let done = false;
+        const heavy = fetch(url, { method: "POST", body, headers: OCTET }).then(async (r) => {
+          const bytes = new Uint8Array(await r.arrayBuffer());
+          done = true;
+          return { status: r.status, bytes, ms: performance.now() - t0 };
+        });
+        const latencies: number[] = [];
+        let busy = 0;
+        while (!done) {
+          const h0 = performance.now();
+          const h = await (await fetch(`${url}/health`)).json();
+          latencies.push(performance.now() - h0);
+          if (h.load.running === 1) busy++;
+        }
+        const result = await heavy;
+        assert.equal(result.status, 200, new TextDecoder().decode(result.bytes.slice(0, 300)));
+        latencies.sort((a, b) => a - b);
+        const p99 = latencies[Math.floor(latencies.length * 0.99)];
+        const report = {
+          computeMs: Math.round(result.ms),
+          healthChecks: latencies.length,
+          whileRunning: busy,
+          p50ms: +latencies[Math.floor(latencies.length / 2)].toFixed(2),
+          p99ms: +p99.toFixed(2),
+          maxMs: +latencies[latencies.length - 1].toFixed(2),
+        };
+        if (Deno.env.get("DRAFTATTN_VERBOSE")) console.log(JSON.stringify(report));
+        // The run must have been long enough for the percentile to mean something.
+        assert.ok(result.ms > 500 && busy >= 20, `too short to measure: ${JSON.stringify(report)}`);
+        assert.ok(p99 < 100, `/health p99 ${p99.toFixed(1)} ms: ${JSON.stringify(report)}`);
+        const out = parseSafetensors(result.bytes).tensors.out;
+        assert.deepEqual(out.shape, shape);
+        for (const i of [0, 4095, HEALTH_TOKENS - 1]) {
+          const want = referenceRow(q, k, v, i);
+          for (let c = 0; c < HEALTH_DIM; c++) {
+            const got = out.data[i * HEALTH_DIM + c];
+            // f16 output: half an ulp of values below 4 is at most 2^-9.
+            assert.ok(Math.abs(got - want[c]) <= 2e-3, `row ${i}[${c}]: ${got} vs ${want[c]}`);
+          }
+        }
+      } finally {
+        await server.shutdown();
+        handler.close();
+      }
+    },
+  });
+
   Deno.test({
     name: `load: ${MEASURED} requests after ${WARMUP} of warm-up, ${IN_FLIGHT} in flight, 10% ` +
       `malformed, on 127.0.0.1`,
