@@ -95,11 +95,12 @@ export interface ArrayView {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { arrayView } from "./errors.ts";
  * const x = new Float32Array(4);
  * Object.defineProperty(x, "length", { value: 1000 });
- * console.assert(arrayView(x)!.length === 4);
- * console.assert(arrayView(new Proxy(x, {})) === undefined);
+ * assert.ok(arrayView(x)!.length === 4);
+ * assert.ok(arrayView(new Proxy(x, {})) === undefined);
  * ```
  */
 export function arrayView(value: unknown): ArrayView | undefined {

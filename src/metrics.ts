@@ -475,10 +475,11 @@ export function oracleRecall(stats: DenseStats, kept: number | ArrayLike<number>
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { denseStats, maskPairs } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 3, pool: [1, 2] as const };
  * const s = denseStats(new Float32Array(12), new Float32Array(12), shape); // windows of 2 and 1
- * console.assert(maskPairs(s, new Uint8Array([1, 1, 0, 1]))[0] === 4 + 2 + 1);
+ * assert.ok(maskPairs(s, new Uint8Array([1, 1, 0, 1]))[0] === 4 + 2 + 1);
  * ```
  */
 export function maskPairs(stats: DenseStats, mask: ArrayLike<number>): Float64Array {
@@ -507,10 +508,11 @@ export function maskPairs(stats: DenseStats, mask: ArrayLike<number>): Float64Ar
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { denseStats, oracleRecallAtPairs } from "./metrics.ts";
  * const shape = { heads: 1, headDim: 4, frames: 1, height: 1, width: 2, pool: [1, 1] as const };
  * const s = denseStats(new Float32Array(8), new Float32Array(8), shape);
- * console.assert(oracleRecallAtPairs(s, 3).mean === 0.75);
+ * assert.ok(oracleRecallAtPairs(s, 3).mean === 0.75);
  * ```
  */
 export function oracleRecallAtPairs(

@@ -182,9 +182,10 @@ export function parseNpy(bytes: Uint8Array, options: ParseNpyOptions = {}): Tens
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeNpy, npyFileBytes } from "./npy.ts";
  * const bytes = encodeNpy({ dtype: "f16", shape: [3], data: new Float16Array([1, 2, 3]) });
- * console.assert(npyFileBytes(bytes.subarray(0, 128)) === bytes.length);
+ * assert.ok(npyFileBytes(bytes.subarray(0, 128)) === bytes.length);
  * ```
  */
 export function npyFileBytes(head: Uint8Array, options: ParseNpyOptions = {}): number {
@@ -317,9 +318,10 @@ export function encodeNpy(tensor: Tensor): Uint8Array<ArrayBuffer> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeNpyU8 } from "./npy.ts";
  * const bytes = encodeNpyU8({ shape: [1, 1, 2, 2], data: new Uint8Array([1, 0, 0, 1]) });
- * console.assert(bytes.length === 128 + 4);
+ * assert.ok(bytes.length === 128 + 4);
  * ```
  */
 export function encodeNpyU8(array: { shape: number[]; data: Uint8Array }): Uint8Array<ArrayBuffer> {

@@ -131,8 +131,9 @@ export interface MaskConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { pairBudget } from "./policy.ts";
- * console.assert(pairBudget(4800, 0.9) === 2304000);
+ * assert.ok(pairBudget(4800, 0.9) === 2304000);
  * ```
  */
 export function pairBudget(videoTokens: number, sparsity: number): number {
@@ -320,10 +321,11 @@ export function selectRowMask(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenThreshold } from "./policy.ts";
  * const p = new Float32Array([0.5, 0.25, 0.125, 0.125]);
- * console.assert(tokenThreshold(p, [2, 1], 4) === 0.5); // block (0, 0) holds 4 pairs
- * console.assert(tokenThreshold(p, [2, 1], 5) === 0.25);
+ * assert.ok(tokenThreshold(p, [2, 1], 4) === 0.5); // block (0, 0) holds 4 pairs
+ * assert.ok(tokenThreshold(p, [2, 1], 5) === 0.25);
  * ```
  */
 export function tokenThreshold(p: Float32Array, lens: readonly number[], budget: number): number {

@@ -230,11 +230,12 @@ function distance(a: string, b: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { checkKeys } from "./validate.ts";
  * try {
  *   checkKeys("draftAttention", { frames: 2, sparsty: 0.5 });
  * } catch (e) {
- *   console.assert((e as Error).message.includes('did you mean "sparsity"'));
+ *   assert.ok((e as Error).message.includes('did you mean "sparsity"'));
  * }
  * ```
  */

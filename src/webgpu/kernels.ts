@@ -37,11 +37,12 @@ export const FLASH_PARAMS: ParamLayout = [
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { flashSource } from "./kernels.ts";
  * import { pickFlashVariant } from "./variants.ts";
  * const limits = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
  * const code = flashSource(pickFlashVariant(128, limits), "f32", true);
- * console.assert(code.includes("const DENSE: u32 = 1u;"));
+ * assert.ok(code.includes("const DENSE: u32 = 1u;"));
  * ```
  */
 export function flashSource(c: FlashConfig, dtype: DType, dense = false): string {

@@ -85,10 +85,11 @@ export function specialize(name: string, options: Specialization = {}): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { specializeSource } from "./specialize.ts";
  * const source = "const F: u32 = 0u;\n// @if F\nfn f() {}\n// @else\nfn g() {}\n// @endif";
- * console.assert(specializeSource(source, { consts: { F: 1 } }).includes("fn f() {}"));
- * console.assert(specializeSource(source).includes("fn g() {}"));
+ * assert.ok(specializeSource(source, { consts: { F: 1 } }).includes("fn f() {}"));
+ * assert.ok(specializeSource(source).includes("fn g() {}"));
  * ```
  */
 export function specializeSource(source: string, options: SourceSpecialization = {}): string {
