@@ -28,4 +28,4 @@ export {
   selectRowMassTokens,
   selectRows,
   tokenThresholdBits,
-} from "./policy";
+} from "./selection";

@@ -22,7 +22,7 @@ import { openRuntime } from "../mod.ts";
 import type { DraftAttentionOp, Runtime } from "../src/runtime.ts";
 import { getModel, MODELS } from "../src/models.ts";
 import { buildPlan } from "../src/plan.ts";
-import { sampleTable } from "../src/policy.ts";
+import { sampleTable } from "../src/selection.ts";
 import {
   compareOutputs,
   type DenseStats,

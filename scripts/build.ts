@@ -7,7 +7,7 @@
  *   "release" importing a shared memory, for worker threads. Both use relaxed SIMD.
  * - src/generated/asm_release_plain.ts, src/generated/asm_threads_plain.ts: the same two without
  *   relaxed SIMD (fixed-width SIMD only), for engines that lack it (Safari, Node before 22,
- *   Firefox before 120). The loader (src/wasm/instance.ts) picks one at load time.
+ *   Firefox before 120). The loader (src/_asm.ts) picks one at load time.
  * - src/generated/asm_debug.ts: target "debug" (assertions on), for tests only: no runtime
  *   module imports it, so neither mod.ts nor the bundle ships it (tests load it with
  *   test/_asm_debug.ts).

@@ -9,7 +9,7 @@
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type { Geometry, Plan } from "./types.ts";
 import { TEXT_TILE } from "./validate.ts";
-import { type AsmBuild, AsmInstance } from "./wasm/instance.ts";
+import { type AsmBuild, AsmInstance } from "./_asm.ts";
 
 let plannerBuild: AsmBuild = "release";
 let planner: AsmInstance | undefined;

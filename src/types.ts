@@ -11,7 +11,7 @@ export type DType = "f32" | "f16";
 /** Where the text tokens sit on the token axis relative to the video tokens. */
 export type TextPosition = "after" | "before";
 /**
- * Block-selection policy (src/policy.ts has the exact definitions). `"percentile"` is the
+ * Block-selection policy (src/selection.ts has the exact definitions). `"percentile"` is the
  * reference policy of docs/spec.md: the `keep` largest entries of each (batch, head) map plus each
  * row's largest. `"rowTopK"`: each query row keeps its `ceil((1 - sparsity) * g)` largest
  * entries. `"rowMass"`: each query row keeps its largest entries until they hold `tau` of the

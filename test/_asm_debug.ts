@@ -6,6 +6,6 @@
  * @module
  */
 import { ASM_DEBUG } from "../src/generated/asm_debug.ts";
-import { provideAsmBuild } from "../src/wasm/instance.ts";
+import { provideAsmBuild } from "../src/_asm.ts";
 
 provideAsmBuild("debug", ASM_DEBUG);

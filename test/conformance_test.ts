@@ -18,7 +18,7 @@ import { type DraftAttentionOp, openRuntime, type Runtime, type RuntimeOptions }
 import { buildPlan, maskToSchedule, selectMask } from "../src/plan.ts";
 import type { DType, MaskResult, TensorArray } from "../src/types.ts";
 import { TEXT_TILE } from "../src/validate.ts";
-import { forceAsmSimd } from "../src/wasm/instance.ts";
+import { forceAsmSimd } from "../src/_asm.ts";
 import {
   type Availability,
   DENSE_CASES,

@@ -1,7 +1,7 @@
 /**
  * Block-selection policies beyond the reference (rowTopK, rowMass), the sampled and hybrid
  * importance estimators, and mask reuse (`maskEvery`), against float64 references written here
- * from the definitions of src/policy.ts (sharing no code with asm/policy.ts or the WGSL):
+ * from the definitions of src/selection.ts (sharing no code with asm/selection.ts or the WGSL):
  * - the row policies on the SAME f32 maps: the WebAssembly reference (`selectRowMask`), the GPU
  *   kernel (wgsl/select_row.wgsl) and the float64 definition, ties included (rowMass against
  *   float64 only away from a near-tie of the cumulative mass, since its definition quantises);
@@ -17,7 +17,7 @@
  */
 import assert from "node:assert/strict";
 import { DraftAttentionError, openRuntime, type Runtime } from "../mod.ts";
-import { sampleTable, selectRowMask, tokenThreshold } from "../src/policy.ts";
+import { sampleTable, selectRowMask, tokenThreshold } from "../src/selection.ts";
 import { buildPlan } from "../src/plan.ts";
 import type {
   DraftAttentionOptions,
@@ -37,7 +37,7 @@ import {
   SAMPLED_TUNING,
   TOKENS_PARAMS,
   tokensKernel,
-} from "../src/webgpu/policy.ts";
+} from "../src/webgpu/mask.ts";
 import { type Availability, gpuMissing, MASK_MARGIN, reasonOf, tolerance } from "./_cases.ts";
 import {
   attentionF64,
@@ -93,7 +93,7 @@ function test(name: string, needs: readonly Name[], fn: () => Promise<void> | vo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Float64 definitions (src/policy.ts, written again here)
+// Float64 definitions (src/selection.ts, written again here)
 // ---------------------------------------------------------------------------------------------
 
 /** Fixed-point bits of rowMass's masses (part of the definition). */
@@ -126,7 +126,7 @@ function refRows(
   slack = 1e-4,
   weights?: readonly number[],
 ): RefSelection {
-  // Budget "tokens": masses weighted by the key block's tokens (see src/policy.ts).
+  // Budget "tokens": masses weighted by the key block's tokens (see src/selection.ts).
   const wt = (j: number) => weights ? weights[j] : 1;
   const wmax = weights ? Math.max(...weights) : 1;
   const mask = new Uint8Array(g * g);

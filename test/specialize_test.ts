@@ -22,7 +22,7 @@ import {
   PICK_PARAMS,
   POOL_PARAMS,
 } from "../src/webgpu/kernels.ts";
-import { ROW_PARAMS, SAMPLED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/policy.ts";
+import { ROW_PARAMS, SAMPLED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/mask.ts";
 import { specialize, specializeSource } from "../src/webgpu/specialize.ts";
 import { FLASH_VARIANTS, flashConfig } from "../src/webgpu/variants.ts";
 

@@ -3,7 +3,7 @@
 // the debug build kept out of the runtime modules.
 import assert from "node:assert/strict";
 import { DraftAttentionError, openRuntime } from "../mod.ts";
-import { asmSimd, forceAsmSimd } from "../src/wasm/instance.ts";
+import { asmSimd, forceAsmSimd } from "../src/_asm.ts";
 import { attentionF64, maxAbsErr, randomInputs } from "./reference.ts";
 
 Deno.test("wasm simd: Deno's V8 has relaxed SIMD, so detection picks the relaxed builds", () => {

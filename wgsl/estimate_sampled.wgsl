@@ -1,4 +1,4 @@
-// Sampled block importance (src/policy.ts, estimators "sampled" and "hybrid"), one workgroup per
+// Sampled block importance (src/selection.ts, estimators "sampled" and "hybrid"), one workgroup per
 // (batch, head, QT video query tiles). The n_i sampled queries of tile i (window-order positions
 // from the host's table) attend exactly to every key: pass A finds each sample's softmax max M
 // and normaliser Z over all `tokens` keys (text included) with a per-thread online softmax and
@@ -9,12 +9,12 @@
 // samples) and SG samples of each at a time (QT * SG sample rows fit 8 KiB of workgroup
 // memory; the host sets both); later sample groups add to P. P holds a group of `nbh` pairs
 // (scratch): its row bh is pair pair0 + bh of the piece in q and k.
-// The WebAssembly backend computes the same map (asm/policy.ts `sampledMap`) in another order of
+// The WebAssembly backend computes the same map (asm/selection.ts `sampledMap`) in another order of
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
 
 // @include storage
 
-/** Mirrored by SAMPLED_PARAMS in src/webgpu/policy.ts. */
+/** Mirrored by SAMPLED_PARAMS in src/webgpu/mask.ts. */
 struct Params {
   nbh: u32,
   heads_per_row: u32,

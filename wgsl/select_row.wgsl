@@ -1,5 +1,5 @@
-// Row policies (rowTopK, rowMass; definitions in src/policy.ts) and the block lists of their
-// mask, one workgroup per (batch, head, video query tile i). Exactly what asm/policy.ts
+// Row policies (rowTopK, rowMass; definitions in src/selection.ts) and the block lists of their
+// mask, one workgroup per (batch, head, video query tile i). Exactly what asm/selection.ts
 // `selectRows` computes: every comparison is on the f32 bit patterns (P >= 0 orders like u32)
 // and every sum is of integers, so the summation order (atomics here) does not matter.
 // 1. rowTopK threshold t: the k-th largest bit pattern of the row (skipped when k == g), by MSD
@@ -13,10 +13,10 @@
 //    tiles; compaction by wgsl/list_compact.wgsl.
 //    With `floor` != 0 (rowMass under budget "tokens"; rowTopK off, k = g) also >= min(f,
 //    rowMax) with f = state[bh].x, the whole map's token-budget threshold that
-//    wgsl/select_tokens.wgsl wrote just before (asm/policy.ts `selectRowMassTokens`).
+//    wgsl/select_tokens.wgsl wrote just before (asm/selection.ts `selectRowMassTokens`).
 // P holds a group of `nbh` pairs (scratch); their lists are rows pair0 + bh of the piece.
 
-/** Mirrored by ROW_PARAMS in src/webgpu/policy.ts. */
+/** Mirrored by ROW_PARAMS in src/webgpu/mask.ts. */
 struct Params {
   nbh: u32,
   g: u32,

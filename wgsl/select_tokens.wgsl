@@ -1,15 +1,15 @@
 // Token-budget threshold of the percentile policy (budget "tokens"; definition in
-// src/policy.ts), one workgroup per (batch, head) of a mask group: with w(i, j) = len_i * len_j
+// src/selection.ts), one workgroup per (batch, head) of a mask group: with w(i, j) = len_i * len_j
 // the video token pairs of block (i, j), the largest value v of P whose entries >= v hold at
 // least `budget` pairs. MSD radix select over the f32 bit patterns (P >= 0 orders like u32), one
 // 8-bit digit per pass, with a pair histogram beside the count histogram. Pair sums exceed 32
 // bits (HunyuanVideo: 126,720^2 pairs), so each bin is a (lo, hi) pair of u32 atomics: an add
 // whose lo wrapped adds 1 to hi, which makes the 64-bit sum exact in any order, as
-// asm/policy.ts `tokenThresholdBits` computes it with u64. Writes state[bh] = (threshold, 0);
+// asm/selection.ts `tokenThresholdBits` computes it with u64. Writes state[bh] = (threshold, 0);
 // wgsl/select_lists.wgsl then keeps P >= threshold and each row's maximum, as for the count
 // budget (percentile), or wgsl/select_row.wgsl takes it as rowMass's floor.
 
-/** Mirrored by TOKENS_PARAMS in src/webgpu/policy.ts. */
+/** Mirrored by TOKENS_PARAMS in src/webgpu/mask.ts. */
 struct Params {
   nbh: u32,
   g: u32,

@@ -38,7 +38,7 @@ import {
   type AsmSimd,
   asmSimd,
   sharedMemory,
-} from "./instance.ts";
+} from "../_asm.ts";
 import {
   DRAFT,
   FLASH,
@@ -49,7 +49,7 @@ import {
   threadsAvailable,
   WorkerPool,
 } from "./pool.ts";
-import { WasmMaskStage } from "./policy.ts";
+import { WasmMaskStage } from "./mask.ts";
 
 /** Options of {@linkcode createWasmBackend} beyond the contract (tests use `build`). */
 export interface WasmBackendOptions {
@@ -319,7 +319,7 @@ class WasmOp implements DraftKernelOp {
   #kept = 0;
   readonly #works = new Map<number, Work>();
   readonly #flops: number;
-  /** Policy, estimator and mask reuse of a draft op (src/wasm/policy.ts). */
+  /** Policy, estimator and mask reuse of a draft op (src/wasm/mask.ts). */
   readonly #stage: WasmMaskStage | undefined;
 
   constructor(
@@ -467,7 +467,7 @@ class WasmOp implements DraftKernelOp {
         await phase(PREP, count * nChunks);
         if (draft) {
           if (due && stage!.usesDraftMap) await phase(DRAFT, count);
-          // The sampled estimator (src/wasm/policy.ts) on every thread, items of query tiles.
+          // The sampled estimator (src/wasm/mask.ts) on every thread, items of query tiles.
           const sampled = due && stage!.samples;
           if (sampled) {
             job.sampled = stage!.job(tables!, threads, count);

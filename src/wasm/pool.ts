@@ -17,14 +17,14 @@
  * @module
  */
 import { DraftAttentionError } from "../errors.ts";
-import type { AsmExports } from "./instance.ts";
-import type { SampledJob } from "./policy.ts";
+import type { AsmExports } from "../_asm.ts";
+import type { SampledJob } from "./mask.ts";
 
 /** Item kinds of a phase. */
 export const PREP = 0;
 export const DRAFT = 1;
 export const FLASH = 2;
-/** The sampled block-importance estimator (src/wasm/policy.ts), items of query tiles. */
+/** The sampled block-importance estimator (src/wasm/mask.ts), items of query tiles. */
 export const SAMPLED = 3;
 
 /**
@@ -81,7 +81,7 @@ export interface Job {
   listStride: number;
   scratch: number;
   scratchBytes: number;
-  /** SAMPLED only (src/wasm/policy.ts `SampledJob`); absent otherwise. */
+  /** SAMPLED only (src/wasm/mask.ts `SampledJob`); absent otherwise. */
   sampled?: SampledJob;
 }
 
@@ -134,7 +134,7 @@ export function execItem(x: AsmExports, j: Job, i: number, thread: number): void
     const e = j.sampled!;
     const s = Math.floor(i / e.nTileChunks);
     const i0 = (i - s * e.nTileChunks) * e.tileChunk;
-    // asm/policy.ts `sampledMap` (not in AsmExports, which lists asm/attention.ts).
+    // asm/selection.ts `sampledMap` (not in AsmExports, which lists asm/attention.ts).
     (x as unknown as Record<string, (...a: number[]) => void>).sampledMap(
       j.qw + s * j.rowsBytes,
       j.kt + s * j.ktBytes,

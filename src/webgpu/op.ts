@@ -16,7 +16,7 @@
  */
 import { DraftAttentionError } from "../errors.ts";
 import { workItems } from "../plan.ts";
-import { maskConfig } from "../policy.ts";
+import { maskConfig } from "../selection.ts";
 import type {
   DenseSpec,
   DraftKernelOp,
@@ -54,7 +54,7 @@ import {
   type Strides,
   strides,
 } from "./pieces.ts";
-import { GpuMaskStage, type StageGroup } from "./policy.ts";
+import { GpuMaskStage, type StageGroup } from "./mask.ts";
 import { type FlashConfig, flashConfig, type FlashVariant, pickFlashVariant } from "./variants.ts";
 
 const TENSORS = ["q", "k", "v", "out"] as const;
@@ -99,7 +99,7 @@ interface MaskGroup {
   listsGroup?: GPUBindGroup;
   poolQParams?: GPUBuffer;
   poolKParams?: GPUBuffer;
-  /** Policies and estimators beyond the reference (src/webgpu/policy.ts). */
+  /** Policies and estimators beyond the reference (src/webgpu/mask.ts). */
   stage: StageGroup;
 }
 

@@ -1,6 +1,6 @@
 /**
  * The mask stage of the WebGPU backend for the policies and estimators beyond the reference
- * (src/policy.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
+ * (src/selection.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
  * the row policies with their block lists (wgsl/select_row.wgsl), the token budget's threshold
  * (wgsl/select_tokens.wgsl), their buffers and bind groups, and the mask-reuse schedule
  * (`maskEvery`). The reference path (pool -> draft map ->
@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../policy.ts";
+import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../selection.ts";
 import { MaskLayer } from "../_mask_layer.ts";
 import type { DraftSpec, DType, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
@@ -107,7 +107,7 @@ export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 }
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { sampleGroup } from "./policy.ts";
+ * import { sampleGroup } from "./mask.ts";
  * assert.equal(JSON.stringify(sampleGroup(8, 128, 4032)), '{"sg":8,"qt":2}');
  * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":3}');
  * assert.equal(JSON.stringify(sampleGroup(16, 256, 4032)), '{"sg":8,"qt":1}');

@@ -58,12 +58,12 @@
 import { describeValue, DraftAttentionError } from "./errors.ts";
 import type { Budget, DraftSpec, Estimator, Plan, Policy } from "./types.ts";
 import { DEFAULT_SAMPLES, DEFAULT_TAU, keepCount, MAX_SAMPLES, rowKeepCount } from "./validate.ts";
-import { AsmInstance } from "./wasm/instance.ts";
+import { AsmInstance } from "./_asm.ts";
 
 /** Fixed-point bits of the quantised masses of rowMass: `w(x) = floor(min(x, 1) * 2^22)`. */
 export const MASS_BITS = 22;
 
-/** The exports of asm/policy.ts. */
+/** The exports of asm/selection.ts. */
 export interface PolicyExports {
   selectRows(
     p: number,
@@ -132,7 +132,7 @@ export interface MaskConfig {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { pairBudget } from "./policy.ts";
+ * import { pairBudget } from "./selection.ts";
  * assert.ok(pairBudget(4800, 0.9) === 2304000);
  * ```
  */
@@ -150,7 +150,7 @@ export function pairBudget(videoTokens: number, sparsity: number): number {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { maskConfig } from "./policy.ts";
+ * import { maskConfig } from "./selection.ts";
  * const c = maskConfig({ policy: "rowMass", sparsity: 0, keep: 9 }, 3);
  * assert.ok(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
  * ```
@@ -204,7 +204,7 @@ const GOLDEN = (Math.sqrt(5) - 1) / 2;
  * ```ts
  * import assert from "node:assert/strict";
  * import { buildPlan } from "./plan.ts";
- * import { sampleTable } from "./policy.ts";
+ * import { sampleTable } from "./selection.ts";
  * const plan = buildPlan({
  *   frames: 1, height: 8, width: 16, textTokens: 0, textPosition: "after", poolH: 8, poolW: 16,
  * });
@@ -263,7 +263,7 @@ let reference: AsmInstance | undefined;
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { selectRowMask } from "./policy.ts";
+ * import { selectRowMask } from "./selection.ts";
  * const p = new Float32Array([0.6, 0.3, 0.1, 0.2, 0.2, 0.6, 0.5, 0.25, 0.25]);
  * assert.equal(selectRowMask(p, 3, { rowKeep: 1 }).join(), "1,0,0,0,0,1,1,0,0");
  * assert.equal(selectRowMask(p, 3, { rowKeep: 3, tau: 0.7 }).join(), "1,1,0,1,1,1,1,1,1");
@@ -322,7 +322,7 @@ export function selectRowMask(
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { tokenThreshold } from "./policy.ts";
+ * import { tokenThreshold } from "./selection.ts";
  * const p = new Float32Array([0.5, 0.25, 0.125, 0.125]);
  * assert.ok(tokenThreshold(p, [2, 1], 4) === 0.5); // block (0, 0) holds 4 pairs
  * assert.ok(tokenThreshold(p, [2, 1], 5) === 0.25);

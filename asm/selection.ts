@@ -2,7 +2,7 @@
 // Block-selection policies beyond the reference percentile (per-row top-k, per-row cumulative
 // mass) and the sampled block-importance estimator. The WGSL kernels wgsl/select_row.wgsl and
 // wgsl/estimate_sampled.wgsl compute the same things on the GPU; the selection here is the exact
-// reference the GPU mask must equal. Definitions: src/policy.ts.
+// reference the GPU mask must equal. Definitions: src/selection.ts.
 
 import { kthLargestBits } from "./plan";
 

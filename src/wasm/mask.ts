@@ -1,14 +1,14 @@
 /**
- * The mask stage of the WebAssembly backend for every policy and estimator (src/policy.ts has
+ * The mask stage of the WebAssembly backend for every policy and estimator (src/selection.ts has
  * the definitions): per head, the importance map (draft map, sampled map or both) and the block
  * mask; between mask computations (`maskEvery`), the previous mask.
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type PolicyExports, sampleTable } from "../policy.ts";
+import { type MaskConfig, maskConfig, type PolicyExports, sampleTable } from "../selection.ts";
 import { MaskLayer } from "../_mask_layer.ts";
 import type { DraftSpec, Plan } from "../types.ts";
-import type { AsmInstance } from "./instance.ts";
+import type { AsmInstance } from "../_asm.ts";
 
 /** Pointers of one head's buffers that the mask stage reads and writes. */
 export interface HeadBuffers {

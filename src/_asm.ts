@@ -10,11 +10,11 @@
  *
  * @module
  */
-import { ASM_RELEASE } from "../generated/asm_release.ts";
-import { ASM_RELEASE_PLAIN } from "../generated/asm_release_plain.ts";
-import { ASM_THREADS } from "../generated/asm_threads.ts";
-import { ASM_THREADS_PLAIN } from "../generated/asm_threads_plain.ts";
-import { DraftAttentionError } from "../errors.ts";
+import { ASM_RELEASE } from "./generated/asm_release.ts";
+import { ASM_RELEASE_PLAIN } from "./generated/asm_release_plain.ts";
+import { ASM_THREADS } from "./generated/asm_threads.ts";
+import { ASM_THREADS_PLAIN } from "./generated/asm_threads_plain.ts";
+import { DraftAttentionError } from "./errors.ts";
 
 /**
  * Which build of asm/: `"release"` (-O3, no assertions), `"debug"` (assertions, for tests: not
