@@ -6,7 +6,7 @@
  * @module
  */
 import { DraftAttentionError } from "../src/errors.ts";
-import type { DType, Layout } from "../src/types.ts";
+import type { AttentionOptions, DType, Layout } from "../src/types.ts";
 import {
   attentionF64,
   attentionNaive,
@@ -309,6 +309,12 @@ export function geometryOf(c: DraftCase): RefGeometry {
     poolH: c.pool[0],
     poolW: c.pool[1],
   };
+}
+
+/** `runtime.attention()` options of a dense case: its own fields (name, seed, rerun) are not options. */
+export function denseOptions(c: DenseCase): AttentionOptions {
+  const { name: _name, seed: _seed, rerun: _rerun, ...options } = c;
+  return options;
 }
 
 /** `runtime.draftAttention()` options of a draft case. */

@@ -22,6 +22,7 @@ import { forceAsmSimd } from "../src/_asm.ts";
 import {
   type Availability,
   DENSE_CASES,
+  denseOptions,
   DRAFT_CASES,
   type DraftCase,
   type DraftExpected,
@@ -245,9 +246,7 @@ for (const name of BACKENDS) {
   for (const c of DENSE_CASES) {
     backendTest(name, c.name, async (rt) => {
       const prep = prepareDense(c);
-      // The case's own fields (name, seed, rerun) are not options: unknown options are errors.
-      const { name: _name, seed: _seed, rerun: _rerun, ...options } = c;
-      const op = rt.attention(options);
+      const op = rt.attention(denseOptions(c));
       try {
         const problems: string[] = [];
         for (const [r, exp] of prep.runs.entries()) {

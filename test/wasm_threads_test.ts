@@ -9,7 +9,7 @@ import type { Backend, DenseSpec, DraftSpec, TensorArray } from "../src/types.ts
 import { resolveDense, resolveDraft } from "../src/validate.ts";
 import { createWasmBackend } from "../src/wasm/backend.ts";
 import type { WorkerPool } from "../src/wasm/pool.ts";
-import { DENSE_CASES, DRAFT_CASES, draftOptions } from "./_cases.ts";
+import { DENSE_CASES, denseOptions, DRAFT_CASES, draftOptions } from "./_cases.ts";
 import { allocTensor, Rng } from "./reference.ts";
 
 function inputs(spec: DenseSpec, seed: number): TensorArray[] {
@@ -42,7 +42,7 @@ Deno.test("wasm threads: bit-identical to one thread on every conformance case",
   const three = threaded();
   try {
     for (const c of DENSE_CASES) {
-      const spec = resolveDense(c);
+      const spec = resolveDense(denseOptions(c));
       const [q, k, v] = inputs(spec, c.seed);
       const want = await one.dense(spec).run(q, k, v);
       const got = await three.dense(spec).run(q, k, v);

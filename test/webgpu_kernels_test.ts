@@ -1225,7 +1225,11 @@ Deno.test("variants: subgroups of 32 pick packed-Q, V-over-K tiles; 16 KiB devic
     }) as Picked),
     "32 rows f16KV f16QT packedQT subgroupRows vOverK swizzleK f16PV 16384 B 128 threads",
   );
-  assert.equal(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }).kernel, "chunked");
+  // f32 within 16 KiB: the sub-rows tile (16 x 16, 64 threads), no longer the chunked kernel.
+  assert.equal(
+    shape(pickFlashVariant(128, dflt, { dtype: "f32", subgroupSize: 32 }) as Picked),
+    "16 rows subgroupRows vOverK swizzleK 16384 B 64 threads",
+  );
   // Head dim 64: sub-rows in f32 tiles (24 KiB) for both dtypes; within the default limits key
   // halves, packed f16 tiles in 12 KiB or f32 tiles in 16 KiB.
   for (const dtype of ["f16", "f32"] as const) {
