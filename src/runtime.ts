@@ -80,9 +80,11 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 export interface AttentionOp {
   /**
    * Computes attention on typed arrays; resolves to a new array of the same type and layout.
-   * q, k and v are checked and copied before `run()` returns (a NaN, an infinity or values
-   * whose logits could overflow f32 reject with `INVALID_INPUT`), so the caller may overwrite
-   * them at once: the run reads the copy, however long it waits behind earlier runs.
+   * q, k and v are checked and taken before `run()` returns (a NaN, an infinity or values
+   * whose logits could overflow f32 reject with `INVALID_INPUT`): written where the run reads
+   * them (the op's GPU input buffers, WebAssembly memory), or copied when the run must wait
+   * behind an earlier one. So the caller may overwrite them at once: the run computes what was
+   * checked, however long it waits.
    * `options.layer` names the transformer layer of the run (checked against a reused mask, see
    * {@linkcode RunOptions}).
    */
