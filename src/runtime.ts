@@ -265,7 +265,10 @@ function inputArray(field: string, x: unknown, spec: DenseSpec): TensorArray {
   }
   try {
     const x = new want(view.buffer as ArrayBuffer, view.byteOffset, n);
-    return view.buffer instanceof SharedArrayBuffer ? x.slice() : x;
+    // A page that is not cross-origin isolated has no SharedArrayBuffer (nor arrays on one).
+    const shared = typeof SharedArrayBuffer === "function" &&
+      view.buffer instanceof SharedArrayBuffer;
+    return shared ? x.slice() : x;
   } catch (e) {
     throw new DraftAttentionError(
       "INVALID_INPUT",
