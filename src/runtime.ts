@@ -80,9 +80,11 @@ const WANTED_FEATURES = ["shader-f16", "timestamp-query", "subgroups"] as const;
 export interface AttentionOp {
   /**
    * Computes attention on typed arrays; resolves to a new array of the same type and layout.
-   * q, k and v are checked and copied before `run()` returns (a NaN, an infinity or values
-   * whose logits could overflow f32 reject with `INVALID_INPUT`), so the caller may overwrite
-   * them at once: the run reads the copy, however long it waits behind earlier runs.
+   * q, k and v are checked and taken before `run()` returns (a NaN, an infinity or values
+   * whose logits could overflow f32 reject with `INVALID_INPUT`): written where the run reads
+   * them (the op's GPU input buffers, WebAssembly memory), or copied when the run must wait
+   * behind an earlier one. So the caller may overwrite them at once: the run computes what was
+   * checked, however long it waits.
    * `options.layer` names the transformer layer of the run (checked against a reused mask, see
    * {@linkcode RunOptions}).
    */
@@ -220,14 +222,14 @@ function scan(x: TensorArray, needMax: boolean): { bad: number; max: number } {
 }
 
 /**
- * Checks one typed-array input and returns a copy of it taken now: the run reads the copy, so
- * the caller may reuse or overwrite its array as soon as `run()` returns, and what was checked
- * is what runs. The array is read through its internal slots (a `Proxy`, an overridden `length`
- * or a detached buffer gives INVALID_INPUT naming the tensor, never a raw TypeError). The copy
- * costs 1.5-2x the NaN scan and holds a second copy of q, k and v until the run settles:
- * measured on a 2-core x86 VM, 256 MiB of f32 copy in 110-160 ms (mostly first-touch page
- * faults of the new array) and scan in 60-95 ms; the three 744 MiB f16 tensors of HunyuanVideo
- * 768p take about 1 s to copy there.
+ * Checks one typed-array input and returns a view of exactly its elements. The view is read
+ * before `run()` returns (the backend writes it where the run reads it, or copies it when the
+ * run must wait: see src/_snapshot.ts), and no caller code runs between this check and that
+ * read, so the caller may overwrite its array as soon as `run()` returns and what was checked is
+ * what runs. An array on a `SharedArrayBuffer` is copied first, since another thread could write
+ * it between the check and the read. The array is read through its internal slots (a `Proxy`,
+ * an overridden `length` or a detached buffer gives INVALID_INPUT naming the tensor, never a raw
+ * TypeError).
  */
 function inputArray(field: string, x: unknown, spec: DenseSpec): TensorArray {
   const want = spec.dtype === "f16" ? Float16Array : Float32Array;
@@ -262,7 +264,11 @@ function inputArray(field: string, x: unknown, spec: DenseSpec): TensorArray {
     );
   }
   try {
-    return new want(view.buffer as ArrayBuffer, view.byteOffset, n).slice();
+    const x = new want(view.buffer as ArrayBuffer, view.byteOffset, n);
+    // A page that is not cross-origin isolated has no SharedArrayBuffer (nor arrays on one).
+    const shared = typeof SharedArrayBuffer === "function" &&
+      view.buffer instanceof SharedArrayBuffer;
+    return shared ? x.slice() : x;
   } catch (e) {
     throw new DraftAttentionError(
       "INVALID_INPUT",
@@ -286,7 +292,7 @@ function isProxyLike(x: unknown): boolean {
 const TYPED_ARRAY_PROTO = Object.getPrototypeOf(Uint8Array.prototype) as object;
 
 /**
- * Copies and checks q, k and v: each finite (a NaN or an infinity is named with its
+ * Checks q, k and v (views of them, see {@linkcode inputArray}): each finite (a NaN or an infinity is named with its
  * `(b, t, h, d)`), and small enough that no logit and no unnormalised P V sum leaves f32's range
  * ({@linkcode MAX_LOGIT}); such inputs are rejected rather than run into zero rows.
  */
@@ -365,11 +371,17 @@ class Op implements DraftAttentionOp {
     }
   }
 
-  /** Runs `fn` on the current kernel; every failure leaves as a DraftAttentionError. */
+  /**
+   * Runs `fn` on the current kernel; every failure leaves as a DraftAttentionError. When the
+   * backend is usable now, `fn` is called before this returns (a typed-array run takes its
+   * inputs during that call); during a recovery, once the new backend is up.
+   */
   async #call<T>(fn: (kernel: KernelOp | DraftKernelOp) => Promise<T>): Promise<T> {
     let gen: number | undefined;
     try {
-      const kernel = await this.rt.kernelFor(this);
+      // No await before fn on the usual path: an async function runs synchronously up to its
+      // first await.
+      const kernel = this.rt.kernelNow(this) ?? await this.rt.kernelFor(this);
       gen = this.#gen;
       return await fn(kernel);
     } catch (e) {
@@ -450,9 +462,12 @@ class Op implements DraftAttentionOp {
       if (options !== undefined) checkKeys("run", options);
       const layer = options?.layer;
       if (layer !== undefined) positiveInt("layer", layer, 0);
-      // Checked and copied now, before run() returns: later writes to the caller's arrays
-      // (a NaN included) do not reach this run, however long it waits in the op's queue.
-      const [qs, ks, vs] = inputs(a, k, v, this.spec);
+      // Checked now, and taken by the kernel's run() before this returns (KernelOp.run): later
+      // writes to the caller's arrays (a NaN included) do not reach this run, however long it
+      // waits in the op's queue. Only while a lost device is being replaced does the kernel
+      // come later: then the run reads copies.
+      const taken = inputs(a, k, v, this.spec);
+      const [qs, ks, vs] = this.rt.recovering ? taken.map((x) => x.slice()) : taken;
       return this.#call((kernel) => kernel.run(qs, ks, vs, { layer }));
     } catch (e) {
       return Promise.reject(e);
@@ -603,6 +618,19 @@ class RuntimeImpl implements Runtime {
     }
     this.#ops.add(op);
     return op;
+  }
+
+  /** Whether a lost device is to be replaced before the next call can run. */
+  get recovering(): boolean {
+    return this.#state === "lost";
+  }
+
+  /**
+   * The op's kernel when the backend is usable right now (no loss to report or recover from),
+   * built if need be; else undefined, and {@linkcode kernelFor} gives it.
+   */
+  kernelNow(op: Op): KernelOp | DraftKernelOp | undefined {
+    return this.#state === "ok" ? op.kernelOn(this.#current.backend, this.#gen) : undefined;
   }
 
   /**

@@ -270,7 +270,11 @@ export interface RunOptions {
 
 /** One compiled op of a backend. Inputs are validated by the caller (src/runtime.ts). */
 export interface KernelOp {
-  /** Typed arrays in, typed array of the same type and layout out. */
+  /**
+   * Typed arrays in, typed array of the same type and layout out. Reads q, k and v before it
+   * returns (uploads them, or copies them when the run must wait), never later: the runtime
+   * hands it the caller's arrays unchanged.
+   */
   run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray>;
   /** WebGPU only: caller-owned buffers, no readback. */
   runBuffers?(args: GpuRunArgs): Promise<void>;

@@ -1081,24 +1081,49 @@ Deno.test("errors: the planner gives back the memory of a large plan", async () 
 // Inputs are taken at run(): later writes do not reach a queued run (both backends)
 // ---------------------------------------------------------------------------------------------
 
-/** Several runs queued on one op, the inputs overwritten (NaN included) right after run(). */
-async function snapshotStory(rt: Runtime): Promise<void> {
+/**
+ * Runs queued on one op from the same arrays, refilled with other inputs after each run() and
+ * overwritten with NaN after the last: each run computes the inputs it was called with. The
+ * first is written where the run reads it at the call, the others wait with copies (the second
+ * in the op's reused set, refilled in the second round). Arrays on a SharedArrayBuffer run too.
+ * `batch: 2` takes the copying path of the WebAssembly backend (one batch element at a time in
+ * wasm memory).
+ */
+async function snapshotStory(rt: Runtime, batch = 1): Promise<void> {
   const opts = { frames: 2, height: 5, width: 9, pool: [2, 4] as [number, number], heads: 2 };
-  const op = rt.draftAttention({ ...opts, headDim: 8, textTokens: 3, sparsity: 0.5 });
-  const n = (2 * 5 * 9 + 3) * 2 * 8;
+  const op = rt.draftAttention({ ...opts, batch, headDim: 8, textTokens: 3, sparsity: 0.5 });
+  const n = batch * (2 * 5 * 9 + 3) * 2 * 8;
   const make = (seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * seed));
-  const q = make(1.1), k = make(2.3), v = make(0.7);
+  const seeds = [1, 1.7, 0.6, 2.9];
   try {
-    const want = await op.run(q, k, v);
-    const runs = [op.run(q, k, v), op.run(q, k, v), op.run(q, k, v)];
-    q.fill(NaN);
-    k.fill(1e30);
-    v.fill(0);
-    for (const [i, out] of (await Promise.all(runs)).entries()) {
-      assert.deepEqual(out, want, `run ${i} read inputs written after run() returned`);
+    const wants: (Float32Array | Float16Array)[] = [];
+    for (const s of seeds) wants.push(await op.run(make(1.1 * s), make(2.3 * s), make(0.7 * s)));
+    const q = new Float32Array(n), k = new Float32Array(n), v = new Float32Array(n);
+    for (let round = 0; round < 2; round++) {
+      const runs = seeds.map((s) => {
+        q.set(make(1.1 * s));
+        k.set(make(2.3 * s));
+        v.set(make(0.7 * s));
+        return op.run(q, k, v);
+      });
+      q.fill(NaN);
+      k.fill(1e30);
+      v.fill(0);
+      for (const [i, out] of (await Promise.all(runs)).entries()) {
+        assert.deepEqual(out, wants[i], `round ${round}, run ${i} read inputs written after run()`);
+      }
+      // The caller's arrays were not touched by the runs either.
+      assert.ok(q.every(Number.isNaN) && v.every((x) => x === 0));
     }
-    // The caller's arrays were not touched by the runs either.
-    assert.ok(q.every(Number.isNaN) && v.every((x) => x === 0));
+    // The same values on a SharedArrayBuffer (copied before the check).
+    const shared = [1.1, 2.3, 0.7].map((f) => {
+      const x = new Float32Array(new SharedArrayBuffer(n * 4));
+      x.set(make(f));
+      return x;
+    });
+    const later = op.run(shared[0], shared[1], shared[2]);
+    shared[0].fill(NaN);
+    assert.deepEqual(await later, wants[0], "inputs on a SharedArrayBuffer");
   } finally {
     op.dispose();
   }
@@ -1106,6 +1131,14 @@ async function snapshotStory(rt: Runtime): Promise<void> {
 
 wasmTest("inputs written after run() do not reach queued runs", snapshotStory);
 gpuTest("inputs written after run() do not reach queued runs", snapshotStory);
+wasmTest(
+  "inputs written after run() do not reach queued runs (batch 2)",
+  (rt) => snapshotStory(rt, 2),
+);
+gpuTest(
+  "inputs written after run() do not reach queued runs (batch 2)",
+  (rt) => snapshotStory(rt, 2),
+);
 
 /**
  * Logits just under the bound (2^119) run NaN-free with no zero rows, and match the float64
@@ -1247,9 +1280,10 @@ function renderDoc(): string {
     "about 1 ns per element); `GPUBuffer` inputs are not read back for it, and a non-finite value",
     "there gives undefined outputs for the rows it reaches (never a hang, and the op stays usable).",
     "",
-    "Typed-array inputs are checked and copied when `run()` is called, before it returns: writing",
-    "to them afterwards (a NaN included) does not reach the run, however long it waits in the op's",
-    "queue. They are read through their internal slots, so a `Proxy`, an overridden `length` or a",
+    "Typed-array inputs are checked and taken when `run()` is called, before it returns: written",
+    "where the run reads them (the op's GPU input buffers, WebAssembly memory), or copied when the",
+    "run must wait behind an earlier one. Writing to them afterwards (a NaN included) does not reach",
+    "the run, however long it waits in the op's queue. They are read through their internal slots, so a `Proxy`, an overridden `length` or a",
     "detached buffer is `INVALID_INPUT` naming the tensor. `GPUBuffer` inputs are read when the run",
     "executes: the caller must not write them until its promise settles (a `writeBuffer` issued",
     "after `run()` is ordered after it by the GPU queue).",

@@ -50,6 +50,7 @@ import {
   WorkerPool,
 } from "./pool.ts";
 import { WasmMaskStage } from "./mask.ts";
+import { Snapshots } from "../_snapshot.ts";
 
 /** Options of {@linkcode createWasmBackend} beyond the contract (tests use `build`). */
 export interface WasmBackendOptions {
@@ -313,8 +314,20 @@ function estimateFlops(spec: DenseSpec, plan: Plan, keep: number): number {
   return 4 * B * H * D * (video * video * density + (N * N - video * video));
 }
 
+/** A run's threads and buffers, and whether its inputs are in wasm memory already. */
+interface Prepared {
+  asm: AsmInstance;
+  pool: WorkerPool | undefined;
+  threads: number;
+  a: Allocation;
+  /** q, k and v are converted into the buffers (one batch element holds them all). */
+  staged: boolean;
+}
+
 class WasmOp implements DraftKernelOp {
   #disposed = false;
+  /** Copies of the inputs of runs that wait behind another run of the backend. */
+  readonly #snapshots = new Snapshots();
   #mask: Uint8Array | undefined;
   #kept = 0;
   readonly #works = new Map<number, Work>();
@@ -336,15 +349,60 @@ class WasmOp implements DraftKernelOp {
     return this.keep > 0;
   }
 
+  /**
+   * Takes q, k and v before it returns (the runtime has checked them): when the backend is idle
+   * the run's buffers are allocated and the inputs converted into wasm memory now, as the run
+   * does anyway; when another run holds the memory (or a batch element at a time does not hold
+   * them all), they are copied to wait for their turn. Failures reject the returned promise.
+   */
   run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray> {
     if (this.#disposed) {
       return Promise.reject(new DraftAttentionError("DISPOSED", "op", "used after dispose()"));
     }
-    return this.backend.enqueue(() => {
-      if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
-      this.#stage?.checkLayer(options?.layer);
-      return this.#run(q, k, v, options?.layer);
+    const backend = this.backend;
+    let pre: Prepared | undefined;
+    let failed: { e: unknown } | undefined;
+    let copies: TensorArray[] | undefined;
+    if (backend.idle) {
+      try {
+        pre = this.#prepare(q, k, v);
+      } catch (e) {
+        failed = { e }; // the run rejects with it below, after the checks it made before
+      }
+      if (pre && !pre.staged) copies = this.#snapshots.take([q, k, v]);
+    } else if (!backend.disposed) copies = this.#snapshots.take([q, k, v]);
+    const [qs, ks, vs] = copies ?? [q, k, v];
+    return backend.enqueue(async () => {
+      try {
+        if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "used after dispose()");
+        this.#stage?.checkLayer(options?.layer);
+        if (failed) throw failed.e;
+        return await this.#run(qs, ks, vs, options?.layer, pre);
+      } finally {
+        if (copies) this.#snapshots.give(copies);
+      }
     });
+  }
+
+  /**
+   * Picks the threads, allocates the run's buffers in wasm memory (resetting it) and, when one
+   * batch element holds the whole input, converts q, k and v into it.
+   */
+  #prepare(q: TensorArray, k: TensorArray, v: TensorArray): Prepared {
+    const { spec, plan, draft } = this;
+    const backend = this.backend;
+    const asm = backend.instance();
+    const pool = this.#flops >= backend.minParallelFlops ? backend.pool() : undefined;
+    const threads = pool ? pool.size + 1 : 1;
+    const a = allocate(asm, spec, plan, draft, backend.memoryLimit, threads);
+    const staged = spec.batch === 1 && a.staging === "batch";
+    if (staged) {
+      const n = spec.tokens * spec.heads * spec.headDim;
+      asm.f32(a.ptrs.q, n).set(q);
+      asm.f32(a.ptrs.k, n).set(k);
+      asm.f32(a.ptrs.v, n).set(v);
+    }
+    return { asm, pool, threads, a, staged };
   }
 
   #work(threads: number): Work {
@@ -361,16 +419,14 @@ class WasmOp implements DraftKernelOp {
     k: TensorArray,
     v: TensorArray,
     layer: number | undefined,
+    /** Made at the call when the backend was idle; made here otherwise. */
+    pre: Prepared = this.#prepare(q, k, v),
   ): Promise<TensorArray> {
     const { spec, plan, draft } = this;
     const { batch: B, heads: H, headDim: D, tokens: N } = spec;
     const { tiles, g } = plan;
-    const backend = this.backend;
-    const asm = backend.instance();
-    const pool = this.#flops >= backend.minParallelFlops ? backend.pool() : undefined;
-    const threads = pool ? pool.size + 1 : 1;
+    const { asm, pool, threads, a, staged } = pre;
     const work = this.#work(threads);
-    const a = allocate(asm, spec, plan, draft, backend.memoryLimit, threads);
     const { staging, slots, ptrs: p, strides } = a;
     const x = asm.x;
     const slice = N * H * D;
@@ -451,7 +507,7 @@ class WasmOp implements DraftKernelOp {
     };
 
     for (let b = 0; b < B; b++) {
-      if (staging === "batch") {
+      if (staging === "batch" && !staged) {
         asm.f32(p.q, slice).set(q.subarray(b * slice, (b + 1) * slice));
         asm.f32(p.k, slice).set(k.subarray(b * slice, (b + 1) * slice));
         asm.f32(p.v, slice).set(v.subarray(b * slice, (b + 1) * slice));
@@ -546,6 +602,7 @@ class WasmOp implements DraftKernelOp {
   dispose(): void {
     this.#disposed = true;
     this.#mask = undefined;
+    this.#snapshots.clear();
   }
 }
 
@@ -558,6 +615,8 @@ class WasmBackend implements Backend {
   #pool: WorkerPool | undefined;
   #idle: ReturnType<typeof setTimeout> | undefined;
   #queue: Promise<unknown> = Promise.resolve();
+  /** Calls of {@linkcode enqueue} not yet settled. */
+  #pending = 0;
   #disposed = false;
   /** Threads per run, the calling one included (1 when workers or shared memory are missing). */
   threads: number;
@@ -633,6 +692,15 @@ class WasmBackend implements Backend {
   }
 
   /** Test hook: the live pool, if any. */
+  /** Whether no run is queued or running: a new run may take wasm memory at its call. */
+  get idle(): boolean {
+    return this.#pending === 0 && !this.#disposed;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
   get livePool(): WorkerPool | undefined {
     return this.#pool;
   }
@@ -642,9 +710,15 @@ class WasmBackend implements Backend {
    * the idle timer that terminates the workers, so that an idle pool keeps no process alive.
    */
   enqueue<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(() => {
-      this.#check();
-      return fn();
+    this.#pending++;
+    const run = this.#queue.then(async () => {
+      try {
+        this.#check();
+        return await fn();
+      } finally {
+        // Before the caller hears of the result: its next run finds the backend idle.
+        this.#pending--;
+      }
     });
     this.#queue = run.catch(() => {}).then(() => this.#armIdle());
     return run;

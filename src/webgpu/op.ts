@@ -27,6 +27,7 @@ import type {
   RunOptions,
   TensorArray,
 } from "../types.ts";
+import { Snapshots } from "../_snapshot.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, paramsBytes } from "./kernel.ts";
 import {
@@ -193,6 +194,13 @@ export class WebGpuOp implements DraftKernelOp {
   readonly #ready: Promise<void>;
   readonly #onDispose: (op: WebGpuOp) => void;
   #tail: Promise<unknown> = Promise.resolve();
+  /**
+   * Typed-array runs called but not yet submitted: while one is, the input buffers hold (or
+   * will hold) its inputs, so a new run copies its own instead of writing them at the call.
+   */
+  #unsubmitted = 0;
+  /** Copies of the inputs of runs that wait behind an unsubmitted one. */
+  readonly #snapshots = new Snapshots();
   #disposed = false;
   #hasRun = false;
   /**
@@ -550,35 +558,53 @@ export class WebGpuOp implements DraftKernelOp {
   // Public API
   // ------------------------------------------------------------------------------------------
 
+  /**
+   * Takes q, k and v before it returns (the runtime has checked them): when no earlier typed
+   * run of this op is still to be submitted, they are written to the op's input buffers now
+   * (`writeBuffer` copies at the call, and the GPU queue orders the write after every run
+   * submitted before), else copied to wait for their turn. Submission and readback follow in the
+   * op's queue order; every failure, a failed write included, rejects the returned promise.
+   */
   run(q: TensorArray, k: TensorArray, v: TensorArray, options?: RunOptions): Promise<TensorArray> {
+    let written: Promise<void> | undefined;
+    let copies: TensorArray[] | undefined;
+    // A disposed op or a lost device rejects below without reading the inputs.
+    if (!this.#disposed && !this.#ctx.lost) {
+      if (this.#unsubmitted === 0) {
+        try {
+          [, written] = this.#ctx.scoped("run()", () => this.#writeInputs(q, k, v));
+        } catch (e) {
+          written = Promise.reject(e);
+        }
+        written.catch(() => {}); // awaited by the run below
+      } else copies = this.#snapshots.take([q, k, v]);
+    }
+    this.#unsubmitted++;
     return this.#enqueue(async () => {
-      this.#check();
-      await this.#ready;
-      this.#stage?.checkLayer(options?.layer);
-      const ctx = this.#ctx;
-      // Piece by piece: each piece is submitted as soon as its inputs are written, so the GPU
-      // works on piece i while the host copies piece i + 1 in, and piece i is copied out while
-      // later pieces run.
-      const [, errors] = ctx.scoped("run()", () => {
-        const groups = this.#pieces.map((ps) => this.#uploadGroups(ps));
-        const queue = ctx.device.queue;
-        const due = this.#nextDue();
-        const zero = this.#pieces.map(() => ({ q: 0, k: 0, v: 0, out: 0 }));
-        this.#pieces.forEach((ps, i) => {
-          const { elemOffset, elems } = ps.piece;
-          const io = ps.io!;
-          for (const [buf, src] of [[io.q, q], [io.k, k], [io.v, v]] as const) {
-            const bytes = this.#bshdTooLarge ? this.#toHeads(src, ps.piece) : new Uint8Array(
-              src.buffer,
-              src.byteOffset + elemOffset * this.#eb,
-              elems * this.#eb,
-            );
-            // writeBuffer copies the bytes at the call, so the staging can be reused.
-            queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
+      let errors: Promise<void>;
+      try {
+        this.#check();
+        await this.#ready;
+        this.#stage?.checkLayer(options?.layer);
+        const ctx = this.#ctx;
+        // Piece by piece: each piece is submitted as soon as its inputs are written (when they
+        // were not written at the call), so the GPU works on piece i while the host copies
+        // piece i + 1 in, and piece i is copied out while later pieces run.
+        [, errors] = ctx.scoped("run()", () => {
+          const groups = this.#pieces.map((ps) => this.#uploadGroups(ps));
+          const due = this.#nextDue();
+          const zero = this.#pieces.map(() => ({ q: 0, k: 0, v: 0, out: 0 }));
+          for (let i = 0; i < this.#pieces.length; i++) {
+            if (copies) this.#writePiece(i, copies[0], copies[1], copies[2]);
+            this.#submit(groups, zero, true, undefined, { piece: i, due });
           }
-          this.#submit(groups, zero, true, undefined, { piece: i, due });
         });
-      });
+      } finally {
+        this.#unsubmitted--;
+        // writeBuffer has copied them: free for the next run that has to wait.
+        if (copies) this.#snapshots.give(copies);
+      }
+      if (written) await written;
       await errors;
       this.#hasRun = true;
       this.#stage?.done(this.#due, options?.layer);
@@ -595,6 +621,29 @@ export class WebGpuOp implements DraftKernelOp {
       });
       return out;
     });
+  }
+
+  /** Writes q, k and v of every piece to the op's input buffers (made on first use). */
+  #writeInputs(q: TensorArray, k: TensorArray, v: TensorArray): void {
+    for (let i = 0; i < this.#pieces.length; i++) this.#writePiece(i, q, k, v);
+  }
+
+  /** Writes piece `i` of q, k and v to its input buffers. */
+  #writePiece(i: number, q: TensorArray, k: TensorArray, v: TensorArray): void {
+    const ps = this.#pieces[i];
+    this.#uploadGroups(ps);
+    const { elemOffset, elems } = ps.piece;
+    const io = ps.io!;
+    const queue = this.#ctx.device.queue;
+    for (const [buf, src] of [[io.q, q], [io.k, k], [io.v, v]] as const) {
+      const bytes = this.#bshdTooLarge ? this.#toHeads(src, ps.piece) : new Uint8Array(
+        src.buffer,
+        src.byteOffset + elemOffset * this.#eb,
+        elems * this.#eb,
+      );
+      // writeBuffer copies the bytes at the call, so the staging can be reused.
+      queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
+    }
   }
 
   runBuffers(args: GpuRunArgs): Promise<void> {
@@ -781,6 +830,7 @@ export class WebGpuOp implements DraftKernelOp {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#profiler?.set.destroy();
+    this.#snapshots.clear();
     for (const b of this.#owned) b.destroy();
     this.#owned.length = 0;
     this.#extraBytes = 0;
