@@ -365,12 +365,14 @@ async function withWorkerServer(
 }
 
 async function waitFor(url: string, test: (load: Record<string, number>) => boolean) {
+  let last: unknown;
   for (let i = 0; i < 500; i++) {
     const h = await (await fetch(`${url}/health`)).json();
     if (test(h.load)) return;
+    last = h.load;
     await new Promise((r) => setTimeout(r, 10));
   }
-  throw new Error("the server never reached the expected load");
+  throw new Error(`the server never reached the expected load; last: ${JSON.stringify(last)}`);
 }
 
 Deno.test("serve: 9 slow uploads do not keep a complete request from computing", async () => {
