@@ -5,9 +5,9 @@
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type PolicyExports, sampleTable } from "../selection.ts";
+import { type PolicyExports, sampleTable } from "../selection.ts";
 import { MaskSchedule } from "../_mask_schedule.ts";
-import type { DraftSpec, Plan } from "../types.ts";
+import type { DraftSpec, MaskConfig, Plan } from "../types.ts";
 import type { AsmInstance } from "../_asm.ts";
 
 /** Pointers of one head's buffers that the mask stage reads and writes. */
@@ -55,9 +55,8 @@ export class WasmMaskStage extends MaskSchedule {
   readonly #table;
 
   constructor(spec: DraftSpec, plan: Plan) {
-    const config = maskConfig(spec, plan.g);
-    super(config.maskEvery);
-    this.config = config;
+    super(spec.mask.maskEvery);
+    this.config = spec.mask;
     this.#spec = spec;
     this.#plan = plan;
     this.#table = this.config.estimator === "draft"

@@ -8,9 +8,9 @@
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../selection.ts";
+import { type SampleTable, sampleTable } from "../selection.ts";
 import { MaskSchedule } from "../_mask_schedule.ts";
-import type { DraftSpec, DType, Plan } from "../types.ts";
+import type { DraftSpec, DType, MaskConfig, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
@@ -219,9 +219,8 @@ export class GpuMaskStage extends MaskSchedule {
     buffer: BufferMaker,
     groupPairs: number = spec.batch * spec.heads,
   ) {
-    const config = maskConfig(spec, plan.g);
-    super(config.maskEvery);
-    this.config = config;
+    super(spec.mask.maskEvery);
+    this.config = spec.mask;
     this.#ctx = ctx;
     this.#spec = spec;
     this.#plan = plan;
