@@ -4,8 +4,10 @@
  * which layer the held mask belongs to.
  *
  * The mask is computed on the first run and then on every `maskEvery`-th run; the runs in between
- * reuse it. Only runs the backend records as done count: a run rejected before it is recorded
- * (a bad `layer`, bad buffers) leaves the schedule where it was.
+ * reuse it. Only runs the backend reports `done` count: a typed-array run once it has succeeded
+ * (both backends), a run on GPU buffers once it is submitted (its errors settle later, and the
+ * next run's recording does not wait for them). A run rejected before it is recorded (a bad
+ * `layer`, bad buffers) leaves the schedule where it was.
  *
  * Layers: with `maskEvery > 1` an op keeps its mask between runs; one op run for several
  * transformer layers would hand layer 2 the mask layer 1 computed. A run may name its layer
