@@ -39,6 +39,7 @@ export type {
   Geometry,
   GpuRunArgs,
   Layout,
+  MaskConfig,
   MaskResult,
   Policy,
   Precision,

@@ -13,7 +13,7 @@
  */
 import { parseArgs } from "node:util";
 import { buildPlan } from "../src/plan.ts";
-import { keepCount } from "../src/validate.ts";
+import { keepCount, maskConfig } from "../src/validate.ts";
 import type { DenseSpec, DraftSpec, DType, Geometry, Plan, TensorArray } from "../src/types.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
@@ -149,16 +149,22 @@ function denseSpec(tokens: number, heads: number, headDim: number, dtype: DType)
   };
 }
 
-function draftSpec(geom: Geometry, plan: Plan, heads: number, headDim: number, dtype: DType) {
-  const sparsity = 0.9;
-  const spec: DraftSpec = {
+function draftSpec(
+  geom: Geometry,
+  plan: Plan,
+  heads: number,
+  headDim: number,
+  dtype: DType,
+  sparsity = 0.9,
+): DraftSpec {
+  const spec = {
     ...denseSpec(plan.tokens, heads, headDim, dtype),
     ...geom,
     sparsity,
-    policy: "percentile",
+    policy: "percentile" as const,
     keep: keepCount(plan.g, sparsity),
   };
-  return spec;
+  return { ...spec, mask: maskConfig(spec, plan.g) };
 }
 
 async function checkDense(variant: FlashVariant | undefined, D: number, dtype: DType) {
@@ -183,11 +189,7 @@ async function checkDraft(variant: FlashVariant | undefined, D: number, dtype: D
     poolW: 16,
   };
   const plan = buildPlan(geom);
-  const spec = {
-    ...draftSpec(geom, plan, 2, D, dtype),
-    sparsity: 0.5,
-    keep: keepCount(plan.g, 0.5),
-  };
+  const spec = draftSpec(geom, plan, 2, D, dtype, 0.5);
   const n = plan.tokens * 2 * D;
   const [q, k, v] = [random(n, 4, dtype), random(n, 5, dtype), random(n, 6, dtype)];
   const op = new WebGpuOp(ctx, spec, plan, () => {}, variant);

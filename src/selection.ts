@@ -51,13 +51,14 @@
  *
  * ## Mask reuse (`maskEvery`)
  * The mask is computed on the first run and then on every `maskEvery`-th run; the runs in between
- * reuse it and skip pooling, estimation and selection altogether.
+ * reuse it and skip pooling, estimation and selection altogether (src/_mask_schedule.ts, one
+ * schedule for both backends).
  *
  * @module
  */
 import { describeValue, DraftAttentionError } from "./errors.ts";
-import type { Budget, DraftSpec, Estimator, Plan, Policy } from "./types.ts";
-import { DEFAULT_SAMPLES, DEFAULT_TAU, keepCount, MAX_SAMPLES, rowKeepCount } from "./validate.ts";
+import type { Plan } from "./types.ts";
+import { keepCount, MAX_SAMPLES, pairBudget, rowKeepCount } from "./validate.ts";
 import { AsmInstance } from "./_asm.ts";
 
 /** Fixed-point bits of the quantised masses of rowMass: `w(x) = floor(min(x, 1) * 2^22)`. */
@@ -105,72 +106,6 @@ export interface PolicyExports {
     i0: number,
     i1: number,
   ): void;
-}
-
-/** What a backend needs to build a mask: the spec's policy fields, resolved. */
-export interface MaskConfig {
-  policy: Policy;
-  estimator: Estimator;
-  /** Entries the percentile policy keeps per (batch, head). */
-  keep: number;
-  /** Entries rowTopK keeps per row (rowMass's cap). */
-  rowKeep: number;
-  /** rowMass's `tau`, rounded to f32. */
-  tau: number;
-  samples: number;
-  maskEvery: number;
-  /** What the percentile policy's `keep` counts. */
-  budget: Budget;
-  /** Budget "tokens": the video token pairs to reach, {@linkcode pairBudget}. */
-  pairs: number;
-}
-
-/**
- * Video token pairs the percentile policy keeps under `budget: "tokens"`:
- * `ceil((1 - sparsity) * videoTokens^2)`, at least 1 (rounded like `keepCount`).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { pairBudget } from "./selection.ts";
- * assert.ok(pairBudget(4800, 0.9) === 2304000);
- * ```
- */
-export function pairBudget(videoTokens: number, sparsity: number): number {
-  const n = videoTokens * videoTokens;
-  const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
-  return Math.min(n, Math.max(1, k));
-}
-
-/**
- * The mask configuration of a spec. Fields a hand-built spec leaves out take their defaults; at
- * `sparsity = 0` every policy keeps every block, which the reference policy on the draft map
- * does at the least cost (`keep = g^2`).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { maskConfig } from "./selection.ts";
- * const c = maskConfig({ policy: "rowMass", sparsity: 0, keep: 9 }, 3);
- * assert.ok(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
- * ```
- */
-export function maskConfig(
-  spec: Pick<DraftSpec, "policy" | "sparsity" | "keep"> & Partial<DraftSpec>,
-  g: number,
-): MaskConfig {
-  const dense = spec.sparsity === 0;
-  return {
-    policy: dense ? "percentile" : spec.policy,
-    estimator: dense ? "draft" : spec.estimator ?? "draft",
-    keep: dense ? g * g : spec.keep,
-    rowKeep: spec.rowKeep ?? rowKeepCount(g, spec.sparsity),
-    tau: Math.fround(spec.tau ?? DEFAULT_TAU),
-    samples: spec.samples ?? DEFAULT_SAMPLES,
-    maskEvery: spec.maskEvery ?? 1,
-    budget: dense ? "blocks" : spec.budget ?? "blocks",
-    pairs: pairBudget((spec.frames ?? 0) * (spec.height ?? 0) * (spec.width ?? 0), spec.sparsity),
-  };
 }
 
 /** Sampled query positions and coefficients of one geometry (see {@linkcode sampleTable}). */
@@ -357,5 +292,5 @@ export function tokenThreshold(p: Float32Array, lens: readonly number[], budget:
   return new Float32Array(new Uint32Array([bits]).buffer)[0];
 }
 
-/** Entries the reference percentile keeps: re-exported next to the row count for callers. */
-export { keepCount, rowKeepCount };
+/** The budgets of the policies (src/validate.ts): re-exported next to their definitions. */
+export { keepCount, pairBudget, rowKeepCount };

@@ -182,6 +182,37 @@ export interface DraftSpec extends DenseSpec, Geometry {
   budget?: Budget;
   /** Runs per mask computation (default 1). */
   maskEvery?: number;
+  /**
+   * What the backends select with: the fields above resolved once, by validation, for this
+   * geometry (`maskConfig` of src/validate.ts). The fields above are the options as asked; at
+   * `sparsity = 0` this is the reference policy keeping every block instead.
+   */
+  mask: MaskConfig;
+}
+
+/**
+ * A draft spec's block selection as its backends run it (`DraftSpec.mask`): policy, estimator
+ * and their parameters with every default filled in.
+ */
+export interface MaskConfig {
+  /** The policy run; `"percentile"` at `sparsity = 0`. */
+  policy: Policy;
+  /** The estimator run; `"draft"` at `sparsity = 0`. */
+  estimator: Estimator;
+  /** Entries the percentile policy keeps per (batch, head); `g^2` at `sparsity = 0`. */
+  keep: number;
+  /** Entries rowTopK keeps per row (rowMass's cap). */
+  rowKeep: number;
+  /** rowMass's `tau`, rounded to f32. */
+  tau: number;
+  /** Query samples per block of the sampled and hybrid estimators. */
+  samples: number;
+  /** Runs per mask computation. */
+  maskEvery: number;
+  /** What the percentile policy's `keep` counts; `"blocks"` at `sparsity = 0`. */
+  budget: Budget;
+  /** Budget "tokens": the video token pairs to reach, `ceil((1 - sparsity) * videoTokens^2)`. */
+  pairs: number;
 }
 
 /** The block mask of the last `run()`. */

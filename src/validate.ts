@@ -14,6 +14,7 @@ import type {
   DType,
   Estimator,
   Layout,
+  MaskConfig,
   Policy,
   Precision,
   TextPosition,
@@ -75,6 +76,55 @@ export function keepCount(g: number, sparsity: number): number {
 export function rowKeepCount(g: number, sparsity: number): number {
   const k = Math.ceil((1 - sparsity) * g - g * 1e-12);
   return Math.min(g, Math.max(1, k));
+}
+
+/**
+ * Video token pairs the percentile policy keeps under `budget: "tokens"`:
+ * `ceil((1 - sparsity) * videoTokens^2)`, at least 1 (rounded like {@linkcode keepCount}).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { pairBudget } from "./validate.ts";
+ * assert.ok(pairBudget(4800, 0.9) === 2304000);
+ * ```
+ */
+export function pairBudget(videoTokens: number, sparsity: number): number {
+  const n = videoTokens * videoTokens;
+  const k = Math.ceil((1 - sparsity) * n - n * 1e-12);
+  return Math.min(n, Math.max(1, k));
+}
+
+/**
+ * The mask configuration of a draft spec (its `mask`), resolved once here for both backends
+ * (src/selection.ts has the definitions). At `sparsity = 0` every policy keeps every block,
+ * which the reference policy on the draft map does at the least cost (`keep = g^2`). Fields a
+ * hand-built spec (tests, benchmarks) leaves out take their defaults.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { maskConfig } from "./validate.ts";
+ * const c = maskConfig({ policy: "rowMass", sparsity: 0, keep: 9 }, 3);
+ * assert.ok(c.policy === "percentile" && c.estimator === "draft" && c.keep === 9);
+ * ```
+ */
+export function maskConfig(
+  spec: Pick<DraftSpec, "policy" | "sparsity" | "keep"> & Partial<Omit<DraftSpec, "mask">>,
+  g: number,
+): MaskConfig {
+  const dense = spec.sparsity === 0;
+  return {
+    policy: dense ? "percentile" : spec.policy,
+    estimator: dense ? "draft" : spec.estimator ?? "draft",
+    keep: dense ? g * g : spec.keep,
+    rowKeep: spec.rowKeep ?? rowKeepCount(g, spec.sparsity),
+    tau: Math.fround(spec.tau ?? DEFAULT_TAU),
+    samples: spec.samples ?? DEFAULT_SAMPLES,
+    maskEvery: spec.maskEvery ?? 1,
+    budget: dense ? "blocks" : spec.budget ?? "blocks",
+    pairs: pairBudget((spec.frames ?? 0) * (spec.height ?? 0) * (spec.width ?? 0), spec.sparsity),
+  };
 }
 
 /** Checks that `value` is an integer in `[min, max]`. */
@@ -398,7 +448,7 @@ export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
   const videoTokens = frames * height * width;
   const headDim = headDimOf(o.headDim);
   const g = frames * Math.ceil(height / poolH) * Math.ceil(width / poolW);
-  const spec: DraftSpec = {
+  const fields: Omit<DraftSpec, "mask"> = {
     batch: o.batch === undefined ? 1 : positiveInt("batch", o.batch),
     tokens: videoTokens + textTokens,
     heads: positiveInt("heads", o.heads),
@@ -417,6 +467,8 @@ export function resolveDraft(options: DraftAttentionOptions): DraftSpec {
     sparsity,
     ...policyOptions(o, g, sparsity),
   };
+  // The mask configuration, once: both backends and all their stages read `spec.mask`.
+  const spec: DraftSpec = { ...fields, mask: maskConfig(fields, g) };
   if (videoTokens > 2 ** 31 - 1 || g > 65535) {
     throw new DraftAttentionError(
       "TOO_LARGE",

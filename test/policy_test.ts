@@ -1145,7 +1145,35 @@ test("options: typed errors naming the field; resolved defaults", ["wasm"], () =
     [s.policy, s.tau, s.estimator, s.samples, s.maskEvery, s.rowKeep, s.keep],
     ["rowMass", 0.9, "draft", 8, 1, 1, 1],
   );
+  // What both backends run, resolved once with the spec: tau rounded to f32, the pair budget.
+  assert.deepEqual(s.mask, {
+    policy: "rowMass",
+    estimator: "draft",
+    keep: 1,
+    rowKeep: 1,
+    tau: Math.fround(0.9),
+    samples: 8,
+    maskEvery: 1,
+    budget: "blocks",
+    pairs: 4096, // ceil(0.25 * 128^2)
+  });
   op.dispose();
+  // At sparsity 0 every policy keeps every block: the reference policy does, whatever was asked.
+  const dense = rt.draftAttention({
+    ...base,
+    width: 32,
+    sparsity: 0,
+    policy: "rowMass",
+    estimator: "sampled",
+    budget: "tokens",
+    maskEvery: 2,
+  });
+  const m = dense.spec.mask;
+  assert.deepEqual(
+    [m.policy, m.estimator, m.keep, m.budget, m.maskEvery, dense.spec.policy],
+    ["percentile", "draft", 4, "blocks", 2, "rowMass"],
+  );
+  dense.dispose();
 });
 
 Deno.test({

@@ -5,7 +5,7 @@ import "./_asm_debug.ts";
 import { DraftAttentionError } from "../src/errors.ts";
 import { buildPlan } from "../src/plan.ts";
 import type { DenseSpec, DraftSpec, DType, Layout, TensorArray } from "../src/types.ts";
-import { keepCount } from "../src/validate.ts";
+import { keepCount, maskConfig } from "../src/validate.ts";
 import { createWasmBackend } from "../src/wasm/backend.ts";
 
 function rng(seed: number): () => number {
@@ -274,6 +274,10 @@ Deno.test("wasm draft attention matches float64 with its mask; the mask follows 
           sparsity,
           policy: "percentile",
           keep: keepCount(plan.g, sparsity),
+          mask: maskConfig(
+            { policy: "percentile", sparsity, keep: keepCount(plan.g, sparsity) },
+            plan.g,
+          ),
         };
         const q = tensor(spec, seed++, 3);
         const k = tensor(spec, seed++, 3);
@@ -381,6 +385,10 @@ Deno.test("wasm backend stages one head at a time when a batch element does not 
       sparsity: 0.6,
       policy: "percentile",
       keep: keepCount(plan.g, 0.6),
+      mask: maskConfig(
+        { policy: "percentile", sparsity: 0.6, keep: keepCount(plan.g, 0.6) },
+        plan.g,
+      ),
     };
     const q = tensor(spec, 21, 3);
     const k = tensor(spec, 22, 3);

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { DraftAttentionError } from "../src/errors.ts";
 import { buildPlan } from "../src/plan.ts";
 import type { DenseSpec, DraftSpec, Geometry, TensorArray } from "../src/types.ts";
-import { keepCount } from "../src/validate.ts";
+import { keepCount, maskConfig } from "../src/validate.ts";
 import { createWebGpuBackend } from "../src/webgpu/backend.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
@@ -53,7 +53,7 @@ function draftSpec(
 ): [DraftSpec, ReturnType<typeof buildPlan>] {
   const plan = buildPlan(geom);
   const sparsity = rest.sparsity ?? 0.5;
-  return [{
+  const spec: Omit<DraftSpec, "mask"> = {
     batch: 1,
     tokens: plan.tokens,
     heads: 2,
@@ -66,7 +66,8 @@ function draftSpec(
     policy: "percentile",
     keep: keepCount(plan.g, sparsity),
     ...rest,
-  }, plan];
+  };
+  return [{ ...spec, mask: maskConfig(spec, plan.g) }, plan];
 }
 
 const GEOM: Geometry = {

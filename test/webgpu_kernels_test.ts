@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { buildPlan, maskToSchedule, selectMask } from "../src/plan.ts";
 import type { DenseSpec, DraftSpec, DType, Geometry, Layout, Plan } from "../src/types.ts";
-import { keepCount } from "../src/validate.ts";
+import { keepCount, maskConfig } from "../src/validate.ts";
 import { createWebGpuBackend } from "../src/webgpu/backend.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
 import { packParams } from "../src/webgpu/kernel.ts";
@@ -180,13 +180,14 @@ function draftSpec(
   s: Pick<DraftSpec, "headDim" | "layout" | "dtype"> & Partial<DraftSpec>,
 ): DraftSpec {
   const sparsity = s.sparsity ?? 0.5;
-  return {
+  const spec = {
     ...denseSpec({ tokens: plan.tokens, ...s }),
     ...geom,
     sparsity,
-    policy: "percentile",
+    policy: "percentile" as const,
     keep: keepCount(plan.g, sparsity),
   };
+  return { ...spec, mask: maskConfig(spec, plan.g) };
 }
 
 /** Index of element (b, t, h, 0) in a tensor of `spec`'s layout. */

@@ -5,9 +5,9 @@
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type PolicyExports, sampleTable } from "../selection.ts";
-import { MaskLayer } from "../_mask_layer.ts";
-import type { DraftSpec, Plan } from "../types.ts";
+import { type PolicyExports, sampleTable } from "../selection.ts";
+import { MaskSchedule } from "../_mask_schedule.ts";
+import type { DraftSpec, MaskConfig, Plan } from "../types.ts";
 import type { AsmInstance } from "../_asm.ts";
 
 /** Pointers of one head's buffers that the mask stage reads and writes. */
@@ -47,21 +47,18 @@ export interface SampledJob {
   nTileChunks: number;
 }
 
-/** Mask computation and reuse for one draft op. */
-export class WasmMaskStage {
+/** Mask computation and reuse for one draft op; its schedule is {@linkcode MaskSchedule}'s. */
+export class WasmMaskStage extends MaskSchedule {
   readonly config: MaskConfig;
   readonly #plan: Plan;
   readonly #spec: DraftSpec;
   readonly #table;
-  /** Successful runs since the mask was last computed; -1 before the first. */
-  #age = -1;
-  /** The layer the held mask was computed for. */
-  readonly #layer = new MaskLayer();
 
   constructor(spec: DraftSpec, plan: Plan) {
+    super(spec.mask.maskEvery);
+    this.config = spec.mask;
     this.#spec = spec;
     this.#plan = plan;
-    this.config = maskConfig(spec, plan.g);
     this.#table = this.config.estimator === "draft"
       ? undefined
       : sampleTable(plan, this.config.samples, this.config.budget === "tokens");
@@ -70,22 +67,6 @@ export class WasmMaskStage {
   /** `sampledMap`'s flags: bit 0 hybrid, bit 1 density (budget "tokens"). */
   get #flags(): number {
     return (this.config.estimator === "hybrid" ? 1 : 0) | (this.config.budget === "tokens" ? 2 : 0);
-  }
-
-  /** Whether the next run computes the mask; otherwise it reuses the last one. */
-  due(): boolean {
-    return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
-  }
-
-  /** Throws when a run naming `layer` would reuse another layer's mask (src/_mask_layer.ts). */
-  checkLayer(layer: number | undefined): void {
-    this.#layer.check({ layer, due: this.due(), maskEvery: this.config.maskEvery });
-  }
-
-  /** Records a successful run that did (`computed`) or did not compute the mask. */
-  done(computed: boolean, layer?: number): void {
-    this.#age = computed ? 0 : this.#age + 1;
-    this.#layer.done(computed, layer);
   }
 
   /** Whether the estimator samples (estimators "sampled" and "hybrid"). */

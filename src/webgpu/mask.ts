@@ -3,14 +3,14 @@
  * (src/selection.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
  * the row policies with their block lists (wgsl/select_row.wgsl), the token budget's threshold
  * (wgsl/select_tokens.wgsl), their buffers and bind groups, and the mask-reuse schedule
- * (`maskEvery`). The reference path (pool -> draft map ->
+ * (`maskEvery`, src/_mask_schedule.ts). The reference path (pool -> draft map ->
  * radix select -> block lists) stays in op.ts; this stage tells it which passes a run records.
  *
  * @module
  */
-import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../selection.ts";
-import { MaskLayer } from "../_mask_layer.ts";
-import type { DraftSpec, DType, Plan } from "../types.ts";
+import { type SampleTable, sampleTable } from "../selection.ts";
+import { MaskSchedule } from "../_mask_schedule.ts";
+import type { DraftSpec, DType, MaskConfig, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
@@ -187,8 +187,11 @@ export interface PieceAddressing {
   base_k: number;
 }
 
-/** Policy, estimator and mask reuse of one WebGPU draft op. */
-export class GpuMaskStage {
+/**
+ * Policy, estimator and mask reuse of one WebGPU draft op; its schedule is
+ * {@linkcode MaskSchedule}'s (a run that reuses the mask keeps the block lists in place).
+ */
+export class GpuMaskStage extends MaskSchedule {
   readonly config: MaskConfig;
   readonly #ctx: GpuContext;
   readonly #spec: DraftSpec;
@@ -204,10 +207,6 @@ export class GpuMaskStage {
   #coef?: GPUBuffer;
   /** Query tiles per workgroup of the estimator. */
   #qt = 1;
-  /** Successful runs since the mask was last computed; -1 before the first. */
-  #age = -1;
-  /** The layer the held mask was computed for. */
-  readonly #layer = new MaskLayer();
 
   /**
    * @param groupPairs Pairs in the op's largest mask group (sizes the estimator's grouping for
@@ -220,11 +219,12 @@ export class GpuMaskStage {
     buffer: BufferMaker,
     groupPairs: number = spec.batch * spec.heads,
   ) {
+    super(spec.mask.maskEvery);
+    this.config = spec.mask;
     this.#ctx = ctx;
     this.#spec = spec;
     this.#plan = plan;
     this.#buffer = buffer;
-    this.config = maskConfig(spec, plan.g);
     const c = this.config;
     if (c.policy !== "percentile") this.#row = rowKernel(ctx);
     if (c.policy !== "rowTopK" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
@@ -256,22 +256,6 @@ export class GpuMaskStage {
    */
   get usesTokens(): boolean {
     return this.#tokens !== undefined;
-  }
-
-  /** Whether the next run computes the mask; otherwise it reuses the block lists in place. */
-  due(): boolean {
-    return this.#age < 0 || this.#age + 1 >= this.config.maskEvery;
-  }
-
-  /** Throws when a run naming `layer` would reuse another layer's mask (src/_mask_layer.ts). */
-  checkLayer(layer: number | undefined): void {
-    this.#layer.check({ layer, due: this.due(), maskEvery: this.config.maskEvery });
-  }
-
-  /** Records a successful run that did (`computed`) or did not compute the mask. */
-  done(computed: boolean, layer?: number): void {
-    this.#age = computed ? 0 : this.#age + 1;
-    this.#layer.done(computed, layer);
   }
 
   /**

@@ -16,7 +16,6 @@
  */
 import { DraftAttentionError } from "../errors.ts";
 import { workItems } from "../plan.ts";
-import { maskConfig } from "../selection.ts";
 import type {
   DenseSpec,
   DraftKernelOp,
@@ -329,7 +328,7 @@ export class WebGpuOp implements DraftKernelOp {
       this.#pick = pickKernel(ctx);
       this.#lists = listsKernel(ctx);
       const most = Math.max(...pieces.map((p) => p.nbh));
-      const mc = maskConfig(spec as DraftSpec, g);
+      const mc = (spec as DraftSpec).mask;
       const draftMap = mc.estimator !== "sampled";
       const percentile = mc.policy === "percentile";
       const perPair = scratchPerPair(g, D, { draftMap, percentile });
@@ -468,7 +467,7 @@ export class WebGpuOp implements DraftKernelOp {
       );
       local.pick = SHIFTS.map((shift) =>
         this.#pick!.bind({
-          params: this.#uniform(PICK_PARAMS, { nbh: n, shift, keep: spec.keep }),
+          params: this.#uniform(PICK_PARAMS, { nbh: n, shift, keep: spec.mask.keep }),
           hist,
           state,
         })
