@@ -12,6 +12,9 @@
  * each group's lists written at its pairs' rows. Dispatches within a pass, and passes within a
  * command buffer, are ordered, so the reuse needs no synchronisation.
  *
+ * Uploads, read-backs, BSHD gathers and caller-buffer checks live in io.ts; stage timing
+ * (`profile()`) in profile.ts.
+ *
  * @module
  */
 import { DraftAttentionError } from "../errors.ts";
@@ -55,19 +58,36 @@ import {
   strides,
 } from "./pieces.ts";
 import { GpuMaskStage, type StageGroup } from "./mask.ts";
+import {
+  checkBuffers,
+  copyHeads,
+  diagnose,
+  HeadStaging,
+  makeUploads,
+  mapAll,
+  mapEach,
+  type Reader,
+  type Slice,
+  slice,
+  type TensorName,
+  TENSORS,
+  type Uploads,
+  writeUploads,
+} from "./io.ts";
+import {
+  beginTimedPass,
+  makeProfiler,
+  type Profiler,
+  resolveTimestamps,
+  type Stage,
+  STAGES,
+  type StageTimes,
+  stageTimes,
+} from "./profile.ts";
 import { type FlashConfig, flashConfig, type FlashVariant, pickFlashVariant } from "./variants.ts";
-
-const TENSORS = ["q", "k", "v", "out"] as const;
-type TensorName = typeof TENSORS[number];
 
 /** Radix-select digit positions, most significant first. */
 const SHIFTS = [24, 16, 8, 0] as const;
-
-/** A tensor range bound for one piece, and the vec4 offset of the piece inside it. */
-interface Slice {
-  binding: GPUBufferBinding;
-  base4: number;
-}
 
 /**
  * Draft scratch, used only while masks are built: sized for `pairs` pairs (the largest mask
@@ -118,7 +138,7 @@ interface PieceState {
   flashParams: GPUBuffer;
   draft?: DraftPiece;
   /** Upload/readback buffers of run(q, k, v), made on first use. */
-  io?: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer; read: GPUBuffer };
+  io?: Uploads;
   /** Bind groups over `io`. */
   ioGroups?: IoGroups;
 }
@@ -131,27 +151,8 @@ interface IoGroups {
   sampled?: (GPUBindGroup | undefined)[];
 }
 
-/** Stages of a run, in recording order (see {@linkcode StageTimes}). */
-export const STAGES = ["pool", "map", "select", "lists", "attention"] as const;
-/** One stage of a run. */
-export type Stage = typeof STAGES[number];
-
-/**
- * GPU time of each stage of one run in milliseconds, from `timestamp-query` (summed over
- * pieces; 0 for a stage the run did not record): `pool` the window means of Q and K, `map` the
- * draft map (or the sampled estimator), `select` the radix select (or a row policy, lists
- * included), `lists` the block lists, `attention` flash attention.
- */
-export type StageTimes = Record<Stage, number>;
-
-/** Timestamp queries of a profiled run: two per recorded pass. */
-interface Profiler {
-  set: GPUQuerySet;
-  resolve: GPUBuffer;
-  read: GPUBuffer;
-  /** The stage of each recorded pass. */
-  stages: Stage[];
-}
+export { STAGES };
+export type { Stage, StageTimes };
 
 /** A dense or draft attention op on one GPU device. */
 export class WebGpuOp implements DraftKernelOp {
@@ -159,6 +160,8 @@ export class WebGpuOp implements DraftKernelOp {
   readonly plan: Plan | undefined;
   readonly config: FlashConfig;
   readonly #ctx: GpuContext;
+  /** The op as its read-backs see it (src/webgpu/io.ts). */
+  readonly #reader: Reader;
   readonly #eb: number;
   readonly #strides: Strides;
   readonly #pieces: PieceState[] = [];
@@ -209,7 +212,7 @@ export class WebGpuOp implements DraftKernelOp {
    */
   #bshdTooLarge?: DraftAttentionError;
   /** Host staging of one piece in BHSD order (typed-array runs of a split BSHD op). */
-  #staging?: ArrayBuffer;
+  #staging?: HeadStaging;
   /** Query set and buffers of {@linkcode WebGpuOp.profile}, made on first use. */
   #profiler?: Profiler;
 
@@ -226,6 +229,7 @@ export class WebGpuOp implements DraftKernelOp {
     variant?: FlashVariant,
   ) {
     this.#ctx = ctx;
+    this.#reader = { ctx, disposed: () => this.#disposed };
     this.spec = spec;
     this.plan = plan;
     this.#onDispose = onDispose;
@@ -273,6 +277,7 @@ export class WebGpuOp implements DraftKernelOp {
       // Typed-array runs can still go per head: the op's buffers hold the tensors in BHSD order.
       gpuLayout = { ...spec, layout: "BHSD" };
       pieces = splitPieces(gpuLayout, pieceLimits);
+      this.#staging = new HeadStaging(spec, pieces);
       this.#bshdTooLarge = new DraftAttentionError(
         "TOO_LARGE",
         "q",
@@ -611,7 +616,7 @@ export class WebGpuOp implements DraftKernelOp {
         ? new Float16Array(q.length)
         : new Float32Array(q.length);
       const bytes = new Uint8Array(out.buffer);
-      await this.#mapEach(this.#pieces.map((ps) => ps.io!.read), (i, read) => {
+      await mapEach(this.#reader, this.#pieces.map((ps) => ps.io!.read), (i, read) => {
         const { piece: p } = this.#pieces[i];
         const piece = new Uint8Array(read.getMappedRange(0, p.elems * this.#eb));
         // A split BSHD op reads back in BHSD order: scatter into the BSHD output.
@@ -631,18 +636,13 @@ export class WebGpuOp implements DraftKernelOp {
   #writePiece(i: number, q: TensorArray, k: TensorArray, v: TensorArray): void {
     const ps = this.#pieces[i];
     this.#uploadGroups(ps);
-    const { elemOffset, elems } = ps.piece;
-    const io = ps.io!;
-    const queue = this.#ctx.device.queue;
-    for (const [buf, src] of [[io.q, q], [io.k, k], [io.v, v]] as const) {
-      const bytes = this.#bshdTooLarge ? this.#toHeads(src, ps.piece) : new Uint8Array(
-        src.buffer,
-        src.byteOffset + elemOffset * this.#eb,
-        elems * this.#eb,
-      );
-      // writeBuffer copies the bytes at the call, so the staging can be reused.
-      queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
-    }
+    writeUploads(this.#ctx.device.queue, ps.io!, ps.piece, {
+      q,
+      k,
+      v,
+      eb: this.#eb,
+      heads: this.#staging,
+    });
   }
 
   runBuffers(args: GpuRunArgs): Promise<void> {
@@ -660,13 +660,8 @@ export class WebGpuOp implements DraftKernelOp {
     if (!this.#ctx.device.features.has("timestamp-query")) return Promise.resolve(undefined);
     let times: StageTimes | undefined;
     return this.#runBuffers(args, async (prof) => {
-      await this.#mapAll([prof.read]);
-      const ticks = new BigInt64Array(prof.read.getMappedRange(0, prof.stages.length * 16));
-      times = { pool: 0, map: 0, select: 0, lists: 0, attention: 0 };
-      prof.stages.forEach((stage, i) => {
-        times![stage] += Math.max(0, Number(ticks[2 * i + 1] - ticks[2 * i])) / 1e6;
-      });
-      prof.read.unmap();
+      await mapAll(this.#reader, [prof.read]);
+      times = stageTimes(prof);
     }).then(() => times);
   }
 
@@ -680,15 +675,11 @@ export class WebGpuOp implements DraftKernelOp {
         (n, ps) => n + (STAGES.length - 1) * (ps.draft?.groups.length ?? 0) + 1,
         0,
       );
-      const count = 2 * passes;
-      const U = GPUBufferUsage;
-      const set = this.#ctx.device.createQuerySet({ type: "timestamp", count });
-      this.#profiler = {
-        set,
-        resolve: this.#ioBuffer("timestamps", count * 8, U.QUERY_RESOLVE | U.COPY_SRC),
-        read: this.#ioBuffer("timestamps read", count * 8, U.MAP_READ | U.COPY_DST),
-        stages: [],
-      };
+      this.#profiler = makeProfiler(
+        this.#ctx,
+        passes,
+        (label, size, usage) => this.#ioBuffer(label, size, usage),
+      );
     }
     this.#profiler.stages = [];
     return this.#profiler;
@@ -704,7 +695,8 @@ export class WebGpuOp implements DraftKernelOp {
   #runBuffers(args: GpuRunArgs, after?: (prof: Profiler) => Promise<void>): Promise<void> {
     try {
       this.#check();
-      this.#checkBuffers(args);
+      if (this.#bshdTooLarge) throw this.#bshdTooLarge;
+      checkBuffers(this.spec, args);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -717,7 +709,7 @@ export class WebGpuOp implements DraftKernelOp {
       const [, errors] = ctx.scoped("run({ q, k, v, out })", () => {
         const slices = this.#pieces.map((ps) => {
           const s = {} as Record<TensorName, Slice>;
-          for (const t of TENSORS) s[t] = this.#slice(args[t], ps.piece);
+          for (const t of TENSORS) s[t] = slice(this.#ctx, args[t], ps.piece, this.#eb);
           return s;
         });
         const groups = this.#pieces.map((ps, i) =>
@@ -758,7 +750,16 @@ export class WebGpuOp implements DraftKernelOp {
     try {
       await errors;
     } catch (e) {
-      throw await this.#diagnose(args, e);
+      throw await diagnose(
+        {
+          ctx: this.#ctx,
+          flash: this.#flash,
+          params: this.#pieces[0].flashParams,
+          dummy: this.#dummy,
+        },
+        args,
+        e,
+      );
     }
     this.#ctx.assertAlive();
   }
@@ -798,7 +799,7 @@ export class WebGpuOp implements DraftKernelOp {
       const reads = this.#pieces.flatMap((
         ps,
       ) => [ps.draft!.maskRead!.counts, ps.draft!.maskRead!.lists]);
-      await this.#mapAll(reads);
+      await mapAll(this.#reader, reads);
       let kept = 0;
       for (const ps of this.#pieces) {
         const r = ps.draft!.maskRead!;
@@ -852,65 +853,11 @@ export class WebGpuOp implements DraftKernelOp {
     return run;
   }
 
-  /**
-   * Maps `buffers` for reading (all requested at once) and hands each to `use` as soon as it is
-   * mapped, in order, unmapping it after; failures as in {@linkcode #mapAll}.
-   */
-  async #mapEach(
-    buffers: GPUBuffer[],
-    use: (i: number, buffer: GPUBuffer) => void,
-  ): Promise<void> {
-    const maps = buffers.map((b) => b.mapAsync(GPUMapMode.READ));
-    // Rejections of maps not awaited below (after an earlier failure) are handled there.
-    for (const m of maps) m.catch(() => {});
-    try {
-      for (let i = 0; i < buffers.length; i++) {
-        await maps[i];
-        if (this.#ctx.lost) throw this.#ctx.lostError();
-        use(i, buffers[i]);
-        buffers[i].unmap();
-      }
-    } catch (e) {
-      await Promise.allSettled(maps);
-      await this.#failedMaps(buffers, e);
-    }
-  }
-
-  /** Unmaps what is mapped after a failed read-back and throws the error it means. */
-  async #failedMaps(buffers: GPUBuffer[], e: unknown): Promise<never> {
-    for (const b of buffers) {
-      try {
-        if (b.mapState === "mapped") b.unmap();
-      } catch {
-        // A buffer of a lost device may refuse to unmap; it is destroyed with the op.
-      }
-    }
-    if (this.#disposed) throw new DraftAttentionError("DISPOSED", "op", "disposed during a run");
-    throw await this.#ctx.failure("reading back", e);
-  }
-
-  async #mapAll(buffers: GPUBuffer[]): Promise<void> {
-    try {
-      await Promise.all(buffers.map((b) => b.mapAsync(GPUMapMode.READ)));
-      // A destroyed device may still resolve maps; its loss is known by now.
-      if (this.#ctx.lost) throw this.#ctx.lostError();
-    } catch (e) {
-      await this.#failedMaps(buffers, e);
-    }
-  }
-
   /** Upload buffers of run(q, k, v) for a piece, and their bind groups (made once). */
   #uploadGroups(ps: PieceState): IoGroups {
-    const U = GPUBufferUsage;
     const bytes = ps.piece.elems * this.#eb;
     if (!ps.io) {
-      ps.io = {
-        q: this.#ioBuffer("q", bytes, U.STORAGE | U.COPY_DST),
-        k: this.#ioBuffer("k", bytes, U.STORAGE | U.COPY_DST),
-        v: this.#ioBuffer("v", bytes, U.STORAGE | U.COPY_DST),
-        out: this.#ioBuffer("out", bytes, U.STORAGE | U.COPY_SRC),
-        read: this.#ioBuffer("out read", bytes, U.MAP_READ | U.COPY_DST),
-      };
+      ps.io = makeUploads(bytes, (label, size, usage) => this.#ioBuffer(label, size, usage));
       ps.ioGroups = this.#ioGroups(ps, {
         q: { buffer: ps.io.q, size: bytes },
         k: { buffer: ps.io.k, size: bytes },
@@ -1035,17 +982,8 @@ export class WebGpuOp implements DraftKernelOp {
         if (!prof) return open ??= enc.beginComputePass({ label: "draftattn" });
         if (openStage !== s || !open) {
           open?.end();
-          const at = 2 * prof.stages.length;
-          prof.stages.push(s);
           openStage = s;
-          open = enc.beginComputePass({
-            label: `draftattn ${s}`,
-            timestampWrites: {
-              querySet: prof.set,
-              beginningOfPassWriteIndex: at,
-              endOfPassWriteIndex: at + 1,
-            },
-          });
+          open = beginTimedPass(enc, prof, s);
         }
         return open;
       };
@@ -1084,187 +1022,12 @@ export class WebGpuOp implements DraftKernelOp {
         enc.copyBufferToBuffer(io.out, 0, io.read, 0, ps.piece.elems * this.#eb);
       }
     });
-    if (prof && prof.stages.length) {
-      const n = 2 * prof.stages.length;
-      enc.resolveQuerySet(prof.set, 0, n, prof.resolve, 0);
-      enc.copyBufferToBuffer(prof.resolve, 0, prof.read, 0, n * 8);
-    }
+    if (prof) resolveTimestamps(enc, prof);
     queue.submit([enc.finish()]);
   }
 
   /** Whether this run computes the mask (advances the mask schedule: once per run). */
   #nextDue(): boolean {
     return this.#due = this.#stage?.due() ?? false;
-  }
-
-  /** The bound range of a caller's buffer for one piece (offset aligned down, base in vec4). */
-  #slice(buffer: GPUBuffer, piece: Piece): Slice {
-    const align = this.#ctx.limits.minStorageBufferOffsetAlignment;
-    const start = piece.elemOffset * this.#eb;
-    const offset = Math.floor(start / align) * align;
-    const end = (piece.elemOffset + piece.elems) * this.#eb;
-    return {
-      binding: { buffer, offset, size: end - offset },
-      base4: (start - offset) / (4 * this.#eb),
-    };
-  }
-
-  /**
-   * The piece's (batch, head) pairs of a BSHD typed array, gathered in BHSD order (each head's
-   * tokens contiguous, as the op's buffers hold them) into the reused staging buffer.
-   */
-  #toHeads(src: TensorArray, piece: Piece): Uint8Array {
-    const bytes = piece.elems * this.#eb;
-    if (!this.#staging || this.#staging.byteLength < bytes) {
-      this.#staging = new ArrayBuffer(
-        Math.max(...this.#pieces.map((p) => p.piece.elems)) * this.#eb,
-      );
-    }
-    const staging = new Uint8Array(this.#staging, 0, bytes);
-    copyHeads(
-      new Uint8Array(src.buffer, src.byteOffset, src.byteLength),
-      staging,
-      this.spec,
-      piece,
-      true,
-    );
-    return staging;
-  }
-
-  /** Synchronous checks of caller buffers: size, usage, map state, aliasing. */
-  #checkBuffers(args: GpuRunArgs): void {
-    if (this.#bshdTooLarge) throw this.#bshdTooLarge;
-    const spec = this.spec;
-    const bytes = spec.batch * spec.tokens * spec.heads * spec.headDim * this.#eb;
-    const shape = spec.layout === "BSHD"
-      ? `[${spec.batch}, ${spec.tokens}, ${spec.heads}, ${spec.headDim}]`
-      : `[${spec.batch}, ${spec.heads}, ${spec.tokens}, ${spec.headDim}]`;
-    for (const t of TENSORS) {
-      const b = args[t];
-      if (b.size < bytes) {
-        throw new DraftAttentionError(
-          "INVALID_BUFFER",
-          t,
-          `holds ${b.size} bytes; ${spec.layout} ${shape} ${spec.dtype} needs ${bytes}`,
-        );
-      }
-      if (!(b.usage & GPUBufferUsage.STORAGE)) {
-        throw new DraftAttentionError(
-          "INVALID_BUFFER",
-          t,
-          `lacks GPUBufferUsage.STORAGE (usage flags ${b.usage})`,
-        );
-      }
-      if (b.mapState !== "unmapped") {
-        throw new DraftAttentionError(
-          "INVALID_BUFFER",
-          t,
-          `is ${b.mapState === "mapped" ? "mapped" : "being mapped"}; unmap it before a run`,
-        );
-      }
-    }
-    for (const t of ["q", "k", "v"] as const) {
-      if (args.out === args[t]) {
-        throw new DraftAttentionError(
-          "INVALID_BUFFER",
-          "out",
-          `is the same GPUBuffer as ${t}; the output needs its own buffer`,
-        );
-      }
-    }
-  }
-
-  /**
-   * After a failed run on caller buffers: finds the buffer WebGPU rejects (destroyed, or from
-   * another device) by binding each alone; `INVALID_BUFFER` for it, else the original error.
-   */
-  async #diagnose(args: GpuRunArgs, error: unknown): Promise<unknown> {
-    if (this.#ctx.lost || !(error instanceof DraftAttentionError) || error.code !== "GPU_ERROR") {
-      return error;
-    }
-    const ctx = this.#ctx;
-    for (const t of TENSORS) {
-      const [, errors] = ctx.scoped(`checking ${t}`, () => {
-        const enc = ctx.device.createCommandEncoder({ label: `check ${t}` });
-        const pass = enc.beginComputePass();
-        const size = Math.min(16, Math.floor(args[t].size / 4) * 4);
-        pass.setBindGroup(
-          0,
-          this.#flash.bind({ ...this.#probeBindings(), [t]: { buffer: args[t], size } }),
-        );
-        pass.end();
-        ctx.device.queue.submit([enc.finish()]);
-      });
-      try {
-        await errors;
-      } catch (e) {
-        return new DraftAttentionError(
-          "INVALID_BUFFER",
-          t,
-          `was rejected by WebGPU (destroyed, or created on another device): ${
-            e instanceof Error ? e.message : String(e)
-          }`,
-          { cause: e },
-        );
-      }
-    }
-    return error;
-  }
-
-  #probeBindings(): Record<string, GPUBuffer> {
-    const d = this.#dummy;
-    return {
-      params: this.#pieces[0].flashParams,
-      q: d,
-      k: d,
-      v: d,
-      out: d,
-      table: d,
-      counts: d,
-      lists: d,
-    };
-  }
-}
-
-/**
- * Copies the rows of pairs [bh0, bh0 + nbh) between a whole BSHD tensor (`bshd`, bytes) and a
- * piece in BHSD order (`heads`, bytes): `toHeads` gathers into `heads`, else scatters back. Rows
- * move as 32-bit words where both ends are 4-byte aligned (always for f32; f16 rows are
- * headDim * 2 bytes, a multiple of 8), else as 16-bit halves. Token by token, so that the BSHD
- * side (the piece's heads of a token are adjacent) is walked in memory order: 1.7x faster than
- * head by head for HunyuanVideo's 780 MB tensors.
- */
-function copyHeads(
-  bshd: Uint8Array,
-  heads: Uint8Array,
-  spec: DenseSpec,
-  piece: Piece,
-  toHeads: boolean,
-): void {
-  const { tokens: N, heads: H, headDim: D } = spec;
-  const eb = spec.dtype === "f16" ? 2 : 4;
-  const wide = bshd.byteOffset % 4 === 0 && heads.byteOffset % 4 === 0;
-  const unit = wide ? 4 : 2;
-  const view = (x: Uint8Array) =>
-    wide
-      ? new Uint32Array(x.buffer, x.byteOffset, x.byteLength / 4)
-      : new Uint16Array(x.buffer, x.byteOffset, x.byteLength / 2);
-  const a = view(bshd), b = view(heads);
-  const row = (D * eb) / unit;
-  // Runs of pairs inside one batch element: pairs x0.. of the piece are heads h0.. of `batch`.
-  for (let x0 = 0; x0 < piece.nbh;) {
-    const bh0 = piece.bh0 + x0;
-    const batch = Math.floor(bh0 / H), h0 = bh0 % H;
-    const n = Math.min(piece.nbh - x0, H - h0);
-    for (let t = 0; t < N; t++) {
-      const at0 = ((batch * N + t) * H + h0) * row;
-      for (let x = 0; x < n; x++) {
-        const at = at0 + x * row;
-        const to = ((x0 + x) * N + t) * row;
-        if (toHeads) { for (let w = 0; w < row; w++) b[to + w] = a[at + w]; }
-        else for (let w = 0; w < row; w++) a[at + w] = b[to + w];
-      }
-    }
-    x0 += n;
   }
 }
