@@ -1,14 +1,24 @@
 // Sampled block importance (src/policy.ts, estimators "sampled" and "hybrid"), one workgroup per
 // (batch, head, QT video query tiles). The n_i sampled queries of tile i (window-order positions
-// from the host's table) attend exactly to every key: pass A finds each sample's softmax max M
-// and normaliser Z over all `tokens` keys (text included) with a per-thread online softmax and
-// a workgroup reduction; pass B recomputes the logits, each thread summing exp(s - M) / Z over
-// the keys of whole video tiles j. I[i][j] = coef.x * (sum over the samples), written to P
-// ("sampled") or mixed with the draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j])
-// ("hybrid"). A workgroup takes QT consecutive query tiles (one K read serves all their
-// samples) and SG samples of each at a time (QT * SG sample rows fit 8 KiB of workgroup
-// memory; the host sets both); later sample groups add to P. P holds a group of `nbh` pairs
-// (scratch): its row bh is pair pair0 + bh of the piece in q and k.
+// from the host's table) attend exactly to every key, in one pass over the key tiles (window
+// order, the text tiles after the video ones so that the softmax covers every key):
+//
+// - The workgroup stages CK keys of one tile at a time (coalesced: consecutive invocations read
+//   consecutive vec4 of a key row) and each invocation takes one staged key against 4 sample
+//   rows, its 4 logits in one vec4 register (no loop-indexed private arrays, which GPUs spill).
+// - Per (sample row, key tile) an online max m_t and sum l_t = sum exp(s - m_t), per invocation
+//   over the tile's chunks, then across the CK invocations of a row (workgroup reduction).
+//   LSE_t = m_t + log(l_t) goes to the scratch buffer, and the row's running (M, Z) takes it in.
+// - After the last tile, mass_t = exp(LSE_t - (M + log Z)), read back by the same workgroup.
+//
+// Every logit is computed once (the kernel before this one computed each twice: max and
+// normaliser first, then the per-tile mass), and each staged K row serves RSP sample rows.
+// I[i][j] = coef.x * (sum over the samples of mass_j), written to P ("sampled") or mixed with the
+// draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j]) ("hybrid"). A workgroup takes QT
+// consecutive query tiles and SG samples of each at a time (slot r: sample s0 + r % SG of tile
+// i0 + r / SG; the host sets both from the workgroup memory limit and the scratch size); later
+// sample groups add to P. P holds a group of `nbh` pairs (scratch): its row bh is pair
+// pair0 + bh of the piece in q and k.
 // The WebAssembly backend computes the same map (asm/policy.ts `sampledMap`) in another order of
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
 
@@ -32,18 +42,28 @@ struct Params {
   scale: f32,
   /** First pair of the group, relative to the piece. */
   pair0: u32,
+  /** Key tiles, text included (the softmax runs over all of them; the map over the first g). */
+  ntiles: u32,
 }
 
-/** Samples per group and tiles per workgroup (size the per-thread arrays); set by the host. */
+/** Samples per group and tiles per workgroup; set by the host. */
 const SG: u32 = 8u;
 const QT: u32 = 1u;
+/** Keys staged per step, a power of two (the reduction halves it); set by the host. */
+const CK: u32 = 64u;
 /** Sample rows of a group: slot r is sample s0 + r % SG of tile i0 + r / SG. */
 const RS: u32 = QT * SG;
+/** Rows padded to whole vec4 of logits (padding rows are zero queries, never read back). */
+const RSP: u32 = (RS + 3u) / 4u * 4u;
+/** Invocations: one per (staged key, 4 rows). */
+const WG: u32 = CK * (RSP / 4u);
 const NEG: f32 = -3.0e38;
 
 override D: u32 = 128u;
-override WG: u32 = 64u;
 override D4: u32 = D / 4u;
+/** Staged key row stride in Store4: one spare element, so that neighbouring invocations reading
+ * "their" key rows at the same column hit different banks (a stride of D4 hits one bank). */
+override KS: u32 = D4 + 1u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<Store4>;
@@ -55,25 +75,16 @@ override D4: u32 = D / 4u;
 /** Per tile: (len_i / (maxLen * n_i), len_i / maxLen). */
 @group(0) @binding(6) var<storage, read> coef: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> p: array<f32>;
+/** LSE per (pair, query tile, sample slot, key tile): ((bh * g + i) * SG + u) * g + j. */
+@group(0) @binding(8) var<storage, read_write> lse_t: array<f32>;
 
-var<workgroup> qs: array<vec4<f32>, RS * D4>;
-var<workgroup> red: array<f32, RS * WG>;
-/** Per slot of the group: M at [r], Z at [RS + r]; 0 rows count as absent (Z = 0). */
-var<workgroup> stat: array<f32, 2u * RS>;
-
-/** Sums (op 0) or maxes (op 1) red[r * WG + 0 .. WG) into red[r * WG] for every r. */
-fn reduce(lid: u32, op: u32) {
-  for (var half = WG / 2u; half > 0u; half /= 2u) {
-    if (lid < half) {
-      for (var r = 0u; r < RS; r++) {
-        let a = red[r * WG + lid];
-        let b = red[r * WG + lid + half];
-        red[r * WG + lid] = select(a + b, max(a, b), op == 1u);
-      }
-    }
-    workgroupBarrier();
-  }
-}
+var<workgroup> qs: array<vec4<f32>, RSP * D4>;
+var<workgroup> ks: array<Store4, CK * KS>;
+/** Per (row, key slot): the slot's (m, l) over the current tile, reduced to slot 0. */
+var<workgroup> red_m: array<f32, RSP * CK>;
+var<workgroup> red_l: array<f32, RSP * CK>;
+/** Per row: M + log Z over every key. */
+var<workgroup> lse: array<f32, RSP>;
 
 /** Samples of tile `i` (0 past the last tile). */
 fn count_of(i: u32) -> u32 {
@@ -104,110 +115,112 @@ fn main(
     n = max(n, count_of(i0 + t));
   }
   let scale = params.scale;
+  // Invocation lid: staged key kk against rows 4 * rg .. 4 * rg + 3.
+  let kk = lid % CK;
+  let qb = (lid / CK) * 4u * D4;
+  let kb = kk * KS;
 
   for (var s0 = 0u; s0 < n; s0 += SG) {
-    for (var idx = lid; idx < RS * D4; idx += WG) {
+    for (var idx = lid; idx < RSP * D4; idx += WG) {
       let r = idx / D4;
       let i = i0 + r / SG;
       let sample = s0 + r % SG;
       var x = vec4<f32>(0.0);
-      if (sample < count_of(i)) {
+      if (r < RS && sample < count_of(i)) {
         let pos = samples[i * params.stride + 1u + sample];
         x = load4(q[params.base_q + order[pos] * params.s_t + head_off + idx % D4]);
       }
       qs[idx] = x;
     }
-    workgroupBarrier();
-
-    // Pass A: online max and normaliser per thread, over its share of every key.
-    var m = array<f32, RS>();
-    var z = array<f32, RS>();
-    for (var r = 0u; r < RS; r++) {
-      m[r] = NEG;
-    }
-    // Two keys per step, so that each sample row read from workgroup memory serves two dots.
-    for (var key = 2u * lid; key < params.tokens; key += 2u * WG) {
-      let two = key + 1u < params.tokens;
-      // Explicit initialisers: naga does not re-zero an uninitialised `var` declared in a loop.
-      var s = array<f32, RS>();
-      var s2 = array<f32, RS>();
-      let kb = params.base_k + key * params.s_t + head_off;
-      let kb2 = select(kb, kb + params.s_t, two);
-      for (var c = 0u; c < D4; c++) {
-        let kv = load4(k[kb + c]);
-        let kv2 = load4(k[kb2 + c]);
-        for (var r = 0u; r < RS; r++) {
-          let qv = qs[r * D4 + c];
-          s[r] += dot(qv, kv);
-          s2[r] += dot(qv, kv2);
-        }
-      }
-      for (var r = 0u; r < RS; r++) {
-        // The second key of a last odd step repeats the first and is not counted.
-        let x = s[r] * scale;
-        let x2 = select(NEG, s2[r] * scale, two);
-        let mx = max(m[r], max(x, x2));
-        z[r] = z[r] * exp(m[r] - mx) + exp(x - mx) + exp(x2 - mx);
-        m[r] = mx;
-      }
-    }
-    for (var r = 0u; r < RS; r++) {
-      red[r * WG + lid] = m[r];
-    }
-    workgroupBarrier();
-    reduce(lid, 1u);
-    if (lid < RS) {
-      stat[lid] = red[lid * WG];
-    }
-    workgroupBarrier();
-    for (var r = 0u; r < RS; r++) {
-      red[r * WG + lid] = z[r] * exp(m[r] - stat[r]);
-    }
-    workgroupBarrier();
-    reduce(lid, 0u);
-    if (lid < RS) {
-      stat[RS + lid] = red[lid * WG];
-    }
-    workgroupBarrier();
-
-    // Pass B: each sample's probability mass on each video tile. Thread lid takes tiles lid,
-    // lid + WG, ... whole (keys in window order), so no reduction and no barrier is needed.
-    for (var j = lid; j < g; j += WG) {
+    // Row totals (invocations lid < RSP): online max and normaliser over the tiles' LSE.
+    var tot_m = NEG;
+    var tot_l = 0.0;
+    for (var j = 0u; j < params.ntiles; j++) {
       let t = tiles[j];
-      var b = array<f32, RS>();
-      for (var e = 0u; e < t.y; e += 2u) {
-        let two = e + 1u < t.y;
-        var s = array<f32, RS>();
-        var s2 = array<f32, RS>();
-        let kb = params.base_k + order[t.x + e] * params.s_t + head_off;
-        // The second key of a last odd step repeats the first and is not counted.
-        let kb2 = params.base_k + order[t.x + min(e + 1u, t.y - 1u)] * params.s_t + head_off;
-        for (var c = 0u; c < D4; c++) {
-          let kv = load4(k[kb + c]);
-          let kv2 = load4(k[kb2 + c]);
-          for (var r = 0u; r < RS; r++) {
-            let qv = qs[r * D4 + c];
-            s[r] += dot(qv, kv);
-            s2[r] += dot(qv, kv2);
-          }
+      var m = vec4<f32>(NEG);
+      var l = vec4<f32>(0.0);
+      for (var e0 = 0u; e0 < t.y; e0 += CK) {
+        let cnt = min(CK, t.y - e0);
+        workgroupBarrier(); // everyone is done with the previous chunk (and qs is written)
+        for (var idx = lid; idx < cnt * D4; idx += WG) {
+          let key = idx / D4;
+          let c = idx % D4;
+          ks[key * KS + c] = k[params.base_k + order[t.x + e0 + key] * params.s_t + head_off + c];
         }
-        for (var r = 0u; r < RS; r++) {
-          b[r] += exp(s[r] * scale - stat[r]) + select(0.0, exp(s2[r] * scale - stat[r]), two);
+        workgroupBarrier();
+        if (kk < cnt) {
+          var s = vec4<f32>(0.0);
+          for (var c = 0u; c < D4; c++) {
+            let kv = load4(ks[kb + c]);
+            s += vec4<f32>(
+              dot(qs[qb + c], kv),
+              dot(qs[qb + D4 + c], kv),
+              dot(qs[qb + 2u * D4 + c], kv),
+              dot(qs[qb + 3u * D4 + c], kv),
+            );
+          }
+          let x = s * scale;
+          let mx = max(m, x);
+          l = l * exp(m - mx) + exp(x - mx);
+          m = mx;
         }
       }
+      // The tile's (m, l) per row over its CK key slots. Slots without a key hold (NEG, 0),
+      // which add nothing (exp(NEG - M) = 0 for any real M; 0 * exp(0) when both are NEG).
+      let rb = (lid / CK) * 4u * CK + kk;
+      red_m[rb] = m.x;
+      red_m[rb + CK] = m.y;
+      red_m[rb + 2u * CK] = m.z;
+      red_m[rb + 3u * CK] = m.w;
+      red_l[rb] = l.x;
+      red_l[rb + CK] = l.y;
+      red_l[rb + 2u * CK] = l.z;
+      red_l[rb + 3u * CK] = l.w;
+      workgroupBarrier();
+      for (var half = CK / 2u; half > 0u; half /= 2u) {
+        for (var e = lid; e < RSP * half; e += WG) {
+          let x = (e / half) * CK + e % half;
+          let ma = red_m[x];
+          let mb = red_m[x + half];
+          let mx = max(ma, mb);
+          red_l[x] = red_l[x] * exp(ma - mx) + red_l[x + half] * exp(mb - mx);
+          red_m[x] = mx;
+        }
+        workgroupBarrier();
+      }
+      if (lid < RS) {
+        let mt = red_m[lid * CK];
+        let lt = red_l[lid * CK];
+        let i = i0 + lid / SG;
+        if (j < g && i < g) {
+          lse_t[((bh * g + i) * SG + lid % SG) * g + j] = mt + log(lt);
+        }
+        let mx = max(tot_m, mt);
+        tot_l = tot_l * exp(tot_m - mx) + lt * exp(mt - mx);
+        tot_m = mx;
+      }
+      // red is rewritten only after the next tile's chunk barriers.
+    }
+    if (lid < RS) {
+      lse[lid] = tot_m + log(tot_l);
+    }
+    storageBarrier(); // lse_t written by invocations lid < RS, read below by all
+    workgroupBarrier();
+
+    // Each sample's probability mass on each video tile, tile j by invocation j % WG.
+    for (var j = lid; j < g; j += WG) {
+      let len = tiles[j].y;
       for (var tq = 0u; tq < QT; tq++) {
         let i = i0 + tq;
         let ns = min(SG, max(count_of(i), s0) - s0);
         var acc = 0.0;
-        for (var u = 0u; u < SG; u++) {
-          if (u < ns) {
-            acc += b[tq * SG + u] / stat[RS + tq * SG + u];
-          }
+        for (var u = 0u; u < ns; u++) {
+          acc += exp(lse_t[((bh * g + i) * SG + u) * g + j] - lse[tq * SG + u]);
         }
         if (ns > 0u) {
           let cf = coef[i];
           // Density (budget "tokens", bit 1 of `hybrid`): mass per key token of tile j.
-          let est = select(cf.x * acc, cf.x * acc * (1.0 / f32(t.y)), (params.hybrid & 2u) != 0u);
+          let est = select(cf.x * acc, cf.x * acc * (1.0 / f32(len)), (params.hybrid & 2u) != 0u);
           let at = (bh * g + i) * g + j;
           let mix = (params.hybrid & 1u) != 0u;
           if (s0 == 0u) {
@@ -218,6 +231,8 @@ fn main(
         }
       }
     }
-    workgroupBarrier(); // everyone is done with qs and stat before the next sample group
+    // Everyone is done with lse_t, lse and qs before the next sample group rewrites them.
+    storageBarrier();
+    workgroupBarrier();
   }
 }

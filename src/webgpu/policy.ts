@@ -11,7 +11,7 @@
 import { type MaskConfig, maskConfig, type SampleTable, sampleTable } from "../policy.ts";
 import { MaskLayer } from "../_mask_layer.ts";
 import type { DraftSpec, DType, Plan } from "../types.ts";
-import type { GpuContext } from "./context.ts";
+import type { GpuContext, GpuLimits } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
 
@@ -50,15 +50,20 @@ export const SAMPLED_PARAMS: ParamLayout = [
   ["hybrid", "u32"],
   ["scale", "f32"],
   ["pair0", "u32"],
+  ["ntiles", "u32"],
 ];
-
-/** Invocations per workgroup of the sampled estimator. */
-export const SAMPLED_WG = 64;
 
 /** Floats of sample query rows the estimator keeps in workgroup memory (8 KiB). */
 const SAMPLED_ROW_FLOATS = 2048;
-/** Most sample rows per workgroup (per-thread arrays of that size). */
+/** Most sample rows per workgroup. */
 const SAMPLED_MAX_ROWS = 16;
+/** Most keys the estimator stages per step (a power of two). */
+const SAMPLED_MAX_CHUNK = 64;
+/**
+ * Bytes the estimator's per-tile LSE scratch (pairs x g x sg x g floats) may take before the
+ * sample group shrinks (never below one sample: as large as the map itself).
+ */
+const SAMPLED_SCRATCH_BYTES = 32 * 2 ** 20;
 
 /** Row policies and their block lists. */
 export function rowKernel(ctx: GpuContext): Kernel {
@@ -97,6 +102,54 @@ export function tokensKernel(ctx: GpuContext): Kernel {
  */
 export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
 
+/** Workgroup memory and invocations of the estimator at `rows` sample rows, `ck` staged keys. */
+export function sampledFootprint(
+  rows: number,
+  ck: number,
+  o: { headDim: number; dtype: DType },
+): { bytes: number; invocations: number } {
+  const rsp = Math.ceil(rows / 4) * 4;
+  const d4 = o.headDim / 4;
+  const store = o.dtype === "f16" ? 8 : 16;
+  return {
+    bytes: rsp * d4 * 16 + ck * (d4 + 1) * store + 2 * rsp * ck * 4 + rsp * 4,
+    invocations: ck * (rsp / 4),
+  };
+}
+
+/**
+ * Keys the estimator stages per step: the largest power of two up to `SAMPLED_MAX_CHUNK` whose
+ * workgroup fits the device limits (0 when none does). More keys per step mean fewer barriers
+ * and reductions per key tile; 64 covers a typical window (Wan 480p: ~98 keys a tile, two steps).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { sampledChunk } from "./policy.ts";
+ * const big = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
+ * assert.equal(sampledChunk(8, { headDim: 128, dtype: "f16", limits: big }), 64);
+ * const small = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
+ * assert.equal(sampledChunk(8, { headDim: 128, dtype: "f16", limits: small }), 32);
+ * ```
+ */
+export function sampledChunk(
+  rows: number,
+  o: {
+    headDim: number;
+    dtype: DType;
+    limits: Pick<GpuLimits, "maxComputeWorkgroupStorageSize" | "maxComputeInvocationsPerWorkgroup">;
+  },
+): number {
+  for (let ck = SAMPLED_MAX_CHUNK; ck >= 1; ck /= 2) {
+    const f = sampledFootprint(rows, ck, o);
+    if (
+      f.bytes <= o.limits.maxComputeWorkgroupStorageSize &&
+      f.invocations <= o.limits.maxComputeInvocationsPerWorkgroup
+    ) return ck;
+  }
+  return 0;
+}
+
 /**
  * How the estimator groups its sample rows: `sg` samples of each of `qt` query tiles per
  * workgroup, `qt * sg` rows in all (as many as fit `SAMPLED_ROW_FLOATS` at `headDim`, at most
@@ -109,7 +162,7 @@ export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 }
  * import assert from "node:assert/strict";
  * import { sampleGroup } from "./policy.ts";
  * assert.equal(JSON.stringify(sampleGroup(8, 128, 4032)), '{"sg":8,"qt":2}');
- * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":3}');
+ * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":4}');
  * assert.equal(JSON.stringify(sampleGroup(16, 256, 4032)), '{"sg":8,"qt":1}');
  * ```
  */
@@ -122,7 +175,11 @@ export function sampleGroup(
   const sg = Math.min(samples, rows);
   const byRows = Math.max(1, Math.floor(rows / sg));
   const byCount = Math.max(1, Math.floor(queryTiles / SAMPLED_TUNING.minWorkgroups));
-  return { sg, qt: Math.min(byRows, byCount) };
+  let qt = Math.min(byRows, byCount);
+  // The kernel computes rows in fours (one vec4 of logits per invocation): fill the padding
+  // with more tiles where the row limit allows (2 samples: 4 tiles, not 3 with 2 rows idle).
+  qt = Math.max(qt, Math.min(byRows, Math.floor((Math.ceil((qt * sg) / 4) * 4) / sg)));
+  return { sg, qt };
 }
 
 /** The sampled estimator for one head dim, dtype and sample grouping. */
@@ -130,13 +187,13 @@ export function sampledKernel(
   ctx: GpuContext,
   headDim: number,
   dtype: DType,
-  group: { sg: number; qt: number },
+  group: { sg: number; qt: number; ck: number },
 ): Kernel {
   return ctx.kernel({
-    key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}`,
+    key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}:ck${group.ck}`,
     code: specialize("estimate_sampled", {
       storage: dtype,
-      consts: { SG: group.sg, QT: group.qt },
+      consts: { SG: group.sg, QT: group.qt, CK: group.ck },
     }),
     bindings: [
       ["params", "uniform"],
@@ -147,8 +204,9 @@ export function sampledKernel(
       ["samples", "read"],
       ["coef", "read"],
       ["p", "storage"],
+      ["lse_t", "storage"],
     ],
-    constants: { D: headDim, WG: SAMPLED_WG },
+    constants: { D: headDim },
   });
 }
 
@@ -204,6 +262,8 @@ export class GpuMaskStage {
   #coef?: GPUBuffer;
   /** Query tiles per workgroup of the estimator. */
   #qt = 1;
+  /** The estimator's per-tile LSE scratch, shared by every group of every piece. */
+  #lse?: GPUBuffer;
   /** Successful runs since the mask was last computed; -1 before the first. */
   #age = -1;
   /** The layer the held mask was computed for. */
@@ -234,9 +294,32 @@ export class GpuMaskStage {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
-      this.#qt = group.qt;
-      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
+      // Scratch of one sample group: groupPairs x g x sg x g floats, at most
+      // SAMPLED_SCRATCH_BYTES (fewer samples per group past that) and what a binding holds.
+      const perSample = groupPairs * plan.g * plan.g * 4;
+      const cap = Math.min(
+        Math.max(SAMPLED_SCRATCH_BYTES, perSample),
+        ctx.limits.maxStorageBufferBindingSize,
+        ctx.limits.maxBufferSize,
+      );
+      const o = { headDim: spec.headDim, dtype: spec.dtype, limits: ctx.limits };
+      let { sg, qt } = sampleGroup(
+        Math.max(1, Math.min(c.samples, Math.floor(cap / perSample))),
+        spec.headDim,
+        groupPairs * plan.g,
+      );
+      // Fewer rows until the workgroup fits the device (16 KiB and 256 invocations fit 16
+      // rows of 256 at 4 keys a step; fewer rows get more keys).
+      let ck = sampledChunk(qt * sg, o);
+      while (ck < 8 && qt * sg > 4) {
+        if (qt > 1) qt--;
+        else sg = Math.max(1, sg - 1);
+        ck = sampledChunk(qt * sg, o);
+      }
+      if (ck === 0) ck = sampledChunk(1, o);
+      this.#qt = qt;
+      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, { sg, qt, ck });
+      this.#lse = buffer("sampled LSE scratch", perSample * sg, GPUBufferUsage.STORAGE);
     }
   }
 
@@ -365,6 +448,7 @@ export class GpuMaskStage {
       samples: this.#samples!,
       coef: this.#coef!,
       p: sp.p,
+      lse_t: this.#lse!,
     });
   }
 
@@ -380,6 +464,7 @@ export class GpuMaskStage {
         pair0: sp.pair0,
         g: this.#plan.g,
         tokens: this.#plan.tokens,
+        ntiles: this.#plan.tiles,
         stride: this.#table!.samples + 1,
         hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
           (this.config.budget === "tokens" ? 2 : 0),
