@@ -60,10 +60,11 @@ const SAMPLED_MAX_ROWS = 16;
 /** Most keys the estimator stages per step (a power of two). */
 const SAMPLED_MAX_CHUNK = 64;
 /**
- * Bytes the estimator's per-tile LSE scratch (pairs x g x sg x g floats) may take before the
- * sample group shrinks (never below one sample: as large as the map itself).
+ * Most samples per group by the estimator's per-tile LSE scratch (pairs x g x sg x g floats:
+ * `sg` maps). More samples per group save K reads only where the query tiles per workgroup
+ * cannot grow instead (few workgroups), so the scratch stays within 4 maps.
  */
-const SAMPLED_SCRATCH_BYTES = 32 * 2 ** 20;
+const SAMPLED_SCRATCH_MAPS = 4;
 
 /** Row policies and their block lists. */
 export function rowKernel(ctx: GpuContext): Kernel {
@@ -101,6 +102,11 @@ export function tokensKernel(ctx: GpuContext): Kernel {
  * to force the widest grouping on small problems.
  */
 export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
+
+/** Most sample rows per workgroup at `headDim` (as many as fit `SAMPLED_ROW_FLOATS`). */
+function sampleRows(headDim: number): number {
+  return Math.max(1, Math.min(SAMPLED_MAX_ROWS, Math.floor(SAMPLED_ROW_FLOATS / headDim)));
+}
 
 /** Workgroup memory and invocations of the estimator at `rows` sample rows, `ck` staged keys. */
 export function sampledFootprint(
@@ -171,7 +177,7 @@ export function sampleGroup(
   headDim: number,
   queryTiles: number,
 ): { sg: number; qt: number } {
-  const rows = Math.max(1, Math.min(SAMPLED_MAX_ROWS, Math.floor(SAMPLED_ROW_FLOATS / headDim)));
+  const rows = sampleRows(headDim);
   const sg = Math.min(samples, rows);
   const byRows = Math.max(1, Math.floor(rows / sg));
   const byCount = Math.max(1, Math.floor(queryTiles / SAMPLED_TUNING.minWorkgroups));
@@ -294,29 +300,21 @@ export class GpuMaskStage {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      // Scratch of one sample group: groupPairs x g x sg x g floats, at most
-      // SAMPLED_SCRATCH_BYTES (fewer samples per group past that) and what a binding holds.
+      // Scratch of one sample group: groupPairs x g x sg x g floats. The sample group and the
+      // keys per step depend on the pair count only through the binding limit, so that every
+      // grouping of pairs (mask groups, pieces) sums each row in the same order: same maps.
       const perSample = groupPairs * plan.g * plan.g * 4;
-      const cap = Math.min(
-        Math.max(SAMPLED_SCRATCH_BYTES, perSample),
-        ctx.limits.maxStorageBufferBindingSize,
-        ctx.limits.maxBufferSize,
+      const bind = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
+      const samples = Math.max(
+        1,
+        Math.min(c.samples, SAMPLED_SCRATCH_MAPS, Math.floor(bind / perSample)),
       );
-      const o = { headDim: spec.headDim, dtype: spec.dtype, limits: ctx.limits };
-      let { sg, qt } = sampleGroup(
-        Math.max(1, Math.min(c.samples, Math.floor(cap / perSample))),
-        spec.headDim,
-        groupPairs * plan.g,
-      );
-      // Fewer rows until the workgroup fits the device (16 KiB and 256 invocations fit 16
-      // rows of 256 at 4 keys a step; fewer rows get more keys).
-      let ck = sampledChunk(qt * sg, o);
-      while (ck < 8 && qt * sg > 4) {
-        if (qt > 1) qt--;
-        else sg = Math.max(1, sg - 1);
-        ck = sampledChunk(qt * sg, o);
-      }
-      if (ck === 0) ck = sampledChunk(1, o);
+      const { sg, qt } = sampleGroup(samples, spec.headDim, groupPairs * plan.g);
+      const ck = sampledChunk(sampleRows(spec.headDim), {
+        headDim: spec.headDim,
+        dtype: spec.dtype,
+        limits: ctx.limits,
+      });
       this.#qt = qt;
       this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, { sg, qt, ck });
       this.#lse = buffer("sampled LSE scratch", perSample * sg, GPUBufferUsage.STORAGE);
