@@ -177,14 +177,24 @@ fn main(
       red_l[rb + 2u * CK] = l.z;
       red_l[rb + 3u * CK] = l.w;
       workgroupBarrier();
-      for (var half = CK / 2u; half > 0u; half /= 2u) {
-        for (var e = lid; e < RSP * half; e += WG) {
-          let x = (e / half) * CK + e % half;
-          let ma = red_m[x];
-          let mb = red_m[x + half];
-          let mx = max(ma, mb);
-          red_l[x] = red_l[x] * exp(ma - mx) + red_l[x + half] * exp(mb - mx);
+      // Four slots into one per step (3 barriers for 64 slots, not 6 halving): the entry at
+      // slot s < w / 4 takes s, s + w / 4, s + w / 2, s + 3w / 4 (no entry it writes is read by
+      // another invocation in the same step). 64 -> 16 -> 4 -> 1; 32 -> 8 -> 2 -> 1.
+      for (var w = CK; w > 1u; w = max(w / 4u, 1u)) {
+        let nw = max(w / 4u, 1u);
+        let f = w / nw;
+        for (var e = lid; e < RSP * nw; e += WG) {
+          let x = (e / nw) * CK + e % nw;
+          var mx = red_m[x];
+          for (var a = 1u; a < f; a++) {
+            mx = max(mx, red_m[x + a * nw]);
+          }
+          var sum = 0.0;
+          for (var a = 0u; a < f; a++) {
+            sum += red_l[x + a * nw] * exp(red_m[x + a * nw] - mx);
+          }
           red_m[x] = mx;
+          red_l[x] = sum;
         }
         workgroupBarrier();
       }
