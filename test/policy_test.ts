@@ -892,6 +892,35 @@ for (const c of OP_CASES) {
   }
 }
 
+test("sampled estimators on WebGPU: one sample per group (a small LSE scratch) changes nothing", [
+  "webgpu",
+], async () => {
+  const c = OP_CASES[OP_CASES.length - 1]; // 16 samples: two groups of 8 by default
+  const saved = SAMPLED_TUNING.scratchBytes;
+  try {
+    for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
+      const prep = prepare(c, combo);
+      const got: { out: TensorArray; mask: Uint8Array }[] = [];
+      for (const bytes of [saved, 1]) {
+        SAMPLED_TUNING.scratchBytes = bytes;
+        const op = runtimes.get("webgpu")!.draftAttention(draftOptions(c, combo));
+        try {
+          const out = await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
+          got.push({ out, mask: (await op.lastMask()).mask });
+        } finally {
+          op.dispose();
+        }
+      }
+      const what = `${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
+      assert.deepEqual(got[0].mask, prep.sel.mask, what);
+      assert.deepEqual(got[1].mask, got[0].mask, `${what}: one sample per group`);
+      assert.deepEqual(got[1].out, got[0].out, `${what}: one sample per group`);
+    }
+  } finally {
+    SAMPLED_TUNING.scratchBytes = saved;
+  }
+});
+
 test("WebGPU default limits (16 KiB workgroup memory): every combination, wasm's masks", [
   "wasm",
   "webgpu",

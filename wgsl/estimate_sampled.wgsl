@@ -14,7 +14,7 @@
 // Every logit is computed once (the kernel before this one computed each twice: max and
 // normaliser first, then the per-tile mass), and each staged K row serves RSP sample rows.
 // I[i][j] = coef.x * (sum over the samples of mass_j), written to P ("sampled") or mixed with the
-// draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j]) ("hybrid"). A workgroup takes QT
+// draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j]) ("hybrid"), sample by sample. A workgroup takes QT
 // consecutive query tiles and SG samples of each at a time (slot r: sample s0 + r % SG of tile
 // i0 + r / SG; the host sets both from the workgroup memory limit and the scratch size); later
 // sample groups add to P. P holds a group of `nbh` pairs (scratch): its row bh is pair
@@ -217,27 +217,31 @@ fn main(
     storageBarrier(); // lse_t written by invocations lid < RS, read below by all
     workgroupBarrier();
 
-    // Each sample's probability mass on each video tile, tile j by invocation j % WG.
+    // Each sample's probability mass on each video tile, tile j by invocation j % WG. Samples
+    // add into P one at a time (sample 0 writes or mixes), so that the sums do not depend on
+    // how many samples a group holds (the host sizes groups by the scratch of a mask group).
     for (var j = lid; j < g; j += WG) {
       let len = tiles[j].y;
+      let density = (params.hybrid & 2u) != 0u;
+      let mix = (params.hybrid & 1u) != 0u;
       for (var tq = 0u; tq < QT; tq++) {
         let i = i0 + tq;
         let ns = min(SG, max(count_of(i), s0) - s0);
-        var acc = 0.0;
-        for (var u = 0u; u < ns; u++) {
-          acc += exp(lse_t[((bh * g + i) * SG + u) * g + j] - lse[tq * SG + u]);
-        }
         if (ns > 0u) {
           let cf = coef[i];
-          // Density (budget "tokens", bit 1 of `hybrid`): mass per key token of tile j.
-          let est = select(cf.x * acc, cf.x * acc * (1.0 / f32(len)), (params.hybrid & 2u) != 0u);
           let at = (bh * g + i) * g + j;
-          let mix = (params.hybrid & 1u) != 0u;
-          if (s0 == 0u) {
-            p[at] = select(est, 0.5 * (cf.y * p[at] + est), mix);
-          } else {
-            p[at] = p[at] + select(est, 0.5 * est, mix);
+          var v = p[at];
+          for (var u = 0u; u < ns; u++) {
+            let mass = exp(lse_t[((bh * g + i) * SG + u) * g + j] - lse[tq * SG + u]);
+            // Density (budget "tokens", bit 1 of `hybrid`): mass per key token of tile j.
+            let est = select(cf.x * mass, cf.x * mass * (1.0 / f32(len)), density);
+            if (s0 + u == 0u) {
+              v = select(est, 0.5 * (cf.y * v + est), mix);
+            } else {
+              v = v + select(est, 0.5 * est, mix);
+            }
           }
+          p[at] = v;
         }
       }
     }

@@ -59,13 +59,6 @@ const SAMPLED_ROW_FLOATS = 2048;
 const SAMPLED_MAX_ROWS = 16;
 /** Most keys the estimator stages per step (a power of two). */
 const SAMPLED_MAX_CHUNK = 64;
-/**
- * Most samples per group by the estimator's per-tile LSE scratch (pairs x g x sg x g floats:
- * `sg` maps). More samples per group save K reads only where the query tiles per workgroup
- * cannot grow instead (few workgroups), so the scratch stays within 4 maps.
- */
-const SAMPLED_SCRATCH_MAPS = 4;
-
 /** Row policies and their block lists. */
 export function rowKernel(ctx: GpuContext): Kernel {
   return ctx.kernel({
@@ -97,11 +90,20 @@ export function tokensKernel(ctx: GpuContext): Kernel {
 }
 
 /**
- * Tuning of the estimator's grouping: workgroups wanted at least (more query tiles per
- * workgroup share each key read, but fewer workgroups can leave a large GPU idle). Tests set 0
- * to force the widest grouping on small problems.
+ * Tuning of the estimator's grouping:
+ * - `minWorkgroups`: workgroups wanted at least (more query tiles per workgroup share each key
+ *   read, but fewer workgroups can leave a large GPU idle). Tests set 0 to force the widest
+ *   grouping on small problems.
+ * - `scratchBytes`: bytes of the per-tile LSE scratch (pairs x g x sg x g floats: `sg` maps of a
+ *   mask group) past which a group takes fewer samples (never fewer than one). 32 MiB keeps 2
+ *   samples per group at HunyuanVideo 768p (4 pairs x 990^2 tiles: 15.7 MB a sample), so that
+ *   each K read serves 8 sample rows (4 tiles x 2 samples) with ~1,000 workgroups a dispatch.
+ *   Tests set it low to force one sample per group (the map must not change).
  */
-export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
+export const SAMPLED_TUNING: { minWorkgroups: number; scratchBytes: number } = {
+  minWorkgroups: 1024,
+  scratchBytes: 32 * 2 ** 20,
+};
 
 /** Most sample rows per workgroup at `headDim` (as many as fit `SAMPLED_ROW_FLOATS`). */
 function sampleRows(headDim: number): number {
@@ -300,14 +302,15 @@ export class GpuMaskStage {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      // Scratch of one sample group: groupPairs x g x sg x g floats. The sample group and the
-      // keys per step depend on the pair count only through the binding limit, so that every
-      // grouping of pairs (mask groups, pieces) sums each row in the same order: same maps.
+      // Scratch of one sample group: groupPairs x g x sg x g floats (at most
+      // SAMPLED_TUNING.scratchBytes where one sample fits, and what a binding holds). The
+      // kernel adds samples one at a time and stages keys in steps that depend on headDim and
+      // the device only, so every grouping of pairs (mask groups, pieces) gives the same map.
       const perSample = groupPairs * plan.g * plan.g * 4;
       const bind = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
       const samples = Math.max(
         1,
-        Math.min(c.samples, SAMPLED_SCRATCH_MAPS, Math.floor(bind / perSample)),
+        Math.min(c.samples, Math.floor(Math.min(SAMPLED_TUNING.scratchBytes, bind) / perSample)),
       );
       const { sg, qt } = sampleGroup(samples, spec.headDim, groupPairs * plan.g);
       const ck = sampledChunk(sampleRows(spec.headDim), {
