@@ -32,9 +32,11 @@ import { GpuContext } from "../src/webgpu/context.ts";
 import { packParams } from "../src/webgpu/kernel.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
 import {
+  fitChunk,
   ROW_PARAMS,
   rowKernel,
   SAMPLED_TUNING,
+  sampledChunk,
   TOKENS_PARAMS,
   tokensKernel,
 } from "../src/webgpu/policy.ts";
@@ -890,6 +892,53 @@ for (const c of OP_CASES) {
       }
     });
   }
+}
+
+// The cases above have small windows (8 or 16 keys a step); real windows of 128 keys take 64
+// keys a step (4 -> 1 slots per reduction step), 128- and 96-key windows 32 (4, then 2 -> 1).
+for (const [width, ck] of [[32, 64], [28, 32]] as const) {
+  test(`sampled estimators on WebGPU, ${ck} keys a step: masks of wasm and webgpu equal float64`, [
+    "wasm",
+    "webgpu",
+  ], async () => {
+    const c: OpCase = {
+      name: `windows 8 x 16, width ${width}`,
+      geom: {
+        frames: 2,
+        height: 16,
+        width,
+        textTokens: 7,
+        textPosition: "after",
+        poolH: 8,
+        poolW: 16,
+      },
+      batch: 1,
+      heads: 2,
+      headDim: 32,
+      layout: "BSHD",
+      dtype: "f16",
+      sparsity: 0.6,
+      samples: 3,
+      seed: 41,
+    };
+    const spec = resolveDraft(draftOptions(c, COMBOS[2]));
+    const limits = runtimes.get("webgpu")!.device!.limits;
+    const most = sampledChunk(16, { headDim: 32, dtype: "f16", limits });
+    assert.equal(fitChunk(most, buildPlan(spec).tileLen), ck, `device allows ${most}`);
+    for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
+      const prep = prepare(c, combo);
+      for (const name of ["wasm", "webgpu"] as const) {
+        const op = runtimes.get(name)!.draftAttention(draftOptions(c, combo));
+        try {
+          await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
+          const what = `${name} ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
+          assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
+        } finally {
+          op.dispose();
+        }
+      }
+    }
+  });
 }
 
 test("sampled estimators on WebGPU: one sample per group (a small LSE scratch) changes nothing", [
