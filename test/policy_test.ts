@@ -894,15 +894,16 @@ for (const c of OP_CASES) {
   }
 }
 
-// The cases above have small windows (8 or 16 keys a step); real windows of 128 keys take 64
-// keys a step (4 -> 1 slots per reduction step), 128- and 96-key windows 32 (4, then 2 -> 1).
-for (const [width, ck] of [[32, 64], [28, 32]] as const) {
+// The cases above have small windows (8 or 16 keys a step); windows of 128 and 96 keys take 64
+// keys a step (reduction steps of 4 slots: 64 -> 16 -> 4 -> 1), windows of 32 keys 32 (32 -> 8
+// -> 2 -> 1).
+for (const [width, poolW, ck] of [[28, 16, 64], [16, 4, 32]] as const) {
   test(`sampled estimators on WebGPU, ${ck} keys a step: masks of wasm and webgpu equal float64`, [
     "wasm",
     "webgpu",
   ], async () => {
     const c: OpCase = {
-      name: `windows 8 x 16, width ${width}`,
+      name: `windows 8 x ${poolW}, width ${width}`,
       geom: {
         frames: 2,
         height: 16,
@@ -910,7 +911,7 @@ for (const [width, ck] of [[32, 64], [28, 32]] as const) {
         textTokens: 7,
         textPosition: "after",
         poolH: 8,
-        poolW: 16,
+        poolW,
       },
       batch: 1,
       heads: 2,
