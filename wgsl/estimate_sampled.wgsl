@@ -141,7 +141,11 @@ fn main(
       var l = vec4<f32>(0.0);
       for (var e0 = 0u; e0 < t.y; e0 += CK) {
         let cnt = min(CK, t.y - e0);
-        workgroupBarrier(); // everyone is done with the previous chunk (and qs is written)
+        // Everyone is done with the previous chunk of the tile. (Before a tile's first chunk,
+        // the previous tile's reduction barriers already separate the last reads of ks.)
+        if (e0 > 0u) {
+          workgroupBarrier();
+        }
         for (var idx = lid; idx < cnt * D4; idx += WG) {
           let key = idx / D4;
           let c = idx % D4;
@@ -177,20 +181,20 @@ fn main(
       red_l[rb + 2u * CK] = l.z;
       red_l[rb + 3u * CK] = l.w;
       workgroupBarrier();
-      // Four slots into one per step (3 barriers for 64 slots, not 6 halving): the entry at
-      // slot s < w / 4 takes s, s + w / 4, s + w / 2, s + 3w / 4 (no entry it writes is read by
-      // another invocation in the same step). 64 -> 16 -> 4 -> 1; 32 -> 8 -> 2 -> 1.
-      for (var w = CK; w > 1u; w = max(w / 4u, 1u)) {
-        let nw = max(w / 4u, 1u);
-        let f = w / nw;
+      // Four slots into one per step, down to at most 4 per row (2 barriers for 64 slots): the
+      // entry at slot s < w / 4 takes s, s + w / 4, s + w / 2, s + 3w / 4 (no entry it writes is
+      // read by another invocation in the same step). 64 -> 16 -> 4; 32 -> 8 -> 2; 16 -> 4.
+      var w = CK;
+      for (; w > 4u; w /= 4u) {
+        let nw = w / 4u;
         for (var e = lid; e < RSP * nw; e += WG) {
           let x = (e / nw) * CK + e % nw;
           var mx = red_m[x];
-          for (var a = 1u; a < f; a++) {
+          for (var a = 1u; a < 4u; a++) {
             mx = max(mx, red_m[x + a * nw]);
           }
           var sum = 0.0;
-          for (var a = 0u; a < f; a++) {
+          for (var a = 0u; a < 4u; a++) {
             sum += red_l[x + a * nw] * exp(red_m[x + a * nw] - mx);
           }
           red_m[x] = mx;
@@ -198,9 +202,17 @@ fn main(
         }
         workgroupBarrier();
       }
+      // The last w <= 4 slots of each row, by the row's invocation.
       if (lid < RS) {
-        let mt = red_m[lid * CK];
-        let lt = red_l[lid * CK];
+        let x = lid * CK;
+        var mt = red_m[x];
+        for (var a = 1u; a < w; a++) {
+          mt = max(mt, red_m[x + a]);
+        }
+        var lt = 0.0;
+        for (var a = 0u; a < w; a++) {
+          lt += red_l[x + a] * exp(red_m[x + a] - mt);
+        }
         let i = i0 + lid / SG;
         if (j < g && i < g) {
           lse_t[((bh * g + i) * SG + lid % SG) * g + j] = mt + log(lt);
@@ -209,7 +221,9 @@ fn main(
         tot_l = tot_l * exp(tot_m - mx) + lt * exp(mt - mx);
         tot_m = mx;
       }
-      // red is rewritten only after the next tile's chunk barriers.
+      // No barrier here: the next tile writes red only after its first staging barrier, which
+      // every reader above reaches after its reads (and ks was last read before the red
+      // barrier above).
     }
     if (lid < RS) {
       lse[lid] = tot_m + log(tot_l);
