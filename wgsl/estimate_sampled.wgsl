@@ -4,8 +4,9 @@
 // order, the text tiles after the video ones so that the softmax covers every key):
 //
 // - The workgroup stages CK keys of one tile at a time (coalesced: consecutive invocations read
-//   consecutive vec4 of a key row) and each invocation takes one staged key against 4 sample
-//   rows, its 4 logits in one vec4 register (no loop-indexed private arrays, which GPUs spill).
+//   consecutive vec4 of a key row) and each invocation takes one staged key against every
+//   sample row, 4 logits per named vec4 register (no loop-indexed private arrays, which GPUs
+//   spill), so each read of a staged key serves RSP rows.
 // - Per (sample row, key tile) an online max m_t and sum l_t = sum exp(s - m_t), per invocation
 //   over the tile's chunks, then across the CK invocations of a row (workgroup reduction).
 //   LSE_t = m_t + log(l_t) goes to the scratch buffer, and the row's running (M, Z) takes it in.
@@ -49,14 +50,20 @@ struct Params {
 /** Samples per group and tiles per workgroup; set by the host. */
 const SG: u32 = 8u;
 const QT: u32 = 1u;
-/** Keys staged per step, a power of two (the reduction halves it); set by the host. */
+/** Keys staged per step, a power of two (the reduction quarters it); set by the host. */
 const CK: u32 = 64u;
+/** Groups of 4 sample rows, ceil(QT * SG / 4): one vec4 of logits each; set by the host. */
+const RG: u32 = 2u;
 /** Sample rows of a group: slot r is sample s0 + r % SG of tile i0 + r / SG. */
 const RS: u32 = QT * SG;
 /** Rows padded to whole vec4 of logits (padding rows are zero queries, never read back). */
-const RSP: u32 = (RS + 3u) / 4u * 4u;
-/** Invocations: one per (staged key, 4 rows). */
-const WG: u32 = CK * (RSP / 4u);
+const RSP: u32 = 4u * RG;
+/**
+ * Invocations: one per staged key, against every row. The rows' vec4 registers are named
+ * (`// @unroll`), and the row index of each workgroup-memory read is the same for all
+ * invocations (a broadcast on GPUs, a scalar load on CPU implementations such as llvmpipe).
+ */
+const WG: u32 = CK;
 const NEG: f32 = -3.0e38;
 
 override D: u32 = 128u;
@@ -83,7 +90,9 @@ var<workgroup> ks: array<Store4, CK * KS>;
 /** Per (row, key slot): the slot's (m, l) over the current tile, reduced to slot 0. */
 var<workgroup> red_m: array<f32, RSP * CK>;
 var<workgroup> red_l: array<f32, RSP * CK>;
-/** Per row: M + log Z over every key. */
+/** Per row: the running (M, Z) over the tiles so far, then M + log Z over every key. Row r is
+ * kept by invocation r % WG (fewer invocations than rows under small limits). */
+var<workgroup> tot: array<vec2<f32>, RSP>;
 var<workgroup> lse: array<f32, RSP>;
 
 /** Samples of tile `i` (0 past the last tile). */
@@ -115,10 +124,8 @@ fn main(
     n = max(n, count_of(i0 + t));
   }
   let scale = params.scale;
-  // Invocation lid: staged key kk against rows 4 * rg .. 4 * rg + 3.
-  let kk = lid % CK;
-  let qb = (lid / CK) * 4u * D4;
-  let kb = kk * KS;
+  // Invocation lid: staged key lid against every row.
+  let kb = lid * KS;
 
   for (var s0 = 0u; s0 < n; s0 += SG) {
     for (var idx = lid; idx < RSP * D4; idx += WG) {
@@ -132,13 +139,16 @@ fn main(
       }
       qs[idx] = x;
     }
-    // Row totals (invocations lid < RSP): online max and normaliser over the tiles' LSE.
-    var tot_m = NEG;
-    var tot_l = 0.0;
+    // Row totals: online max and normaliser over the tiles' LSE.
+    for (var r = lid; r < RS; r += WG) {
+      tot[r] = vec2<f32>(NEG, 0.0);
+    }
     for (var j = 0u; j < params.ntiles; j++) {
       let t = tiles[j];
-      var m = vec4<f32>(NEG);
-      var l = vec4<f32>(0.0);
+      // @unroll R RG
+      var m_R = vec4<f32>(NEG);
+      var l_R = vec4<f32>(0.0);
+      // @end
       for (var e0 = 0u; e0 < t.y; e0 += CK) {
         let cnt = min(CK, t.y - e0);
         // Everyone is done with the previous chunk of the tile. (Before a tile's first chunk,
@@ -152,34 +162,43 @@ fn main(
           ks[key * KS + c] = k[params.base_k + order[t.x + e0 + key] * params.s_t + head_off + c];
         }
         workgroupBarrier();
-        if (kk < cnt) {
-          var s = vec4<f32>(0.0);
+        if (lid < cnt) {
+          // @unroll R RG
+          var s_R = vec4<f32>(0.0);
+          // @end
           for (var c = 0u; c < D4; c++) {
             let kv = load4(ks[kb + c]);
-            s += vec4<f32>(
-              dot(qs[qb + c], kv),
-              dot(qs[qb + D4 + c], kv),
-              dot(qs[qb + 2u * D4 + c], kv),
-              dot(qs[qb + 3u * D4 + c], kv),
+            // @unroll R RG
+            s_R += vec4<f32>(
+              dot(qs[(4u * R) * D4 + c], kv),
+              dot(qs[(4u * R + 1u) * D4 + c], kv),
+              dot(qs[(4u * R + 2u) * D4 + c], kv),
+              dot(qs[(4u * R + 3u) * D4 + c], kv),
             );
+            // @end
           }
-          let x = s * scale;
-          let mx = max(m, x);
-          l = l * exp(m - mx) + exp(x - mx);
-          m = mx;
+          // @unroll R RG
+          {
+            let x = s_R * scale;
+            let mx = max(m_R, x);
+            l_R = l_R * exp(m_R - mx) + exp(x - mx);
+            m_R = mx;
+          }
+          // @end
         }
       }
       // The tile's (m, l) per row over its CK key slots. Slots without a key hold (NEG, 0),
       // which add nothing (exp(NEG - M) = 0 for any real M; 0 * exp(0) when both are NEG).
-      let rb = (lid / CK) * 4u * CK + kk;
-      red_m[rb] = m.x;
-      red_m[rb + CK] = m.y;
-      red_m[rb + 2u * CK] = m.z;
-      red_m[rb + 3u * CK] = m.w;
-      red_l[rb] = l.x;
-      red_l[rb + CK] = l.y;
-      red_l[rb + 2u * CK] = l.z;
-      red_l[rb + 3u * CK] = l.w;
+      // @unroll R RG
+      red_m[(4u * R) * CK + lid] = m_R.x;
+      red_m[(4u * R + 1u) * CK + lid] = m_R.y;
+      red_m[(4u * R + 2u) * CK + lid] = m_R.z;
+      red_m[(4u * R + 3u) * CK + lid] = m_R.w;
+      red_l[(4u * R) * CK + lid] = l_R.x;
+      red_l[(4u * R + 1u) * CK + lid] = l_R.y;
+      red_l[(4u * R + 2u) * CK + lid] = l_R.z;
+      red_l[(4u * R + 3u) * CK + lid] = l_R.w;
+      // @end
       workgroupBarrier();
       // Four slots into one per step, down to at most 4 per row (2 barriers for 64 slots): the
       // entry at slot s < w / 4 takes s, s + w / 4, s + w / 2, s + 3w / 4 (no entry it writes is
@@ -203,8 +222,8 @@ fn main(
         workgroupBarrier();
       }
       // The last w <= 4 slots of each row, by the row's invocation.
-      if (lid < RS) {
-        let x = lid * CK;
+      for (var r = lid; r < RS; r += WG) {
+        let x = r * CK;
         var mt = red_m[x];
         for (var a = 1u; a < w; a++) {
           mt = max(mt, red_m[x + a]);
@@ -213,22 +232,22 @@ fn main(
         for (var a = 0u; a < w; a++) {
           lt += red_l[x + a] * exp(red_m[x + a] - mt);
         }
-        let i = i0 + lid / SG;
+        let i = i0 + r / SG;
         if (j < g && i < g) {
-          lse_t[((bh * g + i) * SG + lid % SG) * g + j] = mt + log(lt);
+          lse_t[((bh * g + i) * SG + r % SG) * g + j] = mt + log(lt);
         }
-        let mx = max(tot_m, mt);
-        tot_l = tot_l * exp(tot_m - mx) + lt * exp(mt - mx);
-        tot_m = mx;
+        let tm = tot[r].x;
+        let mx = max(tm, mt);
+        tot[r] = vec2<f32>(mx, tot[r].y * exp(tm - mx) + lt * exp(mt - mx));
       }
       // No barrier here: the next tile writes red only after its first staging barrier, which
       // every reader above reaches after its reads (and ks was last read before the red
       // barrier above).
     }
-    if (lid < RS) {
-      lse[lid] = tot_m + log(tot_l);
+    for (var r = lid; r < RS; r += WG) {
+      lse[r] = tot[r].x + log(tot[r].y);
     }
-    storageBarrier(); // lse_t written by invocations lid < RS, read below by all
+    storageBarrier(); // lse_t written by the rows' invocations, read below by all
     workgroupBarrier();
 
     // Each sample's probability mass on each video tile, tile j by invocation j % WG. Samples

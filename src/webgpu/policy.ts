@@ -121,7 +121,7 @@ export function sampledFootprint(
   const store = o.dtype === "f16" ? 8 : 16;
   return {
     bytes: rsp * d4 * 16 + ck * (d4 + 1) * store + 2 * rsp * ck * 4 + rsp * 4,
-    invocations: ck * (rsp / 4),
+    invocations: ck,
   };
 }
 
@@ -161,9 +161,9 @@ export function sampledChunk(
 /**
  * Keys per step for a plan's tile lengths: halves `ck` (down to 8) while that cuts the key slots
  * computed (a tile's last step runs with idle slots) by more than 25%. Halving also halves the
- * invocations of every workgroup (one per key slot and 4 sample rows), and with ~1,000
- * workgroups a dispatch those are what hides the latency of the key loads: at Wan 480p 64 keys
- * a step give ~30 warps per H200 SM, 32 give 15. So Wan (tiles of 128, 96, 32 and 24 keys:
+ * invocations of every workgroup (one per key slot), and with ~1,000 workgroups a dispatch
+ * those are what hides the latency of the key loads: at Wan 480p 64 keys a step give ~15 warps
+ * per H200 SM, 32 give 8. So Wan (tiles of 128, 96, 32 and 24 keys:
  * 37,632 slots at 64 for 32,760 keys, 32,928 at 32) and HunyuanVideo (128) keep 64; windows of
  * 32 keys take 32.
  *
@@ -228,7 +228,12 @@ export function sampledKernel(
     key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}:ck${group.ck}`,
     code: specialize("estimate_sampled", {
       storage: dtype,
-      consts: { SG: group.sg, QT: group.qt, CK: group.ck },
+      consts: {
+        SG: group.sg,
+        QT: group.qt,
+        CK: group.ck,
+        RG: Math.ceil((group.qt * group.sg) / 4),
+      },
     }),
     bindings: [
       ["params", "uniform"],
