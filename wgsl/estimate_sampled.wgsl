@@ -15,10 +15,10 @@
 // Every logit is computed once (the kernel before this one computed each twice: max and
 // normaliser first, then the per-tile mass), and each staged K row serves RSP sample rows.
 // I[i][j] = coef.x * (sum over the samples of mass_j), written to P ("sampled") or mixed with the
-// draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j]) ("hybrid"), sample by sample. A workgroup takes QT
-// consecutive query tiles and SG samples of each at a time (slot r: sample s0 + r % SG of tile
-// i0 + r / SG; the host sets both from the workgroup memory limit and the scratch size); later
-// sample groups add to P. P holds a group of `nbh` pairs (scratch): its row bh is pair
+// draft map already there: 0.5 * (coef.y * P[i][j] + I[i][j]) ("hybrid"), sample by sample. A
+// workgroup takes QT consecutive query tiles and SG samples of each at a time (slot r: sample
+// s0 + r % SG of tile i0 + r / SG; the host sets both from the row limit, the workgroup count
+// and the scratch size); later sample groups add to P. P holds a group of `nbh` pairs (scratch): its row bh is pair
 // pair0 + bh of the piece in q and k.
 // The WebAssembly backend computes the same map (asm/policy.ts `sampledMap`) in another order of
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
