@@ -32,11 +32,9 @@ import { GpuContext } from "../src/webgpu/context.ts";
 import { packParams } from "../src/webgpu/kernel.ts";
 import { WebGpuOp } from "../src/webgpu/op.ts";
 import {
-  fitChunk,
   ROW_PARAMS,
   rowKernel,
   SAMPLED_TUNING,
-  sampledChunk,
   TOKENS_PARAMS,
   tokensKernel,
 } from "../src/webgpu/mask.ts";
@@ -893,83 +891,6 @@ for (const c of OP_CASES) {
     });
   }
 }
-
-// The cases above have small windows (8 or 16 keys a step); windows of 128 and 96 keys take 64
-// keys a step (reduction steps of 4 slots: 64 -> 16 -> 4 -> 1), windows of 32 keys 32 (32 -> 8
-// -> 2 -> 1).
-for (const [width, poolW, ck] of [[28, 16, 64], [16, 4, 32]] as const) {
-  test(`sampled estimators on WebGPU, ${ck} keys a step: masks of wasm and webgpu equal float64`, [
-    "wasm",
-    "webgpu",
-  ], async () => {
-    const c: OpCase = {
-      name: `windows 8 x ${poolW}, width ${width}`,
-      geom: {
-        frames: 2,
-        height: 16,
-        width,
-        textTokens: 7,
-        textPosition: "after",
-        poolH: 8,
-        poolW,
-      },
-      batch: 1,
-      heads: 2,
-      headDim: 32,
-      layout: "BSHD",
-      dtype: "f16",
-      sparsity: 0.6,
-      samples: 3,
-      seed: 41,
-    };
-    const spec = resolveDraft(draftOptions(c, COMBOS[2]));
-    const limits = runtimes.get("webgpu")!.device!.limits;
-    const most = sampledChunk(16, { headDim: 32, dtype: "f16", limits });
-    assert.equal(fitChunk(most, buildPlan(spec).tileLen), ck, `device allows ${most}`);
-    for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
-      const prep = prepare(c, combo);
-      for (const name of ["wasm", "webgpu"] as const) {
-        const op = runtimes.get(name)!.draftAttention(draftOptions(c, combo));
-        try {
-          await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
-          const what = `${name} ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
-          assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
-        } finally {
-          op.dispose();
-        }
-      }
-    }
-  });
-}
-
-test("sampled estimators on WebGPU: one sample per group (a small LSE scratch) changes nothing", [
-  "webgpu",
-], async () => {
-  const c = OP_CASES[OP_CASES.length - 1]; // 16 samples: two groups of 8 by default
-  const saved = SAMPLED_TUNING.scratchBytes;
-  try {
-    for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
-      const prep = prepare(c, combo);
-      const got: { out: TensorArray; mask: Uint8Array }[] = [];
-      for (const bytes of [saved, 1]) {
-        SAMPLED_TUNING.scratchBytes = bytes;
-        const op = runtimes.get("webgpu")!.draftAttention(draftOptions(c, combo));
-        try {
-          const out = await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
-          got.push({ out, mask: (await op.lastMask()).mask });
-        } finally {
-          op.dispose();
-        }
-      }
-      const what = `${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
-      assert.deepEqual(got[0].mask, prep.sel.mask, what);
-      assert.deepEqual(got[1].mask, got[0].mask, `${what}: one sample per group`);
-      assert.deepEqual(got[1].out, got[0].out, `${what}: one sample per group`);
-    }
-  } finally {
-    SAMPLED_TUNING.scratchBytes = saved;
-  }
-});
 
 test("WebGPU default limits (16 KiB workgroup memory): every combination, wasm's masks", [
   "wasm",

@@ -11,7 +11,7 @@
 import { type SampleTable, sampleTable } from "../selection.ts";
 import { MaskSchedule } from "../_mask_schedule.ts";
 import type { DraftSpec, DType, MaskConfig, Plan } from "../types.ts";
-import type { GpuContext, GpuLimits } from "./context.ts";
+import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
 import { specialize } from "./specialize.ts";
 
@@ -50,15 +50,16 @@ export const SAMPLED_PARAMS: ParamLayout = [
   ["hybrid", "u32"],
   ["scale", "f32"],
   ["pair0", "u32"],
-  ["ntiles", "u32"],
 ];
+
+/** Invocations per workgroup of the sampled estimator. */
+export const SAMPLED_WG = 64;
 
 /** Floats of sample query rows the estimator keeps in workgroup memory (8 KiB). */
 const SAMPLED_ROW_FLOATS = 2048;
-/** Most sample rows per workgroup. */
+/** Most sample rows per workgroup (per-thread arrays of that size). */
 const SAMPLED_MAX_ROWS = 16;
-/** Most keys the estimator stages per step (a power of two). */
-const SAMPLED_MAX_CHUNK = 64;
+
 /** Row policies and their block lists. */
 export function rowKernel(ctx: GpuContext): Kernel {
   return ctx.kernel({
@@ -90,100 +91,11 @@ export function tokensKernel(ctx: GpuContext): Kernel {
 }
 
 /**
- * Tuning of the estimator's grouping:
- * - `minWorkgroups`: workgroups wanted at least (more query tiles per workgroup share each key
- *   read, but fewer workgroups can leave a large GPU idle). Tests set 0 to force the widest
- *   grouping on small problems.
- * - `scratchBytes`: bytes of the per-tile LSE scratch (pairs x g x sg x g floats: `sg` maps of a
- *   mask group) past which a group takes fewer samples (never fewer than one). 32 MiB keeps 2
- *   samples per group at HunyuanVideo 768p (4 pairs x 990^2 tiles: 15.7 MB a sample), so that
- *   each K read serves 8 sample rows (4 tiles x 2 samples) with ~1,000 workgroups a dispatch.
- *   Tests set it low to force one sample per group (the map must not change).
+ * Tuning of the estimator's grouping: workgroups wanted at least (more query tiles per
+ * workgroup share each key read, but fewer workgroups can leave a large GPU idle). Tests set 0
+ * to force the widest grouping on small problems.
  */
-export const SAMPLED_TUNING: { minWorkgroups: number; scratchBytes: number } = {
-  minWorkgroups: 1024,
-  scratchBytes: 32 * 2 ** 20,
-};
-
-/** Most sample rows per workgroup at `headDim` (as many as fit `SAMPLED_ROW_FLOATS`). */
-function sampleRows(headDim: number): number {
-  return Math.max(1, Math.min(SAMPLED_MAX_ROWS, Math.floor(SAMPLED_ROW_FLOATS / headDim)));
-}
-
-/** Workgroup memory and invocations of the estimator at `rows` sample rows, `ck` staged keys. */
-export function sampledFootprint(
-  rows: number,
-  ck: number,
-  o: { headDim: number; dtype: DType },
-): { bytes: number; invocations: number } {
-  const rsp = Math.ceil(rows / 4) * 4;
-  const d4 = o.headDim / 4;
-  const store = o.dtype === "f16" ? 8 : 16;
-  return {
-    bytes: rsp * d4 * 16 + ck * (d4 + 1) * store + 2 * rsp * ck * 4 + rsp * 4,
-    invocations: ck,
-  };
-}
-
-/**
- * Keys the estimator stages per step: the largest power of two up to `SAMPLED_MAX_CHUNK` whose
- * workgroup fits the device limits (0 when none does). More keys per step mean fewer barriers
- * and reductions per key tile; 64 covers a typical window (Wan 480p: ~98 keys a tile, two steps).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { sampledChunk } from "./mask.ts";
- * const big = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
- * assert.equal(sampledChunk(8, { headDim: 128, dtype: "f16", limits: big }), 64);
- * const small = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
- * assert.equal(sampledChunk(8, { headDim: 128, dtype: "f16", limits: small }), 32);
- * ```
- */
-export function sampledChunk(
-  rows: number,
-  o: {
-    headDim: number;
-    dtype: DType;
-    limits: Pick<GpuLimits, "maxComputeWorkgroupStorageSize" | "maxComputeInvocationsPerWorkgroup">;
-  },
-): number {
-  for (let ck = SAMPLED_MAX_CHUNK; ck >= 1; ck /= 2) {
-    const f = sampledFootprint(rows, ck, o);
-    if (
-      f.bytes <= o.limits.maxComputeWorkgroupStorageSize &&
-      f.invocations <= o.limits.maxComputeInvocationsPerWorkgroup
-    ) return ck;
-  }
-  return 0;
-}
-
-/**
- * Keys per step for a plan's tile lengths: halves `ck` (down to 8) while that cuts the key slots
- * computed (a tile's last step runs with idle slots) by more than 25%. Halving also halves the
- * invocations of every workgroup (one per key slot), and with ~1,000 workgroups a dispatch
- * those are what hides the latency of the key loads: at Wan 480p 64 keys a step give ~15 warps
- * per H200 SM, 32 give 8. So Wan (tiles of 128, 96, 32 and 24 keys:
- * 37,632 slots at 64 for 32,760 keys, 32,928 at 32) and HunyuanVideo (128) keep 64; windows of
- * 32 keys take 32.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { fitChunk } from "./mask.ts";
- * assert.equal(fitChunk(64, [128, 128, 96, 32, 24]), 64);
- * assert.equal(fitChunk(64, [32, 32, 32, 24]), 32);
- * ```
- */
-export function fitChunk(ck: number, tileLen: ArrayLike<number>): number {
-  const slots = (c: number) => {
-    let n = 0;
-    for (let t = 0; t < tileLen.length; t++) n += Math.ceil(tileLen[t] / c) * c;
-    return n;
-  };
-  while (ck > 8 && slots(ck / 2) < 0.75 * slots(ck)) ck /= 2;
-  return ck;
-}
+export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
 
 /**
  * How the estimator groups its sample rows: `sg` samples of each of `qt` query tiles per
@@ -197,7 +109,7 @@ export function fitChunk(ck: number, tileLen: ArrayLike<number>): number {
  * import assert from "node:assert/strict";
  * import { sampleGroup } from "./mask.ts";
  * assert.equal(JSON.stringify(sampleGroup(8, 128, 4032)), '{"sg":8,"qt":2}');
- * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":4}');
+ * assert.equal(JSON.stringify(sampleGroup(2, 128, 4032)), '{"sg":2,"qt":3}');
  * assert.equal(JSON.stringify(sampleGroup(16, 256, 4032)), '{"sg":8,"qt":1}');
  * ```
  */
@@ -206,15 +118,11 @@ export function sampleGroup(
   headDim: number,
   queryTiles: number,
 ): { sg: number; qt: number } {
-  const rows = sampleRows(headDim);
+  const rows = Math.max(1, Math.min(SAMPLED_MAX_ROWS, Math.floor(SAMPLED_ROW_FLOATS / headDim)));
   const sg = Math.min(samples, rows);
   const byRows = Math.max(1, Math.floor(rows / sg));
   const byCount = Math.max(1, Math.floor(queryTiles / SAMPLED_TUNING.minWorkgroups));
-  let qt = Math.min(byRows, byCount);
-  // The kernel computes rows in fours (one vec4 of logits per invocation): fill the padding
-  // with more tiles where the row limit allows (2 samples: 4 tiles, not 3 with 2 rows idle).
-  qt = Math.max(qt, Math.min(byRows, Math.floor((Math.ceil((qt * sg) / 4) * 4) / sg)));
-  return { sg, qt };
+  return { sg, qt: Math.min(byRows, byCount) };
 }
 
 /** The sampled estimator for one head dim, dtype and sample grouping. */
@@ -222,18 +130,13 @@ export function sampledKernel(
   ctx: GpuContext,
   headDim: number,
   dtype: DType,
-  group: { sg: number; qt: number; ck: number },
+  group: { sg: number; qt: number },
 ): Kernel {
   return ctx.kernel({
-    key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}:ck${group.ck}`,
+    key: `estimate_sampled:d${headDim}:${dtype}:sg${group.sg}:qt${group.qt}`,
     code: specialize("estimate_sampled", {
       storage: dtype,
-      consts: {
-        SG: group.sg,
-        QT: group.qt,
-        CK: group.ck,
-        RG: Math.ceil((group.qt * group.sg) / 4),
-      },
+      consts: { SG: group.sg, QT: group.qt },
     }),
     bindings: [
       ["params", "uniform"],
@@ -244,9 +147,8 @@ export function sampledKernel(
       ["samples", "read"],
       ["coef", "read"],
       ["p", "storage"],
-      ["lse_t", "storage"],
     ],
-    constants: { D: headDim },
+    constants: { D: headDim, WG: SAMPLED_WG },
   });
 }
 
@@ -305,8 +207,6 @@ export class GpuMaskStage extends MaskSchedule {
   #coef?: GPUBuffer;
   /** Query tiles per workgroup of the estimator. */
   #qt = 1;
-  /** The estimator's per-tile LSE scratch, shared by every group of every piece. */
-  #lse?: GPUBuffer;
 
   /**
    * @param groupPairs Pairs in the op's largest mask group (sizes the estimator's grouping for
@@ -334,28 +234,9 @@ export class GpuMaskStage extends MaskSchedule {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      // Scratch of one sample group: groupPairs x g x sg x g floats (at most
-      // SAMPLED_TUNING.scratchBytes where one sample fits, and what a binding holds). The
-      // kernel adds samples one at a time and stages keys in steps that depend on headDim and
-      // the device only, so every grouping of pairs (mask groups, pieces) gives the same map.
-      const perSample = groupPairs * plan.g * plan.g * 4;
-      const bind = Math.min(ctx.limits.maxStorageBufferBindingSize, ctx.limits.maxBufferSize);
-      const samples = Math.max(
-        1,
-        Math.min(c.samples, Math.floor(Math.min(SAMPLED_TUNING.scratchBytes, bind) / perSample)),
-      );
-      const { sg, qt } = sampleGroup(samples, spec.headDim, groupPairs * plan.g);
-      const ck = fitChunk(
-        sampledChunk(sampleRows(spec.headDim), {
-          headDim: spec.headDim,
-          dtype: spec.dtype,
-          limits: ctx.limits,
-        }),
-        plan.tileLen,
-      );
-      this.#qt = qt;
-      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, { sg, qt, ck });
-      this.#lse = buffer("sampled LSE scratch", perSample * sg, GPUBufferUsage.STORAGE);
+      const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
+      this.#qt = group.qt;
+      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
     }
   }
 
@@ -468,7 +349,6 @@ export class GpuMaskStage extends MaskSchedule {
       samples: this.#samples!,
       coef: this.#coef!,
       p: sp.p,
-      lse_t: this.#lse!,
     });
   }
 
@@ -484,7 +364,6 @@ export class GpuMaskStage extends MaskSchedule {
         pair0: sp.pair0,
         g: this.#plan.g,
         tokens: this.#plan.tokens,
-        ntiles: this.#plan.tiles,
         stride: this.#table!.samples + 1,
         hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
           (this.config.budget === "tokens" ? 2 : 0),
