@@ -206,7 +206,8 @@ export interface PieceAddressing {
 }
 
 /**
- * Policy, estimator and mask reuse of one WebGPU draft op; its schedule is
+ * The mask stage of one WebGPU draft op: its passes (reference, policies, estimators), draft
+ * scratch, block lists and bind groups, and mask reuse; its schedule is
  * {@linkcode MaskSchedule}'s (a run that reuses the mask keeps the block lists in place).
  */
 export class GpuMaskStage extends MaskSchedule {
