@@ -1,10 +1,12 @@
 /**
- * The mask stage of the WebGPU backend for the policies and estimators beyond the reference
- * (src/selection.ts has the definitions): the sampled estimator (wgsl/estimate_sampled.wgsl) and
- * the row policies with their block lists (wgsl/select_row.wgsl), the token budget's threshold
- * (wgsl/select_tokens.wgsl), their buffers and bind groups, and the mask-reuse schedule
- * (`maskEvery`, src/_mask_schedule.ts). The reference path (pool -> draft map ->
- * radix select -> block lists) stays in op.ts; this stage tells it which passes a run records.
+ * The mask stage of the WebGPU backend, the counterpart of src/wasm/mask.ts (src/selection.ts
+ * has the definitions): the reference passes (pool -> draft map -> radix select -> block lists),
+ * the sampled estimator (wgsl/estimate_sampled.wgsl) and the row policies with their block lists
+ * (wgsl/select_row.wgsl), the token budget's threshold (wgsl/select_tokens.wgsl), their draft
+ * scratch, buffers and bind groups, the recording of a piece's mask passes, and the mask-reuse
+ * schedule (`maskEvery`, src/_mask_schedule.ts). The op (op.ts) owns the block lists' readback,
+ * flash attention and the run queue; it calls {@linkcode GpuMaskStage.record} for a run that
+ * computes the mask.
  *
  * @module
  */
@@ -13,6 +15,22 @@ import { MaskSchedule } from "../_mask_schedule.ts";
 import type { DraftSpec, DType, MaskConfig, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
+import {
+  HIST_CHUNK,
+  HIST_PARAMS,
+  histKernel,
+  LISTS_PARAMS,
+  listsKernel,
+  MAP_PARAMS,
+  MAP_ROWS,
+  mapKernel,
+  PICK_PARAMS,
+  pickKernel,
+  POOL_PARAMS,
+  POOL_WG,
+  poolKernel,
+} from "./kernels.ts";
+import type { Stage } from "./profile.ts";
 import { specialize } from "./specialize.ts";
 
 /** Mirror of `Params` in wgsl/select_row.wgsl. */
@@ -188,7 +206,8 @@ export interface PieceAddressing {
 }
 
 /**
- * Policy, estimator and mask reuse of one WebGPU draft op; its schedule is
+ * The mask stage of one WebGPU draft op: its passes (reference, policies, estimators), draft
+ * scratch, block lists and bind groups, and mask reuse; its schedule is
  * {@linkcode MaskSchedule}'s (a run that reuses the mask keeps the block lists in place).
  */
 export class GpuMaskStage extends MaskSchedule {
@@ -388,4 +407,309 @@ export class GpuMaskStage extends MaskSchedule {
   dispatchSelect(pass: GPUComputePassEncoder, sp: StageGroup): void {
     if (this.#row && sp.rowGroup) this.#row.dispatch(pass, sp.rowGroup, sp.n * this.#plan.g);
   }
+
+  // ------------------------------------------------------------------------------------------
+  // The reference passes (pool -> draft map -> radix select -> block lists), their scratch and
+  // bind groups, and the recording of every mask pass of a piece
+  // ------------------------------------------------------------------------------------------
+
+  #pool?: Kernel;
+  #map?: Kernel;
+  #hist?: Kernel;
+  #pick?: Kernel;
+  #lists?: Kernel;
+  #order!: GPUBuffer;
+  #tiles!: GPUBuffer;
+  #invLen?: GPUBuffer;
+  /** Draft scratch. */
+  #scratch?: Scratch;
+  /** Scratch-only bind groups by group size. */
+  readonly #scratchGroups = new Map<number, ScratchGroups>();
+
+  /**
+   * The reference passes' pipelines, the token order and tile table they read, and the draft
+   * scratch for groups of up to `pairs` pairs (the op's largest mask group); once, at creation.
+   */
+  makeScratch(pairs: number): void {
+    const ctx = this.#ctx, plan = this.#plan;
+    const { g, tiles } = plan;
+    const D = this.#spec.headDim;
+    const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+    this.#order = this.#buffer("order", plan.tokens * 4, STORE, plan.order);
+    const tt = new Uint32Array(2 * tiles);
+    for (let t = 0; t < tiles; t++) {
+      tt[2 * t] = plan.tileStart[t];
+      tt[2 * t + 1] = plan.tileLen[t];
+    }
+    this.#tiles = this.#buffer("tiles", tt.byteLength, STORE, tt);
+    // f32(1 / len), correctly rounded (double rounding is exact for a quotient).
+    const inv = Float32Array.from(plan.tileLen.subarray(0, g), (len) => 1 / len);
+    this.#invLen = this.#buffer("inv_len", inv.byteLength, STORE, inv);
+    this.#pool = poolKernel(ctx, D, this.#spec.dtype);
+    this.#map = mapKernel(ctx, D);
+    this.#hist = histKernel(ctx);
+    this.#pick = pickKernel(ctx);
+    this.#lists = listsKernel(ctx);
+    const SCRATCH = STORE | GPUBufferUsage.COPY_SRC;
+    const scratch: Scratch = { pairs, p: this.#buffer("p", pairs * g * g * 4, SCRATCH) };
+    if (this.usesDraftMap) {
+      scratch.qd = this.#buffer("qd", pairs * g * D * 4, SCRATCH);
+      scratch.kd = this.#buffer("kd", pairs * g * D * 4, SCRATCH);
+    }
+    if (this.usesPercentile) {
+      scratch.hist = this.#buffer("hist", pairs * 256 * 4, SCRATCH);
+      scratch.state = this.#buffer("state", pairs * 8, SCRATCH);
+    } else if (this.usesTokens) {
+      scratch.state = this.#buffer("state", pairs * 8, SCRATCH);
+    }
+    this.#scratch = scratch;
+  }
+
+  /** Pairs in the largest mask group (the scratch's). */
+  get groupPairs(): number {
+    return this.#scratch?.pairs ?? 0;
+  }
+
+  #uniform(layout: ParamLayout, values: Record<string, number>): GPUBuffer {
+    const bytes = packParams(layout, values);
+    return this.#buffer(
+      "params",
+      bytes.byteLength,
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      new Uint8Array(bytes),
+    );
+  }
+
+  /** Bind groups of the scratch-only kernels (map, histogram, pick) for `n` pairs. */
+  #localGroups(n: number): ScratchGroups {
+    let local = this.#scratchGroups.get(n);
+    if (local) return local;
+    const spec = this.#spec;
+    const { g } = this.#plan;
+    const { qd, kd, p, hist, state } = this.#scratch!;
+    const chunks = Math.ceil((g * g) / HIST_CHUNK);
+    local = { hist: [], pick: [] };
+    if (qd && kd) {
+      const params = this.#uniform(MAP_PARAMS, {
+        nbh: n,
+        g,
+        row_blocks: Math.ceil(g / MAP_ROWS),
+        scale: spec.scale,
+      });
+      local.map = this.#map!.bind({ params, qd, kd, p });
+    }
+    if (hist && state) {
+      local.hist = SHIFTS.map((shift) =>
+        this.#hist!.bind({
+          params: this.#uniform(HIST_PARAMS, { nbh: n, n: g * g, chunks, shift }),
+          p,
+          state,
+          hist,
+        })
+      );
+      local.pick = SHIFTS.map((shift) =>
+        this.#pick!.bind({
+          params: this.#uniform(PICK_PARAMS, { nbh: n, shift, keep: spec.mask.keep }),
+          hist,
+          state,
+        })
+      );
+    }
+    this.#scratchGroups.set(n, local);
+    return local;
+  }
+
+  /**
+   * The block lists of a piece of `nbh` pairs (persistent: mask reuse and flash attention read
+   * them) and its mask groups over the scratch.
+   */
+  piece(nbh: number): MaskPiece {
+    const U = GPUBufferUsage;
+    const STORE = U.STORAGE | U.COPY_DST | U.COPY_SRC;
+    const { g, tiles } = this.#plan;
+    // Text query rows never change: every tile, written once here.
+    const counts0 = new Uint32Array(nbh * tiles);
+    for (let x = 0; x < nbh; x++) counts0.fill(tiles, x * tiles + g, (x + 1) * tiles);
+    const counts = this.#buffer("counts", counts0.byteLength, STORE, counts0);
+    const lists = this.#buffer("lists", nbh * tiles * tiles * 4, STORE);
+    if (tiles > g) {
+      const all = Uint32Array.from({ length: tiles }, (_, j) => j);
+      for (let x = 0; x < nbh; x++) {
+        for (let i = g; i < tiles; i++) {
+          this.#ctx.device.queue.writeBuffer(lists, ((x * tiles + i) * tiles) * 4, all);
+        }
+      }
+    }
+    const scratch = this.#scratch!;
+    const groups: MaskGroup[] = [];
+    for (let pair0 = 0; pair0 < nbh; pair0 += scratch.pairs) {
+      const n = Math.min(scratch.pairs, nbh - pair0);
+      const group: MaskGroup = {
+        pair0,
+        n,
+        local: this.#localGroups(n),
+        stage: this.group(pair0, n, {
+          p: scratch.p,
+          counts,
+          lists,
+          state: scratch.state,
+          tiles: this.#tiles,
+        }),
+      };
+      if (scratch.state && this.usesPercentile) {
+        const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
+        group.listsGroup = this.#lists!.bind({
+          params,
+          p: scratch.p,
+          state: scratch.state,
+          counts,
+          lists,
+        });
+      }
+      if (scratch.qd) {
+        const bytes = paramsBytes(POOL_PARAMS);
+        group.poolQParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
+        group.poolKParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
+      }
+      groups.push(group);
+    }
+    return { counts, lists, groups };
+  }
+
+  /** Bind groups of a piece's mask passes that depend on where q and k live (one per group). */
+  bindIo(
+    d: MaskPiece,
+    t: { q: GPUBuffer | GPUBufferBinding; k: GPUBuffer | GPUBufferBinding },
+  ): MaskIoGroups {
+    const groups: MaskIoGroups = {};
+    const common = { order: this.#order, tiles: this.#tiles, inv_len: this.#invLen! };
+    const { qd, kd } = this.#scratch!;
+    if (qd && kd) {
+      groups.poolQ = d.groups.map((mg) =>
+        this.#pool!.bind({ params: mg.poolQParams!, x: t.q, ...common, pooled: qd })
+      );
+      groups.poolK = d.groups.map((mg) =>
+        this.#pool!.bind({ params: mg.poolKParams!, x: t.k, ...common, pooled: kd })
+      );
+    }
+    groups.sampled = d.groups.map((mg) =>
+      this.ioGroup(mg.stage, {
+        q: t.q,
+        k: t.k,
+        order: this.#order,
+        tiles: this.#tiles,
+      })
+    );
+    return groups;
+  }
+
+  /**
+   * Writes the per-run params of a piece's mask groups (tensor strides `pool` and bases) and
+   * clears the histogram, ahead of {@linkcode GpuMaskStage.record}.
+   */
+  writeRun(
+    enc: GPUCommandEncoder,
+    d: MaskPiece,
+    pool: { heads_per_row: number; g: number; s_b: number; s_t: number; s_h: number },
+    base: { q: number; k: number },
+  ): void {
+    const queue = this.#ctx.device.queue;
+    const scratch = this.#scratch!;
+    for (const mg of d.groups) {
+      const at = { ...pool, nbh: mg.n, pair0: mg.pair0 };
+      if (mg.poolQParams && mg.poolKParams) {
+        queue.writeBuffer(mg.poolQParams, 0, packParams(POOL_PARAMS, { ...at, base: base.q }));
+        queue.writeBuffer(mg.poolKParams, 0, packParams(POOL_PARAMS, { ...at, base: base.k }));
+      }
+      this.writeParams(mg.stage, { ...pool, base_q: base.q, base_k: base.k });
+    }
+    // The pick passes leave the histogram of their pairs cleared for the next group; it
+    // starts cleared whatever an earlier (failed) run left.
+    if (scratch.hist) enc.clearBuffer(scratch.hist);
+  }
+
+  /** Records every mask pass of a piece, in the passes `pass` gives for each stage. */
+  record(
+    pass: (s: Stage) => GPUComputePassEncoder,
+    d: MaskPiece,
+    io: MaskIoGroups,
+  ): void {
+    const g = this.#plan.g;
+    // Group by group: the scratch holds one group's maps at a time.
+    d.groups.forEach((mg, j) => {
+      const n = mg.n;
+      if (io.poolQ && io.poolK && mg.local.map) {
+        const poolGroups = Math.ceil((n * g * (this.#spec.headDim / 4)) / POOL_WG);
+        this.#pool!.dispatch(pass("pool"), io.poolQ[j], poolGroups);
+        this.#pool!.dispatch(pass("pool"), io.poolK[j], poolGroups);
+        this.#map!.dispatch(pass("map"), mg.local.map, n * Math.ceil(g / MAP_ROWS));
+      }
+      const sampled = io.sampled?.[j];
+      if (sampled) this.dispatchEstimate(pass("map"), sampled, n);
+      if (mg.listsGroup) {
+        const chunks = Math.ceil((g * g) / HIST_CHUNK);
+        if (this.usesTokens) this.dispatchTokens(pass("select"), mg.stage);
+        for (let s = 0; s < SHIFTS.length && !this.usesTokens; s++) {
+          this.#hist!.dispatch(pass("select"), mg.local.hist[s], n * chunks);
+          this.#pick!.dispatch(pass("select"), mg.local.pick[s], n);
+        }
+        this.#lists!.dispatch(pass("lists"), mg.listsGroup, n * g);
+      } else {
+        this.dispatchTokens(pass("select"), mg.stage);
+        this.dispatchSelect(pass("select"), mg.stage);
+      }
+    });
+  }
+}
+
+/** Radix-select digit positions, most significant first. */
+const SHIFTS = [24, 16, 8, 0] as const;
+
+/**
+ * Draft scratch, used only while masks are built: sized for `pairs` pairs (the largest mask
+ * group), shared by every group of every piece. Pooled Q and K only with the draft map, the
+ * histogram and state only with the percentile policy.
+ */
+interface Scratch {
+  pairs: number;
+  qd?: GPUBuffer;
+  kd?: GPUBuffer;
+  p: GPUBuffer;
+  hist?: GPUBuffer;
+  state?: GPUBuffer;
+}
+
+/** Bind groups of the kernels that only touch the scratch, for a group of `n` pairs. */
+interface ScratchGroups {
+  map?: GPUBindGroup;
+  hist: GPUBindGroup[];
+  pick: GPUBindGroup[];
+}
+
+/** One mask group: pairs [pair0, pair0 + n) of a piece, built in the scratch. */
+export interface MaskGroup {
+  pair0: number;
+  n: number;
+  local: ScratchGroups;
+  /** Percentile policy: select_lists into the piece's rows pair0.. of counts and lists. */
+  listsGroup?: GPUBindGroup;
+  poolQParams?: GPUBuffer;
+  poolKParams?: GPUBuffer;
+  /** Policies and estimators beyond the reference (the row policies, tokens, sampled). */
+  stage: StageGroup;
+}
+
+/** The mask buffers and bind groups of one piece. */
+export interface MaskPiece {
+  /** Block lists of every pair of the piece (persist across runs: mask reuse reads them). */
+  counts: GPUBuffer;
+  lists: GPUBuffer;
+  groups: MaskGroup[];
+}
+
+/** Bind groups of a piece's mask passes that depend on where q and k live (one per group). */
+export interface MaskIoGroups {
+  poolQ?: GPUBindGroup[];
+  poolK?: GPUBindGroup[];
+  sampled?: (GPUBindGroup | undefined)[];
 }

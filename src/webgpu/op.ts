@@ -12,8 +12,9 @@
  * each group's lists written at its pairs' rows. Dispatches within a pass, and passes within a
  * command buffer, are ordered, so the reuse needs no synchronisation.
  *
- * Uploads, read-backs, BSHD gathers and caller-buffer checks live in io.ts; stage timing
- * (`profile()`) in profile.ts.
+ * The mask stage (its pipelines, scratch, block lists, bind groups and the recording of its
+ * passes) lives in mask.ts; uploads, read-backs, BSHD gathers and caller-buffer checks in io.ts;
+ * stage timing (`profile()`) in profile.ts.
  *
  * @module
  */
@@ -32,23 +33,7 @@ import type {
 import { Snapshots } from "../_snapshot.ts";
 import type { GpuContext } from "./context.ts";
 import { type Kernel, packParams, paramsBytes } from "./kernel.ts";
-import {
-  FLASH_PARAMS,
-  flashKernel,
-  HIST_CHUNK,
-  HIST_PARAMS,
-  histKernel,
-  LISTS_PARAMS,
-  listsKernel,
-  MAP_PARAMS,
-  MAP_ROWS,
-  mapKernel,
-  PICK_PARAMS,
-  pickKernel,
-  POOL_PARAMS,
-  POOL_WG,
-  poolKernel,
-} from "./kernels.ts";
+import { FLASH_PARAMS, flashKernel } from "./kernels.ts";
 import {
   groupPairs,
   type Piece,
@@ -57,7 +42,7 @@ import {
   type Strides,
   strides,
 } from "./pieces.ts";
-import { GpuMaskStage, type StageGroup } from "./mask.ts";
+import { GpuMaskStage, type MaskIoGroups, type MaskPiece } from "./mask.ts";
 import {
   checkBuffers,
   copyHeads,
@@ -86,49 +71,8 @@ import {
 } from "./profile.ts";
 import { type FlashConfig, flashConfig, type FlashVariant, pickFlashVariant } from "./variants.ts";
 
-/** Radix-select digit positions, most significant first. */
-const SHIFTS = [24, 16, 8, 0] as const;
-
-/**
- * Draft scratch, used only while masks are built: sized for `pairs` pairs (the largest mask
- * group), shared by every group of every piece. Pooled Q and K only with the draft map, the
- * histogram and state only with the percentile policy.
- */
-interface Scratch {
-  pairs: number;
-  qd?: GPUBuffer;
-  kd?: GPUBuffer;
-  p: GPUBuffer;
-  hist?: GPUBuffer;
-  state?: GPUBuffer;
-}
-
-/** Bind groups of the kernels that only touch the scratch, for a group of `n` pairs. */
-interface ScratchGroups {
-  map?: GPUBindGroup;
-  hist: GPUBindGroup[];
-  pick: GPUBindGroup[];
-}
-
-/** One mask group: pairs [pair0, pair0 + n) of a piece, built in the scratch. */
-interface MaskGroup {
-  pair0: number;
-  n: number;
-  local: ScratchGroups;
-  /** Percentile policy: select_lists into the piece's rows pair0.. of counts and lists. */
-  listsGroup?: GPUBindGroup;
-  poolQParams?: GPUBuffer;
-  poolKParams?: GPUBuffer;
-  /** Policies and estimators beyond the reference (src/webgpu/mask.ts). */
-  stage: StageGroup;
-}
-
-/** Draft-only buffers and bind groups of one piece. */
-interface DraftPiece {
-  /** Block lists of every pair of the piece (persist across runs: mask reuse reads them). */
-  counts: GPUBuffer;
-  lists: GPUBuffer;
-  groups: MaskGroup[];
+/** Draft-only buffers and bind groups of one piece (src/webgpu/mask.ts makes them). */
+interface DraftPiece extends MaskPiece {
   /** Readback of counts and lists for lastMask(), made on first use. */
   maskRead?: { counts: GPUBuffer; lists: GPUBuffer };
 }
@@ -146,9 +90,7 @@ interface PieceState {
 /** Bind groups that depend on where q/k/v/out live (the mask stage's: one per mask group). */
 interface IoGroups {
   flash: GPUBindGroup;
-  poolQ?: GPUBindGroup[];
-  poolK?: GPUBindGroup[];
-  sampled?: (GPUBindGroup | undefined)[];
+  mask?: MaskIoGroups;
 }
 
 export { STAGES };
@@ -168,22 +110,11 @@ export class WebGpuOp implements DraftKernelOp {
   readonly #owned: GPUBuffer[] = [];
   /** Bytes of the owned buffers that {@linkcode WebGpuOp.extraBytes} counts. */
   #extraBytes = 0;
-  /** Draft scratch (draft ops). */
-  #scratch?: Scratch;
-  /** Scratch-only bind groups by group size. */
-  readonly #scratchGroups = new Map<number, ScratchGroups>();
   #flash!: Kernel;
-  #pool?: Kernel;
-  #map?: Kernel;
-  #hist?: Kernel;
-  #pick?: Kernel;
-  #lists?: Kernel;
-  /** Policy, estimator and mask reuse of a draft op. */
+  /** The mask stage of a draft op: its passes, scratch and block lists, and mask reuse. */
   #stage?: GpuMaskStage;
   /** Whether the run being recorded computes the mask (else it reuses the block lists). */
   #due = false;
-  #order!: GPUBuffer;
-  #tiles!: GPUBuffer;
   /** order, tile table and work items of the flash kernel, concatenated (u32). */
   #table!: GPUBuffer;
   #tilesAt = 0;
@@ -191,7 +122,6 @@ export class WebGpuOp implements DraftKernelOp {
   #itemCount!: number;
   /** Work items per pair dispatched ahead of the others (the text query tiles'). */
   #leadItems = 0;
-  #invLen?: GPUBuffer;
   #dummy!: GPUBuffer;
   readonly #ready: Promise<void>;
   readonly #onDispose: (op: WebGpuOp) => void;
@@ -317,21 +247,6 @@ export class WebGpuOp implements DraftKernelOp {
     let items: Uint32Array;
     if (plan) {
       items = new Uint32Array(workItems(plan, this.config.br).buffer);
-      this.#order = this.#buffer("order", plan.tokens * 4, STORE, plan.order);
-      const tt = new Uint32Array(2 * tiles);
-      for (let t = 0; t < tiles; t++) {
-        tt[2 * t] = plan.tileStart[t];
-        tt[2 * t + 1] = plan.tileLen[t];
-      }
-      this.#tiles = this.#buffer("tiles", tt.byteLength, STORE, tt);
-      // f32(1 / len), correctly rounded (double rounding is exact for a quotient).
-      const inv = Float32Array.from(plan.tileLen.subarray(0, g), (len) => 1 / len);
-      this.#invLen = this.#buffer("inv_len", inv.byteLength, STORE, inv);
-      this.#pool = poolKernel(ctx, D, spec.dtype);
-      this.#map = mapKernel(ctx, D);
-      this.#hist = histKernel(ctx);
-      this.#pick = pickKernel(ctx);
-      this.#lists = listsKernel(ctx);
       const most = Math.max(...pieces.map((p) => p.nbh));
       const mc = (spec as DraftSpec).mask;
       const draftMap = mc.estimator !== "sampled";
@@ -345,7 +260,7 @@ export class WebGpuOp implements DraftKernelOp {
         (label, size, usage, data) => this.#buffer(label, size, usage, data),
         pairs,
       );
-      this.#scratch = this.#makeScratch(pairs, plan);
+      this.#stage.makeScratch(pairs);
     } else {
       // Dense: queries in runs of BR rows; order, tiles and lists are not read.
       const n = Math.ceil(spec.tokens / this.config.br);
@@ -354,8 +269,6 @@ export class WebGpuOp implements DraftKernelOp {
         items[3 * i + 1] = i * this.config.br;
         items[3 * i + 2] = Math.min(this.config.br, spec.tokens - i * this.config.br);
       }
-      this.#order = this.#dummy;
-      this.#tiles = this.#dummy;
     }
     this.#itemCount = items.length / 3;
     // Text query tiles (g.., last in the table, whose items are in tile order) go first.
@@ -381,7 +294,7 @@ export class WebGpuOp implements DraftKernelOp {
         U.UNIFORM | U.COPY_DST,
       );
       const state: PieceState = { piece, flashParams };
-      if (plan) state.draft = this.#draftPiece(piece, plan);
+      if (plan) state.draft = this.#stage!.piece(piece.nbh);
       this.#pieces.push(state);
     }
   }
@@ -413,130 +326,6 @@ export class WebGpuOp implements DraftKernelOp {
     return b;
   }
 
-  #uniform(layout: typeof FLASH_PARAMS, values: Record<string, number>): GPUBuffer {
-    const bytes = packParams(layout, values);
-    return this.#buffer(
-      "params",
-      bytes.byteLength,
-      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-      new Uint8Array(bytes),
-    );
-  }
-
-  /** The draft scratch for groups of up to `pairs` pairs. */
-  #makeScratch(pairs: number, plan: Plan): Scratch {
-    const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    const { g } = plan;
-    const D = this.spec.headDim;
-    const stage = this.#stage!;
-    const scratch: Scratch = { pairs, p: this.#buffer("p", pairs * g * g * 4, STORE) };
-    if (stage.usesDraftMap) {
-      scratch.qd = this.#buffer("qd", pairs * g * D * 4, STORE);
-      scratch.kd = this.#buffer("kd", pairs * g * D * 4, STORE);
-    }
-    if (stage.usesPercentile) {
-      scratch.hist = this.#buffer("hist", pairs * 256 * 4, STORE);
-      scratch.state = this.#buffer("state", pairs * 8, STORE);
-    } else if (stage.usesTokens) {
-      scratch.state = this.#buffer("state", pairs * 8, STORE);
-    }
-    return scratch;
-  }
-
-  /** Bind groups of the scratch-only kernels (map, histogram, pick) for `n` pairs. */
-  #localGroups(n: number, plan: Plan): ScratchGroups {
-    let local = this.#scratchGroups.get(n);
-    if (local) return local;
-    const spec = this.spec as DraftSpec;
-    const { g } = plan;
-    const { qd, kd, p, hist, state } = this.#scratch!;
-    const chunks = Math.ceil((g * g) / HIST_CHUNK);
-    local = { hist: [], pick: [] };
-    if (qd && kd) {
-      const params = this.#uniform(MAP_PARAMS, {
-        nbh: n,
-        g,
-        row_blocks: Math.ceil(g / MAP_ROWS),
-        scale: spec.scale,
-      });
-      local.map = this.#map!.bind({ params, qd, kd, p });
-    }
-    if (hist && state) {
-      local.hist = SHIFTS.map((shift) =>
-        this.#hist!.bind({
-          params: this.#uniform(HIST_PARAMS, { nbh: n, n: g * g, chunks, shift }),
-          p,
-          state,
-          hist,
-        })
-      );
-      local.pick = SHIFTS.map((shift) =>
-        this.#pick!.bind({
-          params: this.#uniform(PICK_PARAMS, { nbh: n, shift, keep: spec.mask.keep }),
-          hist,
-          state,
-        })
-      );
-    }
-    this.#scratchGroups.set(n, local);
-    return local;
-  }
-
-  #draftPiece(piece: Piece, plan: Plan): DraftPiece {
-    const U = GPUBufferUsage;
-    const STORE = U.STORAGE | U.COPY_DST | U.COPY_SRC;
-    const { g, tiles } = plan;
-    const nbh = piece.nbh;
-    // Text query rows never change: every tile, written once here.
-    const counts0 = new Uint32Array(nbh * tiles);
-    for (let x = 0; x < nbh; x++) counts0.fill(tiles, x * tiles + g, (x + 1) * tiles);
-    const counts = this.#buffer("counts", counts0.byteLength, STORE, counts0);
-    const lists = this.#buffer("lists", nbh * tiles * tiles * 4, STORE);
-    if (tiles > g) {
-      const all = Uint32Array.from({ length: tiles }, (_, j) => j);
-      for (let x = 0; x < nbh; x++) {
-        for (let i = g; i < tiles; i++) {
-          this.#ctx.device.queue.writeBuffer(lists, ((x * tiles + i) * tiles) * 4, all);
-        }
-      }
-    }
-    const scratch = this.#scratch!;
-    const stage = this.#stage!;
-    const groups: MaskGroup[] = [];
-    for (let pair0 = 0; pair0 < nbh; pair0 += scratch.pairs) {
-      const n = Math.min(scratch.pairs, nbh - pair0);
-      const group: MaskGroup = {
-        pair0,
-        n,
-        local: this.#localGroups(n, plan),
-        stage: stage.group(pair0, n, {
-          p: scratch.p,
-          counts,
-          lists,
-          state: scratch.state,
-          tiles: this.#tiles,
-        }),
-      };
-      if (scratch.state && stage.usesPercentile) {
-        const params = this.#uniform(LISTS_PARAMS, { nbh: n, g, tiles, pair0 });
-        group.listsGroup = this.#lists!.bind({
-          params,
-          p: scratch.p,
-          state: scratch.state,
-          counts,
-          lists,
-        });
-      }
-      if (scratch.qd) {
-        const bytes = paramsBytes(POOL_PARAMS);
-        group.poolQParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
-        group.poolKParams = this.#buffer("pool params", bytes, U.UNIFORM | U.COPY_DST);
-      }
-      groups.push(group);
-    }
-    return { counts, lists, groups };
-  }
-
   /**
    * Bytes of the GPU buffers the op holds beyond the caller's q, k, v and out: token order,
    * tile table and work items, params, draft scratch, counts and block lists (the exact sizes
@@ -550,7 +339,7 @@ export class WebGpuOp implements DraftKernelOp {
 
   /** Pairs in the largest mask group (0 for a dense op). */
   get maskGroupPairs(): number {
-    return this.#scratch?.pairs ?? 0;
+    return this.#stage?.groupPairs ?? 0;
   }
 
   /** Pieces the op is split into (one unless a tensor exceeds a binding). */
@@ -882,27 +671,7 @@ export class WebGpuOp implements DraftKernelOp {
         lists: d?.lists ?? this.#dummy,
       }),
     };
-    const scratch = this.#scratch;
-    if (d && scratch) {
-      const common = { order: this.#order, tiles: this.#tiles, inv_len: this.#invLen! };
-      const { qd, kd } = scratch;
-      if (qd && kd) {
-        groups.poolQ = d.groups.map((mg) =>
-          this.#pool!.bind({ params: mg.poolQParams!, x: t.q, ...common, pooled: qd })
-        );
-        groups.poolK = d.groups.map((mg) =>
-          this.#pool!.bind({ params: mg.poolKParams!, x: t.k, ...common, pooled: kd })
-        );
-      }
-      groups.sampled = d.groups.map((mg) =>
-        this.#stage!.ioGroup(mg.stage, {
-          q: t.q,
-          k: t.k,
-          order: this.#order,
-          tiles: this.#tiles,
-        })
-      );
-    }
+    if (d) groups.mask = this.#stage!.bindIo(d, { q: t.q, k: t.k });
     return groups;
   }
 
@@ -954,8 +723,7 @@ export class WebGpuOp implements DraftKernelOp {
         }),
       );
       const d = due ? ps.draft : undefined;
-      const scratch = this.#scratch;
-      if (d && plan && scratch) {
+      if (d && plan) {
         const pool = {
           heads_per_row: headsPerRow,
           g: plan.g,
@@ -963,17 +731,7 @@ export class WebGpuOp implements DraftKernelOp {
           s_t: sT / 4,
           s_h: sH / 4,
         };
-        for (const mg of d.groups) {
-          const at = { ...pool, nbh: mg.n, pair0: mg.pair0 };
-          if (mg.poolQParams && mg.poolKParams) {
-            queue.writeBuffer(mg.poolQParams, 0, packParams(POOL_PARAMS, { ...at, base: base.q }));
-            queue.writeBuffer(mg.poolKParams, 0, packParams(POOL_PARAMS, { ...at, base: base.k }));
-          }
-          stage!.writeParams(mg.stage, { ...pool, base_q: base.q, base_k: base.k });
-        }
-        // The pick passes leave the histogram of their pairs cleared for the next group; it
-        // starts cleared whatever an earlier (failed) run left.
-        if (scratch.hist) enc.clearBuffer(scratch.hist);
+        stage!.writeRun(enc, d, pool, base);
       }
       // The pass of a stage: the piece's one pass, or (profiling) a timed pass per stage.
       let open: GPUComputePassEncoder | undefined;
@@ -987,34 +745,7 @@ export class WebGpuOp implements DraftKernelOp {
         }
         return open;
       };
-      if (d && plan) {
-        const g = plan.g;
-        const io = groups[i];
-        // Group by group: the scratch holds one group's maps at a time.
-        d.groups.forEach((mg, j) => {
-          const n = mg.n;
-          if (io.poolQ && io.poolK && mg.local.map) {
-            const poolGroups = Math.ceil((n * g * (spec.headDim / 4)) / POOL_WG);
-            this.#pool!.dispatch(pass("pool"), io.poolQ[j], poolGroups);
-            this.#pool!.dispatch(pass("pool"), io.poolK[j], poolGroups);
-            this.#map!.dispatch(pass("map"), mg.local.map, n * Math.ceil(g / MAP_ROWS));
-          }
-          const sampled = io.sampled?.[j];
-          if (sampled) stage!.dispatchEstimate(pass("map"), sampled, n);
-          if (mg.listsGroup) {
-            const chunks = Math.ceil((g * g) / HIST_CHUNK);
-            if (stage!.usesTokens) stage!.dispatchTokens(pass("select"), mg.stage);
-            for (let s = 0; s < SHIFTS.length && !stage!.usesTokens; s++) {
-              this.#hist!.dispatch(pass("select"), mg.local.hist[s], n * chunks);
-              this.#pick!.dispatch(pass("select"), mg.local.pick[s], n);
-            }
-            this.#lists!.dispatch(pass("lists"), mg.listsGroup, n * g);
-          } else {
-            stage!.dispatchTokens(pass("select"), mg.stage);
-            stage!.dispatchSelect(pass("select"), mg.stage);
-          }
-        });
-      }
+      if (d && plan) stage!.record(pass, d, groups[i].mask!);
       this.#flash.dispatch(pass("attention"), groups[i].flash, this.#itemCount * nbh);
       open!.end();
       if (readback) {
