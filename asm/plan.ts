@@ -123,7 +123,15 @@ export function kthLargestBits(p: usize, n: u32, keep: u32): u32 {
  * Returns the number of kept entries.
  */
 export function selectMask(p: usize, g: i32, keep: i32, mask: usize): i32 {
-  const t = kthLargestBits(p, <u32>g * <u32>g, <u32>keep);
+  return maskAtThreshold(p, g, kthLargestBits(p, <u32>g * <u32>g, <u32>keep), mask);
+}
+
+/**
+ * `mask[i*g+j] = 1` where the bits of P[i][j] are >= t or P[i][j] is the largest entry of row i
+ * (every row keeps its maximum): the mask of a threshold, for every whole-map policy. Returns
+ * the number of kept entries.
+ */
+export function maskAtThreshold(p: usize, g: i32, t: u32, mask: usize): i32 {
   let kept = 0;
   for (let i = 0; i < g; i++) {
     const row = p + ((<usize>i * <usize>g) << 2);

@@ -4,7 +4,7 @@
 // wgsl/estimate_sampled.wgsl compute the same things on the GPU; the selection here is the exact
 // reference the GPU mask must equal. Definitions: src/selection.ts.
 
-import { kthLargestBits } from "./plan";
+import { kthLargestBits, maskAtThreshold } from "./plan";
 
 /** Fixed-point scale of the quantised masses of rowMass: w(P) = floor(min(P, 1) * 2^22). */
 @inline const MASS_SCALE: f32 = 4194304.0;
@@ -144,21 +144,7 @@ export function tokenThresholdBits(p: usize, g: i32, len: usize, budget: f64): u
  * Returns the number of kept entries.
  */
 export function selectMaskTokens(p: usize, g: i32, len: usize, budget: f64, mask: usize): i32 {
-  const t = tokenThresholdBits(p, g, len, budget);
-  let kept = 0;
-  for (let i = 0; i < g; i++) {
-    const row = p + ((<usize>i * <usize>g) << 2);
-    let rowMax: u32 = 0;
-    for (let j = 0; j < g; j++) rowMax = max(rowMax, load<u32>(row + (<usize>j << 2)));
-    const out = mask + <usize>i * <usize>g;
-    for (let j = 0; j < g; j++) {
-      const x = load<u32>(row + (<usize>j << 2));
-      const on = x >= t || x == rowMax;
-      store<u8>(out + <usize>j, <u8>on);
-      kept += <i32>on;
-    }
-  }
-  return kept;
+  return maskAtThreshold(p, g, tokenThresholdBits(p, g, len, budget), mask);
 }
 
 /**
