@@ -11,13 +11,17 @@
  * Prints per variant the mask's share of the sparse attention per computing run and amortised
  * over `--mask-every` runs (default 10). Inputs are seeded random values (timing only; the
  * quality of each variant is bench/quality.ts's). `--shape wan-480p|hunyuan-768p|cpu-8k`,
- * `--variants` as bench/quality.ts (`policy/estimator[/samples][/tokens]`).
+ * `--variants` as bench/quality.ts (`policy/estimator[/samples][/tokens]`). On WebGPU,
+ * `--kernel rows` runs the sampled map with the per-key kernel (wgsl/estimate_sampled.wgsl) where
+ * the tiled one (wgsl/estimate_tiled.wgsl) would run, for side-by-side numbers; `--tile
+ * tm4,tn,cg,rg[,f32|f32q|f32k]` overrides the tiled kernel's register tile (`SAMPLED_TUNING.shape`).
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
 import { buildPlan } from "../src/plan.ts";
 import type { DraftAttentionOptions, DraftSpec, DType, TensorArray } from "../src/types.ts";
 import { GpuContext } from "../src/webgpu/context.ts";
+import { SAMPLED_TUNING } from "../src/webgpu/mask.ts";
 import { type StageTimes, WebGpuOp } from "../src/webgpu/op.ts";
 
 const { values: args } = parseArgs({
@@ -35,8 +39,32 @@ const { values: args } = parseArgs({
     reps: { type: "string", default: "7" },
     threads: { type: "string", default: "" },
     dtype: { type: "string", default: "" },
+    kernel: { type: "string", default: "auto" },
+    tile: { type: "string", default: "" },
   },
 });
+
+if (args.kernel !== "auto" && args.kernel !== "rows") {
+  console.error(`--kernel must be auto or rows, got ${args.kernel}`);
+  Deno.exit(2);
+}
+SAMPLED_TUNING.tiled = args.kernel === "auto";
+if (args.tile) {
+  const [tm4, tn, cg, rg, f] = args.tile.split(",");
+  const ok = ["f32", "f32q", "f32k", undefined];
+  if (![tm4, tn, cg, rg].every((x) => /^\d+$/.test(x)) || !ok.includes(f)) {
+    console.error(`--tile must be tm4,tn,cg,rg[,f32|f32q|f32k], got ${args.tile}`);
+    Deno.exit(2);
+  }
+  SAMPLED_TUNING.shape = {
+    tm4: Number(tm4),
+    tn: Number(tn),
+    cg: Number(cg),
+    rg: Number(rg),
+    ...(f === "f32" || f === "f32q" ? { f16q: false } : {}),
+    ...(f === "f32" || f === "f32k" ? { f16k: false } : {}),
+  };
+}
 
 const SHAPES: Record<string, Partial<DraftAttentionOptions>> = {
   "wan-480p": { model: "wan2.1-t2v-1.3b-480p" },
@@ -108,10 +136,11 @@ for (const sparsity of args.sparsity.split(",").map(Number)) {
   for (const name of args.variants.split(",")) {
     const opts = { ...SHAPES[shapeName], dtype, sparsity, ...variant(name) };
     let mask: number, attention: number;
-    let stages = "";
+    let stages = "", kernel = "";
     if (gpu) {
       const spec: DraftSpec = rt.draftAttention(opts).spec as DraftSpec;
       const op = new WebGpuOp(new GpuContext(rt.device!), spec, buildPlan(spec), () => {});
+      kernel = op.estimatorKernel ? ` [${op.estimatorKernel}]` : "";
       await op.runBuffers(bufs!);
       const runs: StageTimes[] = [];
       for (let i = 0; i < 3; i++) {
@@ -149,7 +178,7 @@ for (const sparsity of args.sparsity.split(",").map(Number)) {
     console.log(
       [
         sparsity.toFixed(2),
-        name.padEnd(28),
+        (name + kernel).padEnd(36),
         `mask ${mask.toFixed(2)} ms`,
         `attention ${attention.toFixed(2)} ms`,
         `share ${(100 * mask / attention).toFixed(1)}%`,

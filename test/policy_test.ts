@@ -35,6 +35,7 @@ import {
   ROW_PARAMS,
   rowKernel,
   SAMPLED_TUNING,
+  tiledShape,
   TOKENS_PARAMS,
   tokensKernel,
 } from "../src/webgpu/mask.ts";
@@ -860,18 +861,25 @@ for (const c of OP_CASES) {
     test(label, BACKENDS, async () => {
       const prep = prepare(c, combo);
       const g = prep.ord.g;
-      // WebGPU twice for the sampled estimators: its default grouping (one query tile per
-      // workgroup on problems this small) and the widest (several tiles per workgroup).
-      const runs: [Name, number][] = [["wasm", 0], ["webgpu", DEFAULT_MIN_WORKGROUPS]];
-      if (combo.estimator !== "draft") runs.push(["webgpu", 0]);
-      for (const [name, minWorkgroups] of runs) {
+      // WebGPU three times for the sampled estimators: the tiled kernel (where the device has
+      // subgroups) split for its default workgroup count (many key and tile ranges on problems
+      // this small) and unsplit, then the per-key kernel at its widest grouping (several tiles
+      // per workgroup).
+      const runs: [Name, number, boolean][] = [
+        ["wasm", 0, true],
+        ["webgpu", DEFAULT_MIN_WORKGROUPS, true],
+      ];
+      if (combo.estimator !== "draft") runs.push(["webgpu", 0, true], ["webgpu", 0, false]);
+      for (const [name, minWorkgroups, tiled] of runs) {
         SAMPLED_TUNING.minWorkgroups = minWorkgroups;
+        SAMPLED_TUNING.tiled = tiled;
         const op = runtimes.get(name)!.draftAttention(draftOptions(c, combo));
         try {
           const out = await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
           const m = await op.lastMask();
-          const what = `${name}${name === "webgpu" ? ` minWorkgroups ${minWorkgroups}` : ""} ` +
-            `(seed ${prep.seed}, ${prep.skipped} skipped for near-ties)`;
+          const what = `${name}${
+            name === "webgpu" ? ` minWorkgroups ${minWorkgroups}${tiled ? "" : " per-key"}` : ""
+          } (seed ${prep.seed}, ${prep.skipped} skipped for near-ties)`;
           let diff = 0;
           for (let e = 0; e < m.mask.length; e++) diff += m.mask[e] === prep.sel.mask[e] ? 0 : 1;
           assert.equal(diff, 0, `${what}: ${diff} of ${m.mask.length} mask entries differ`);
@@ -886,11 +894,52 @@ for (const c of OP_CASES) {
         } finally {
           op.dispose();
           SAMPLED_TUNING.minWorkgroups = DEFAULT_MIN_WORKGROUPS;
+          SAMPLED_TUNING.tiled = true;
         }
       }
     });
   }
 }
+
+// The tiled estimator must be what runs on a device with subgroups (llvmpipe and NVIDIA have
+// them), not a silent fallback. At headDim 256 with 16 samples (16 sample slots, 16 rows per
+// thread) a narrow tile (`SAMPLED_TUNING.shape`) fits llvmpipe's 32 KiB with its subgroups of 8;
+// with subgroups of 32 no f32 tile fits 48 KiB, and the per-key kernel must run instead.
+test("the tiled estimator runs where the device has subgroups, and matches wasm", [
+  "wasm",
+  "webgpu",
+], async () => {
+  const device = runtimes.get("webgpu")!.device!;
+  const ctx = new GpuContext(device);
+  assert.ok(ctx.subgroupSize > 0, `this adapter reports no single subgroup size`);
+  for (const [c, shape] of [[OP_CASES[0], undefined], [OP_CASES[2], { tn: 1 }]] as const) {
+    for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
+      const prep = prepare(c, combo);
+      const spec = resolveDraft(draftOptions(c, combo));
+      SAMPLED_TUNING.shape = shape;
+      const fits = tiledShape(
+        {
+          subgroupSize: ctx.subgroupSize,
+          limits: ctx.limits,
+          f16: spec.dtype === "f16" && device.features.has("shader-f16"),
+        },
+        spec.headDim,
+        spec.mask.samples,
+      );
+      const op = new WebGpuOp(ctx, spec, buildPlan(spec), () => {});
+      try {
+        const what = `${c.name}, ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
+        if (c === OP_CASES[0] || ctx.subgroupSize === 8) assert.ok(fits, what);
+        assert.equal(op.estimatorKernel, fits ? "tiled" : "rows", what);
+        await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
+        assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
+      } finally {
+        op.dispose();
+        SAMPLED_TUNING.shape = undefined;
+      }
+    }
+  }
+});
 
 test("WebGPU default limits (16 KiB workgroup memory): every combination, wasm's masks", [
   "wasm",

@@ -113,7 +113,13 @@ export function tokensKernel(ctx: GpuContext): Kernel {
  * workgroup share each key read, but fewer workgroups can leave a large GPU idle). Tests set 0
  * to force the widest grouping on small problems.
  */
-export const SAMPLED_TUNING: { minWorkgroups: number } = { minWorkgroups: 1024 };
+export const SAMPLED_TUNING: {
+  minWorkgroups: number;
+  /** false: the per-key kernel (wgsl/estimate_sampled.wgsl) even where the tiled one runs. */
+  tiled: boolean;
+  /** Tile overrides of {@linkcode tiledShape} (benchmarks). */
+  shape?: Partial<TiledShape>;
+} = { minWorkgroups: 1024, tiled: true };
 
 /**
  * How the estimator groups its sample rows: `sg` samples of each of `qt` query tiles per
@@ -168,6 +174,156 @@ export function sampledKernel(
     ],
     constants: { D: headDim, WG: SAMPLED_WG },
   });
+}
+
+/** Mirror of `Params` in wgsl/estimate_tiled.wgsl. */
+export const TILED_PARAMS: ParamLayout = [
+  ...SAMPLED_PARAMS,
+  ["blocks", "u32"],
+  ["splits_a", "u32"],
+  ["span_a", "u32"],
+  ["splits_b", "u32"],
+  ["span_b", "u32"],
+];
+
+/**
+ * Register tile of wgsl/estimate_tiled.wgsl: `4 * tm4` sample rows x `tn` keys per thread,
+ * `rg x cg` threads (a row group = `cg` lanes of one subgroup), `sp` sample slots per tile,
+ * Q^T (`f16q`) and the K chunk (`f16k`) in f16 workgroup memory or f32.
+ */
+export interface TiledShape {
+  tm4: number;
+  tn: number;
+  cg: number;
+  rg: number;
+  sp: number;
+  f16q: boolean;
+  f16k: boolean;
+}
+
+/**
+ * The tiled estimator's tile for a device, or undefined where it cannot run (no `subgroups` of
+ * one power-of-two size, or tiles that do not fit the workgroup memory; the op then uses
+ * wgsl/estimate_sampled.wgsl). Sample slots per tile: the sample count rounded up to a power of
+ * two; a thread holds whole tiles' rows (4 * tm4 >= slots). `SAMPLED_TUNING.shape` overrides the
+ * tile (benchmarks), `SAMPLED_TUNING.tiled = false` turns the kernel off (tests).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tiledShape } from "./mask.ts";
+ * const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
+ * const s = tiledShape({ subgroupSize: 32, limits, f16: true }, 128, 2)!;
+ * assert.equal(JSON.stringify(s), '{"tm4":1,"tn":4,"cg":8,"rg":32,"sp":2,"f16q":true,"f16k":true}');
+ * assert.equal(tiledShape({ subgroupSize: 0, limits, f16: true }, 128, 2), undefined);
+ * ```
+ */
+export function tiledShape(
+  dev: {
+    subgroupSize: number;
+    limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number };
+    /** f16 inputs on a `shader-f16` device. */
+    f16: boolean;
+  },
+  headDim: number,
+  samples: number,
+): TiledShape | undefined {
+  const sg = dev.subgroupSize;
+  if (!SAMPLED_TUNING.tiled || sg < 4 || (sg & (sg - 1)) !== 0 || headDim % 4 !== 0) {
+    return undefined;
+  }
+  let sp = 1;
+  while (sp < samples) sp *= 2;
+  const want = SAMPLED_TUNING.shape;
+  const cg = Math.min(want?.cg ?? 8, sg);
+  const tn = want?.tn ?? Math.max(1, 32 / cg);
+  const tm4 = Math.max(want?.tm4 ?? 1, sp / 4);
+  const f16q = dev.f16 && (want?.f16q ?? true);
+  const f16k = dev.f16 && (want?.f16k ?? true);
+  const d4 = headDim / 4;
+  for (const rg of want?.rg ? [want.rg] : [32, 16, 8, 4, 2, 1]) {
+    const nt = rg * cg;
+    const bytes = headDim * tm4 * rg * (f16q ? 8 : 16) + tn * cg * (d4 + 1) * (f16k ? 8 : 16);
+    if (
+      nt % sg === 0 && nt <= Math.min(256, dev.limits.maxComputeInvocationsPerWorkgroup) &&
+      bytes <= dev.limits.maxComputeWorkgroupStorageSize
+    ) {
+      return { tm4, tn, cg, rg, sp, f16q, f16k };
+    }
+  }
+  return undefined;
+}
+
+/** Pass A and pass B of wgsl/estimate_tiled.wgsl for one head dim, dtype and tile. */
+export function tiledKernels(
+  ctx: GpuContext,
+  headDim: number,
+  dtype: DType,
+  s: TiledShape,
+): { a: Kernel; b: Kernel } {
+  const make = (pass: number) =>
+    ctx.kernel({
+      key: `estimate_tiled:${pass ? "b" : "a"}:d${headDim}:${dtype}:` +
+        `${s.tm4}x${s.tn}:${s.rg}x${s.cg}:sp${s.sp}${s.f16q ? ":f16q" : ""}${
+          s.f16k ? ":f16k" : ""
+        }`,
+      code: specialize("estimate_tiled", {
+        storage: dtype,
+        consts: {
+          TM4: s.tm4,
+          TN: s.tn,
+          SP: s.sp,
+          PASS_B: pass,
+          F16_Q: s.f16q ? 1 : 0,
+          F16_K: s.f16k ? 1 : 0,
+          ENABLE_F16: s.f16q || s.f16k ? 1 : 0,
+          UD: headDim % 16 === 0 ? 4 : headDim % 8 === 0 ? 2 : 1,
+        },
+      }),
+      bindings: [
+        ["params", "uniform"],
+        ["q", "read"],
+        ["k", "read"],
+        ["order", "read"],
+        ["tiles", "read"],
+        ["samples", "read"],
+        ["coef", "read"],
+        ["stat", "storage"],
+        ["p", "storage"],
+      ],
+      constants: { D: headDim, RG: s.rg, CG: s.cg },
+    });
+  return { a: make(0), b: make(1) };
+}
+
+/**
+ * How the tiled estimator splits a group of `n` pairs: row blocks per pair, and pass A's key
+ * ranges and pass B's tile ranges, as many as make `SAMPLED_TUNING.minWorkgroups` workgroups
+ * per pass (at least one chunk of keys / one tile each; pass A's statistics within
+ * `maxStatBytes`).
+ */
+export function tiledSplits(
+  s: TiledShape,
+  plan: { g: number; tokens: number },
+  n: number,
+  maxStatBytes: number,
+): { blocks: number; splitsA: number; spanA: number; splitsB: number; spanB: number } {
+  const rt = 4 * s.tm4 * s.rg;
+  const blocks = Math.ceil((plan.g * s.sp) / rt);
+  const want = Math.max(1, Math.ceil(SAMPLED_TUNING.minWorkgroups / (n * blocks)));
+  const bc = s.tn * s.cg;
+  const chunks = Math.ceil(plan.tokens / bc);
+  // Pass A's (m, l) per row and split must fit one binding.
+  const fit = Math.max(1, Math.floor(maxStatBytes / (n * blocks * rt * 8)));
+  const spanA = Math.ceil(chunks / Math.min(want, chunks, fit)) * bc;
+  const spanB = Math.ceil(plan.g / Math.min(want, plan.g));
+  return {
+    blocks,
+    splitsA: Math.ceil(plan.tokens / spanA),
+    spanA,
+    splitsB: Math.ceil(plan.g / spanB),
+    spanB,
+  };
 }
 
 /** Makes a buffer owned by the op (destroyed with it). */
@@ -226,6 +382,8 @@ export class GpuMaskStage extends MaskSchedule {
   #coef?: GPUBuffer;
   /** Query tiles per workgroup of the estimator. */
   #qt = 1;
+  /** The tiled estimator (wgsl/estimate_tiled.wgsl) where it runs, in place of #sampled. */
+  #tiled?: { a: Kernel; b: Kernel; shape: TiledShape; stat: GPUBuffer };
 
   /**
    * @param groupPairs Pairs in the op's largest mask group (sizes the estimator's grouping for
@@ -253,9 +411,31 @@ export class GpuMaskStage extends MaskSchedule {
       const STORE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
       this.#samples = buffer("samples", t.table.byteLength, STORE, t.table);
       this.#coef = buffer("sample coefficients", t.coef.byteLength, STORE, t.coef);
-      const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
-      this.#qt = group.qt;
-      this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
+      const shape = tiledShape(
+        {
+          subgroupSize: ctx.subgroupSize,
+          limits: ctx.limits,
+          f16: spec.dtype === "f16" && ctx.device.features.has("shader-f16"),
+        },
+        spec.headDim,
+        c.samples,
+      );
+      const maxStat = ctx.limits.maxStorageBufferBindingSize;
+      const rows = (n: number, x = tiledSplits(shape!, plan, n, maxStat)) =>
+        n * x.blocks * 4 * shape!.tm4 * shape!.rg * x.splitsA;
+      if (
+        shape &&
+        rows(groupPairs, { ...tiledSplits(shape, plan, 1, maxStat), splitsA: 1 }) * 8 <= maxStat
+      ) {
+        let most = 0;
+        for (let n = 1; n <= groupPairs; n++) most = Math.max(most, rows(n));
+        const stat = buffer("sampled statistics", most * 8, GPUBufferUsage.STORAGE);
+        this.#tiled = { ...tiledKernels(ctx, spec.headDim, spec.dtype, shape), shape, stat };
+      } else {
+        const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
+        this.#qt = group.qt;
+        this.#sampled = sampledKernel(ctx, spec.headDim, spec.dtype, group);
+      }
     }
   }
 
@@ -338,10 +518,10 @@ export class GpuMaskStage extends MaskSchedule {
       );
       out.tokensGroup = this.#tokens.bind({ params, p: d.p, tiles: d.tiles, state: d.state });
     }
-    if (this.#sampled) {
+    if (this.#sampled || this.#tiled) {
       out.sampledParams = this.#buffer(
         "sampled params",
-        paramsBytes(SAMPLED_PARAMS),
+        paramsBytes(this.#tiled ? TILED_PARAMS : SAMPLED_PARAMS),
         U.UNIFORM | U.COPY_DST,
       );
     }
@@ -358,8 +538,7 @@ export class GpuMaskStage extends MaskSchedule {
       tiles: GPUBuffer;
     },
   ): GPUBindGroup | undefined {
-    if (!this.#sampled) return undefined;
-    return this.#sampled.bind({
+    const common = {
       params: sp.sampledParams!,
       q: t.q,
       k: t.k,
@@ -368,34 +547,71 @@ export class GpuMaskStage extends MaskSchedule {
       samples: this.#samples!,
       coef: this.#coef!,
       p: sp.p,
-    });
+    };
+    // Both passes have the same bindings (one layout shape), so one group serves both.
+    if (this.#tiled) return this.#tiled.a.bind({ ...common, stat: this.#tiled.stat });
+    return this.#sampled?.bind(common);
   }
 
   /** Writes the per-run params of a group (tensor bases depend on the caller's buffers). */
   writeParams(sp: StageGroup, a: PieceAddressing): void {
     if (!sp.sampledParams) return;
+    const values = {
+      ...a,
+      nbh: sp.n,
+      pair0: sp.pair0,
+      g: this.#plan.g,
+      tokens: this.#plan.tokens,
+      stride: this.#table!.samples + 1,
+      hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
+        (this.config.budget === "tokens" ? 2 : 0),
+      scale: this.#spec.scale,
+    };
+    const t = this.#tiled;
     this.#ctx.device.queue.writeBuffer(
       sp.sampledParams,
       0,
-      packParams(SAMPLED_PARAMS, {
-        ...a,
-        nbh: sp.n,
-        pair0: sp.pair0,
-        g: this.#plan.g,
-        tokens: this.#plan.tokens,
-        stride: this.#table!.samples + 1,
-        hybrid: (this.config.estimator === "hybrid" ? 1 : 0) |
-          (this.config.budget === "tokens" ? 2 : 0),
-        scale: this.#spec.scale,
-      }),
+      t
+        ? packParams(TILED_PARAMS, {
+          ...values,
+          ...this.#splits(sp.n),
+        })
+        : packParams(SAMPLED_PARAMS, values),
     );
   }
 
   /** Records the sampled estimator of `n` pairs (after the draft map, which "hybrid" mixes in). */
   dispatchEstimate(pass: GPUComputePassEncoder, group: GPUBindGroup | undefined, n: number) {
-    if (this.#sampled && group) {
+    const t = this.#tiled;
+    if (t && group) {
+      const x = this.#splits(n);
+      t.a.dispatch(pass, group, n * x.blocks * x.splits_a);
+      t.b.dispatch(pass, group, n * x.blocks * x.splits_b);
+    } else if (this.#sampled && group) {
       this.#sampled.dispatch(pass, group, n * Math.ceil(this.#plan.g / this.#qt));
     }
+  }
+
+  /** The tiled estimator's splits of a group of `n` pairs, as its params name them. */
+  #splits(n: number) {
+    const x = tiledSplits(
+      this.#tiled!.shape,
+      this.#plan,
+      n,
+      this.#ctx.limits.maxStorageBufferBindingSize,
+    );
+    return {
+      blocks: x.blocks,
+      splits_a: x.splitsA,
+      span_a: x.spanA,
+      splits_b: x.splitsB,
+      span_b: x.spanB,
+    };
+  }
+
+  /** Which sampled-map kernel the stage runs ("tiled", "rows") or none. */
+  get estimatorKernel(): "tiled" | "rows" | undefined {
+    return this.#tiled ? "tiled" : this.#sampled ? "rows" : undefined;
   }
 
   /** Records the token-budget threshold of a group (before select_lists). */

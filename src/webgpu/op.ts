@@ -342,6 +342,14 @@ export class WebGpuOp implements DraftKernelOp {
     return this.#stage?.groupPairs ?? 0;
   }
 
+  /**
+   * The sampled-map kernel of the op's estimator: "tiled" (wgsl/estimate_tiled.wgsl, devices
+   * with subgroups), "rows" (wgsl/estimate_sampled.wgsl), undefined for the draft estimator.
+   */
+  get estimatorKernel(): "tiled" | "rows" | undefined {
+    return this.#stage?.estimatorKernel;
+  }
+
   /** Pieces the op is split into (one unless a tensor exceeds a binding). */
   get pieceCount(): number {
     return this.#pieces.length;

@@ -1,0 +1,320 @@
+// Sampled block importance (src/selection.ts, estimators "sampled" and "hybrid") as two
+// register-tiled passes over blocks of sample rows, for devices with `subgroups`; the same map as
+// wgsl/estimate_sampled.wgsl (the kernel for devices without them, or without the workgroup
+// memory), by the flash kernels' structure instead of one thread per key.
+//
+// Sample rows: tile i of the plan has SP slots (SP = the sample count rounded up to a power of
+// two), slot s holding its s-th sampled query (window-order position from the host's table) where
+// s < n_i and a zero row otherwise; rows i*SP .. of a pair, cut into blocks of RT = 4*TM4*RG rows.
+// Workgroup = (pair, row block, split); threads form an RG x CG grid, thread (rg, cg) owning the
+// block's rows 4*TM4*rg .. (whole tiles: SP divides 4*TM4) and keys cg + CG*N, N < TN, of each
+// chunk of BC = TN*CG keys staged in workgroup memory; S as outer products of Q^T quads and key
+// scalars (wgsl/flash_tile.wgsl's layout), scores in the log2 domain, f32 arithmetic.
+//   Pass A (PASS_B = 0), split = a range of `span` raster keys (text included): each thread keeps
+//     an online (m, l) per row over its keys; at the end the CG lanes of a row group combine
+//     them by shuffle-xor butterflies, and lane 0 writes the split's (m, l) of each row to `stat`.
+//     No barrier but the chunk staging's.
+//   Pass B (PASS_B = 1), split = a range of `span` video tiles j: the rows' (M, Z) from every
+//     split's (m, l); per tile j (keys in window order), the sum over its keys of
+//     exp2(s - M) / Z per row, reduced over the row group by butterflies at the tile's end; lane
+//     0 sums the valid samples of each of its query tiles i and writes P[i][j] as
+//     wgsl/estimate_sampled.wgsl does (coefficients, density, the hybrid mix).
+// The WebAssembly backend computes the same map (asm/selection.ts `sampledMap`) in another order of
+// operations; the masks agree wherever the map has no near-tie at a threshold.
+
+// @if ENABLE_F16
+enable f16;
+// @endif
+
+// @include storage
+
+/** Mirrored by TILED_PARAMS in src/webgpu/mask.ts. */
+struct Params {
+  nbh: u32,
+  heads_per_row: u32,
+  g: u32,
+  tokens: u32,
+  s_b: u32,
+  s_t: u32,
+  s_h: u32,
+  base_q: u32,
+  base_k: u32,
+  /** Stride of the sample table: samples + 1. */
+  stride: u32,
+  /** Bit 0: mix with the draft map ("hybrid"); bit 1: density per key token (budget "tokens"). */
+  hybrid: u32,
+  scale: f32,
+  /** First pair of the group, relative to the piece. */
+  pair0: u32,
+  /** Row blocks per pair. */
+  blocks: u32,
+  /** Splits of pass A (key ranges); `stat` holds this many (m, l) per row. */
+  splits_a: u32,
+  /** Raster keys per pass-A split (a multiple of BC). */
+  span_a: u32,
+  /** Splits of pass B (tile ranges). */
+  splits_b: u32,
+  /** Tiles per pass-B split. */
+  span_b: u32,
+}
+
+// Placeholders (set by the host, see src/webgpu/mask.ts `tiledShape`).
+/** Row quads per thread (4*TM4 rows, a multiple of SP). */
+const TM4: u32 = 2u;
+/** Keys per thread and chunk. */
+const TN: u32 = 4u;
+/** Sample slots per tile (a power of two dividing 4*TM4). */
+const SP: u32 = 2u;
+/** 0: pass A (row statistics per key split); 1: pass B (mass per tile). */
+const PASS_B: u32 = 0u;
+/** 1: Q^T in f16 workgroup memory (f16 storage on a shader-f16 device; exact). */
+const F16_Q: u32 = 0u;
+/** 1: the K chunk in f16 workgroup memory (likewise). */
+const F16_K: u32 = 0u;
+/** 1: F16_Q or F16_K (the module enables f16). */
+const ENABLE_F16: u32 = 0u;
+/** Source unroll of the S loop over head-dim vec4 (divides D / 4). */
+const UD: u32 = 4u;
+
+// @if F16_Q
+alias QTile4 = vec4<f16>;
+// @else
+alias QTile4 = vec4<f32>;
+// @endif
+// @if F16_K
+alias KTile4 = vec4<f16>;
+// @else
+alias KTile4 = vec4<f32>;
+// @endif
+
+const NEG: f32 = -3.0e38;
+const LOG2E: f32 = 1.4426950408889634;
+
+override RG: u32 = 8u;
+override CG: u32 = 8u;
+override D: u32 = 128u;
+override NT: u32 = RG * CG;
+override BR4: u32 = TM4 * RG;
+override RT: u32 = 4u * BR4;
+override BC: u32 = TN * CG;
+override D4: u32 = D / 4u;
+override KSTR4: u32 = D4 + 1u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<Store4>;
+@group(0) @binding(2) var<storage, read> k: array<Store4>;
+@group(0) @binding(3) var<storage, read> order: array<u32>;
+@group(0) @binding(4) var<storage, read> tiles: array<vec2<u32>>;
+/** Per tile: n_i, then the window-order positions of its samples (`stride` u32 per tile). */
+@group(0) @binding(5) var<storage, read> samples: array<u32>;
+/** Per tile: (len_i / (maxLen * n_i), len_i / maxLen). */
+@group(0) @binding(6) var<storage, read> coef: array<vec2<f32>>;
+/** Per (pair of the group, row, pass-A split): (m, l) in the log2 domain. */
+@group(0) @binding(7) var<storage, read_write> stat: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read_write> p: array<f32>;
+
+/** Q^T of the row block: qt[d * BR4 + rq] = rows 4rq..4rq+3 at dim d. */
+var<workgroup> qt: array<QTile4, D * BR4>;
+/** The chunk's K rows (stride D4 + 1: conflict-free column reads). */
+var<workgroup> kv: array<KTile4, BC * KSTR4>;
+
+/** Samples of tile `i` (0 past the last tile). */
+fn count_of(i: u32) -> u32 {
+  if (i >= params.g) {
+    return 0u;
+  }
+  return samples[i * params.stride];
+}
+
+/** Max of `x` over the CG lanes of the caller's row group. */
+fn row_max(x: vec4<f32>) -> vec4<f32> {
+  var m = x;
+  for (var o = CG >> 1u; o > 0u; o >>= 1u) {
+    m = max(m, subgroupShuffleXor(m, o));
+  }
+  return m;
+}
+
+/** Sum of `x` over the CG lanes of the caller's row group. */
+fn row_sum(x: vec4<f32>) -> vec4<f32> {
+  var s = x;
+  for (var o = CG >> 1u; o > 0u; o >>= 1u) {
+    s += subgroupShuffleXor(s, o);
+  }
+  return s;
+}
+
+@compute @workgroup_size(NT)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let wg = wid.x + wid.y * nwg.x;
+  // @if PASS_B
+  let splits = params.splits_b;
+  // @else
+  let splits = params.splits_a;
+  // @endif
+  if (wg >= params.nbh * params.blocks * splits) {
+    return;
+  }
+  let split = wg % splits;
+  let blk = wg / splits; // bh * blocks + row block
+  let bh = blk / params.blocks;
+  let row0 = (blk % params.blocks) * RT;
+  let pair = params.pair0 + bh;
+  let head_off = (pair / params.heads_per_row) * params.s_b + (pair % params.heads_per_row) * params.s_h;
+  let rg = lid / CG;
+  let cg = lid % CG;
+  let scale2 = params.scale * LOG2E;
+
+  // Q^T of the block's rows (zero for absent samples and rows past the last tile).
+  for (var e = lid; e < RT * D4; e += NT) {
+    let r = e / D4;
+    let c4 = e % D4;
+    let i = (row0 + r) / SP;
+    let slot = (row0 + r) % SP;
+    var x = vec4<f32>(0.0);
+    if (slot < count_of(i)) {
+      let pos = samples[i * params.stride + 1u + slot];
+      x = load4(q[params.base_q + order[pos] * params.s_t + head_off + c4]);
+    }
+    let h = QTile4(x);
+    let at = (4u * c4) * BR4 + r / 4u;
+    qt[at][r % 4u] = h.x;
+    qt[at + BR4][r % 4u] = h.y;
+    qt[at + 2u * BR4][r % 4u] = h.z;
+    qt[at + 3u * BR4][r % 4u] = h.w;
+  }
+
+  // @unroll R TM4
+  let rq_R = rg * TM4 + R;
+  // @end
+  // @unroll N TN
+  let key_N = cg + CG * N;
+  // @end
+
+  // @if PASS_B
+  // The rows' M and 1 / Z from the splits' (m, l); 1 / Z = 0 for absent rows, whose mass is
+  // then 0.
+  // @unroll R TM4
+  var m_R = vec4<f32>(NEG);
+  var iz_R = vec4<f32>(0.0);
+  // @end
+  // @unroll R TM4
+  for (var c = 0u; c < 4u; c++) {
+    let row = row0 + 4u * rq_R + c;
+    let sb = (bh * params.blocks * RT + row) * params.splits_a;
+    var mm = NEG;
+    for (var s = 0u; s < params.splits_a; s++) {
+      mm = max(mm, stat[sb + s].x);
+    }
+    var z = 0.0;
+    for (var s = 0u; s < params.splits_a; s++) {
+      let ml = stat[sb + s];
+      z += ml.y * exp2(ml.x - mm);
+    }
+    m_R[c] = mm;
+    let valid = (row % SP) < count_of(row / SP);
+    iz_R[c] = select(0.0, 1.0 / z, valid && z > 0.0);
+  }
+  // @end
+  let j_end = min(params.g, (split + 1u) * params.span_b);
+  for (var j = split * params.span_b; j < j_end; j++) {
+    let t = tiles[j];
+    // @unroll R TM4
+    var ps_R = vec4<f32>(0.0);
+    // @end
+    for (var e0 = 0u; e0 < t.y; e0 += BC) {
+      let kc = min(BC, t.y - e0);
+      workgroupBarrier(); // the previous chunk's K (and, first, nothing) consumed; Q^T staged
+      for (var e = lid; e < BC * D4; e += NT) {
+        let key = e / D4;
+        var x = vec4<f32>(0.0);
+        if (key < kc) {
+          x = load4(k[params.base_k + order[t.x + e0 + key] * params.s_t + head_off + e % D4]);
+        }
+        kv[key * KSTR4 + e % D4] = KTile4(x);
+      }
+      workgroupBarrier(); // K staged
+      // @include estimate_tiled_s
+      // @unroll R TM4
+      // @unroll N TN
+      ps_R += select(vec4<f32>(0.0), exp2(s_R_N * scale2 - m_R), key_N < kc);
+      // @end
+      // @end
+    }
+    // Per row: the tile's mass; per query tile of the thread: the sum over its samples.
+    var acc = array<f32, 4u * TM4>();
+    // @unroll R TM4
+    {
+      let mass = row_sum(ps_R) * iz_R;
+      for (var c = 0u; c < 4u; c++) {
+        acc[(4u * R + c) / SP] += mass[c];
+      }
+    }
+    // @end
+    if (cg == 0u) {
+      for (var u = 0u; u < 4u * TM4 / SP; u++) {
+        let i = (row0 + 4u * TM4 * rg) / SP + u;
+        if (count_of(i) > 0u) {
+          let cf = coef[i];
+          // Density (budget "tokens", bit 1 of `hybrid`): mass per key token of tile j.
+          let est = select(cf.x * acc[u], cf.x * acc[u] * (1.0 / f32(t.y)), (params.hybrid & 2u) != 0u);
+          let at = (bh * params.g + i) * params.g + j;
+          p[at] = select(est, 0.5 * (cf.y * p[at] + est), (params.hybrid & 1u) != 0u);
+        }
+      }
+    }
+  }
+  // @else
+  // @unroll R TM4
+  var m_R = vec4<f32>(NEG);
+  var l_R = vec4<f32>(0.0);
+  // @end
+  let k_end = min(params.tokens, (split + 1u) * params.span_a);
+  for (var e0 = split * params.span_a; e0 < k_end; e0 += BC) {
+    let kc = min(BC, k_end - e0);
+    workgroupBarrier(); // the previous chunk's K consumed; Q^T staged
+    for (var e = lid; e < BC * D4; e += NT) {
+      let key = e / D4;
+      var x = vec4<f32>(0.0);
+      if (key < kc) {
+        x = load4(k[params.base_k + (e0 + key) * params.s_t + head_off + e % D4]);
+      }
+      kv[key * KSTR4 + e % D4] = KTile4(x);
+    }
+    workgroupBarrier(); // K staged
+    // @include estimate_tiled_s
+    // Online (m, l) of the thread's keys; keys past the chunk count nothing.
+    // @unroll R TM4
+    {
+      var mx = m_R;
+      // @unroll N TN
+      s_R_N = select(vec4<f32>(NEG), s_R_N * scale2, key_N < kc);
+      mx = max(mx, s_R_N);
+      // @end
+      var sum = vec4<f32>(0.0);
+      // @unroll N TN
+      sum += select(vec4<f32>(0.0), exp2(s_R_N - mx), key_N < kc);
+      // @end
+      l_R = l_R * exp2(m_R - mx) + sum;
+      m_R = mx;
+    }
+    // @end
+  }
+  // @unroll R TM4
+  {
+    let mm = row_max(m_R);
+    let ll = row_sum(l_R * exp2(m_R - mm));
+    if (cg == 0u) {
+      for (var c = 0u; c < 4u; c++) {
+        let row = row0 + 4u * rq_R + c;
+        stat[(bh * params.blocks * RT + row) * splits + split] = vec2<f32>(mm[c], ll[c]);
+      }
+    }
+  }
+  // @end
+  // @endif
+}
