@@ -22,7 +22,7 @@ import {
   PICK_PARAMS,
   POOL_PARAMS,
 } from "../src/webgpu/kernels.ts";
-import { ROW_PARAMS, SAMPLED_PARAMS, TILED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/mask.ts";
+import { ROW_PARAMS, SAMPLED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/mask.ts";
 import { specialize, specializeSource } from "../src/webgpu/specialize.ts";
 import { FLASH_VARIANTS, flashConfig } from "../src/webgpu/variants.ts";
 
@@ -241,8 +241,7 @@ const HOST_LAYOUTS: Record<string, ParamLayout> = {
   select_lists: LISTS_PARAMS,
   select_row: ROW_PARAMS,
   select_tokens: TOKENS_PARAMS,
-  estimate_sampled: SAMPLED_PARAMS,
-  estimate_tiled: TILED_PARAMS,
+  estimate_io: SAMPLED_PARAMS,
 };
 
 /** Size and alignment (bytes) of the WGSL types a params struct may hold (uniform layout). */

@@ -13,26 +13,7 @@
 // operations; the masks of the two agree wherever the map has no near-tie at a threshold.
 
 // @include storage
-
-/** Mirrored by SAMPLED_PARAMS in src/webgpu/mask.ts. */
-struct Params {
-  nbh: u32,
-  heads_per_row: u32,
-  g: u32,
-  tokens: u32,
-  s_b: u32,
-  s_t: u32,
-  s_h: u32,
-  base_q: u32,
-  base_k: u32,
-  /** Stride of the sample table: samples + 1. */
-  stride: u32,
-  /** Bit 0: mix with the draft map ("hybrid"); bit 1: density per key token (budget "tokens"). */
-  hybrid: u32,
-  scale: f32,
-  /** First pair of the group, relative to the piece. */
-  pair0: u32,
-}
+// @include estimate_io
 
 /** Samples per group and tiles per workgroup (size the per-thread arrays); set by the host. */
 const SG: u32 = 8u;
@@ -45,15 +26,6 @@ override D: u32 = 128u;
 override WG: u32 = 64u;
 override D4: u32 = D / 4u;
 
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<Store4>;
-@group(0) @binding(2) var<storage, read> k: array<Store4>;
-@group(0) @binding(3) var<storage, read> order: array<u32>;
-@group(0) @binding(4) var<storage, read> tiles: array<vec2<u32>>;
-/** Per tile: n_i, then the window-order positions of its samples (`stride` u32 per tile). */
-@group(0) @binding(5) var<storage, read> samples: array<u32>;
-/** Per tile: (len_i / (maxLen * n_i), len_i / maxLen). */
-@group(0) @binding(6) var<storage, read> coef: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> p: array<f32>;
 
 var<workgroup> qs: array<vec4<f32>, RS * D4>;
@@ -73,14 +45,6 @@ fn reduce(lid: u32, op: u32) {
     }
     workgroupBarrier();
   }
-}
-
-/** Samples of tile `i` (0 past the last tile). */
-fn count_of(i: u32) -> u32 {
-  if (i >= params.g) {
-    return 0u;
-  }
-  return samples[i * params.stride];
 }
 
 @compute @workgroup_size(WG)

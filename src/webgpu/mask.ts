@@ -14,7 +14,13 @@ import { type SampleTable, sampleTable } from "../selection.ts";
 import { MaskSchedule } from "../_mask_schedule.ts";
 import type { DraftSpec, DType, MaskConfig, Plan } from "../types.ts";
 import type { GpuContext } from "./context.ts";
-import { type Kernel, packParams, type ParamLayout, paramsBytes } from "./kernel.ts";
+import {
+  type BindingKind,
+  type Kernel,
+  packParams,
+  type ParamLayout,
+  paramsBytes,
+} from "./kernel.ts";
 import {
   HIST_CHUNK,
   HIST_PARAMS,
@@ -53,7 +59,7 @@ export const TOKENS_PARAMS: ParamLayout = [
   ["budget_hi", "u32"],
 ];
 
-/** Mirror of `Params` in wgsl/estimate_sampled.wgsl. */
+/** Mirror of `Params` in wgsl/estimate_io.wgsl (both sampled estimators). */
 export const SAMPLED_PARAMS: ParamLayout = [
   ["nbh", "u32"],
   ["heads_per_row", "u32"],
@@ -68,6 +74,23 @@ export const SAMPLED_PARAMS: ParamLayout = [
   ["hybrid", "u32"],
   ["scale", "f32"],
   ["pair0", "u32"],
+  ["blocks", "u32"],
+  ["splits_a", "u32"],
+  ["span_a", "u32"],
+  ["splits_b", "u32"],
+  ["span_b", "u32"],
+];
+
+/** Bindings of the sampled estimators: wgsl/estimate_io.wgsl's, then the map `p`. */
+const SAMPLED_BINDINGS: readonly (readonly [string, BindingKind])[] = [
+  ["params", "uniform"],
+  ["q", "read"],
+  ["k", "read"],
+  ["order", "read"],
+  ["tiles", "read"],
+  ["samples", "read"],
+  ["coef", "read"],
+  ["p", "storage"],
 ];
 
 /** Invocations per workgroup of the sampled estimator. */
@@ -162,29 +185,10 @@ export function sampledKernel(
       storage: dtype,
       consts: { SG: group.sg, QT: group.qt },
     }),
-    bindings: [
-      ["params", "uniform"],
-      ["q", "read"],
-      ["k", "read"],
-      ["order", "read"],
-      ["tiles", "read"],
-      ["samples", "read"],
-      ["coef", "read"],
-      ["p", "storage"],
-    ],
+    bindings: SAMPLED_BINDINGS,
     constants: { D: headDim, WG: SAMPLED_WG },
   });
 }
-
-/** Mirror of `Params` in wgsl/estimate_tiled.wgsl. */
-export const TILED_PARAMS: ParamLayout = [
-  ...SAMPLED_PARAMS,
-  ["blocks", "u32"],
-  ["splits_a", "u32"],
-  ["span_a", "u32"],
-  ["splits_b", "u32"],
-  ["span_b", "u32"],
-];
 
 /**
  * Register tile of wgsl/estimate_tiled.wgsl: `4 * tm4` sample rows x `tn` keys per thread,
@@ -280,17 +284,8 @@ export function tiledKernels(
           UD: headDim % 16 === 0 ? 4 : headDim % 8 === 0 ? 2 : 1,
         },
       }),
-      bindings: [
-        ["params", "uniform"],
-        ["q", "read"],
-        ["k", "read"],
-        ["order", "read"],
-        ["tiles", "read"],
-        ["samples", "read"],
-        ["coef", "read"],
-        ["stat", "storage"],
-        ["p", "storage"],
-      ],
+      // `stat` at binding 7, before `p`.
+      bindings: [...SAMPLED_BINDINGS.slice(0, -1), ["stat", "storage"], ["p", "storage"]],
       constants: { D: headDim, RG: s.rg, CG: s.cg },
     });
   return { a: make(0), b: make(1) };
@@ -521,7 +516,7 @@ export class GpuMaskStage extends MaskSchedule {
     if (this.#sampled || this.#tiled) {
       out.sampledParams = this.#buffer(
         "sampled params",
-        paramsBytes(this.#tiled ? TILED_PARAMS : SAMPLED_PARAMS),
+        paramsBytes(SAMPLED_PARAMS),
         U.UNIFORM | U.COPY_DST,
       );
     }
@@ -567,16 +562,14 @@ export class GpuMaskStage extends MaskSchedule {
         (this.config.budget === "tokens" ? 2 : 0),
       scale: this.#spec.scale,
     };
-    const t = this.#tiled;
+    // The per-key kernel reads no splits.
+    const splits = this.#tiled
+      ? this.#splits(sp.n)
+      : { blocks: 0, splits_a: 0, span_a: 0, splits_b: 0, span_b: 0 };
     this.#ctx.device.queue.writeBuffer(
       sp.sampledParams,
       0,
-      t
-        ? packParams(TILED_PARAMS, {
-          ...values,
-          ...this.#splits(sp.n),
-        })
-        : packParams(SAMPLED_PARAMS, values),
+      packParams(SAMPLED_PARAMS, { ...values, ...splits }),
     );
   }
 
