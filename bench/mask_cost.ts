@@ -14,7 +14,8 @@
  * `--variants` as bench/quality.ts (`policy/estimator[/samples][/tokens]`). On WebGPU,
  * `--kernel rows` runs the sampled map with the per-key kernel (wgsl/estimate_sampled.wgsl) where
  * the tiled one (wgsl/estimate_tiled.wgsl) would run, for side-by-side numbers; `--tile
- * tm4,tn,cg,rg[,f32|f32q|f32k]` overrides the tiled kernel's register tile (`SAMPLED_TUNING.shape`).
+ * tm4,tn,cg,rg[,f32|f32q|f32k]` overrides the tiled kernel's register tile (`SAMPLED_TUNING.shape`);
+ * `--limits default` keeps WebGPU's default limits (16 KiB workgroup memory).
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
@@ -40,6 +41,7 @@ const { values: args } = parseArgs({
     threads: { type: "string", default: "" },
     dtype: { type: "string", default: "" },
     kernel: { type: "string", default: "auto" },
+    limits: { type: "string", default: "adapter" },
     tile: { type: "string", default: "" },
   },
 });
@@ -86,7 +88,12 @@ function variant(name: string): Partial<DraftAttentionOptions> {
 const rt = await openRuntime({
   backend: args.backend as "auto" | "wasm" | "webgpu",
   ...(args.threads ? { threads: Number(args.threads) } : {}),
+  limits: args.limits as "adapter" | "default",
 });
+if (args.limits !== "adapter" && args.limits !== "default") {
+  console.error(`--limits must be adapter or default, got ${args.limits}`);
+  Deno.exit(2);
+}
 const gpu = rt.backend === "webgpu" && rt.device?.features.has("timestamp-query");
 const shapeName = args.shape || (rt.backend === "webgpu" ? "wan-480p" : "cpu-8k");
 const dtype = (args.dtype || (rt.backend === "webgpu" ? "f16" : "f32")) as DType;

@@ -220,6 +220,10 @@ export interface TiledShape {
  * const s = tiledShape({ subgroupSize: 32, limits, f16: true }, 128, 2)!;
  * assert.equal(JSON.stringify(s), '{"tm4":1,"tn":4,"cg":8,"rg":32,"sp":2,"f16q":true,"f16k":true}');
  * assert.equal(tiledShape({ subgroupSize: 0, limits, f16: true }, 128, 2), undefined);
+ * // WebGPU's default 16 KiB: 32 rows x 16 keys.
+ * const small = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
+ * const t = tiledShape({ subgroupSize: 32, limits: small, f16: true }, 128, 2)!;
+ * assert.equal(`${t.tm4},${t.tn},${t.cg},${t.rg}`, "1,2,8,8");
  * ```
  */
 export function tiledShape(
@@ -240,19 +244,24 @@ export function tiledShape(
   while (sp < samples) sp *= 2;
   const want = SAMPLED_TUNING.shape;
   const cg = Math.min(want?.cg ?? 8, sg);
-  const tn = want?.tn ?? Math.max(1, 32 / cg);
   const tm4 = Math.max(want?.tm4 ?? 1, sp / 4);
   const f16q = dev.f16 && (want?.f16q ?? true);
   const f16k = dev.f16 && (want?.f16k ?? true);
   const d4 = headDim / 4;
+  // More threads first (what the H200 sweep rewarded most), then longer key chunks (32 keys,
+  // then 16, 8: what leaves room for the rows under small workgroup memory).
+  const full = Math.max(1, 32 / cg);
+  const tns = want?.tn ? [want.tn] : [full, full / 2, full / 4].filter((x) => x >= 1);
   for (const rg of want?.rg ? [want.rg] : [32, 16, 8, 4, 2, 1]) {
-    const nt = rg * cg;
-    const bytes = headDim * tm4 * rg * (f16q ? 8 : 16) + tn * cg * (d4 + 1) * (f16k ? 8 : 16);
-    if (
-      nt % sg === 0 && nt <= Math.min(256, dev.limits.maxComputeInvocationsPerWorkgroup) &&
-      bytes <= dev.limits.maxComputeWorkgroupStorageSize
-    ) {
-      return { tm4, tn, cg, rg, sp, f16q, f16k };
+    for (const tn of tns) {
+      const nt = rg * cg;
+      const bytes = headDim * tm4 * rg * (f16q ? 8 : 16) + tn * cg * (d4 + 1) * (f16k ? 8 : 16);
+      if (
+        nt % sg === 0 && nt <= Math.min(256, dev.limits.maxComputeInvocationsPerWorkgroup) &&
+        bytes <= dev.limits.maxComputeWorkgroupStorageSize
+      ) {
+        return { tm4, tn, cg, rg, sp, f16q, f16k };
+      }
     }
   }
   return undefined;
