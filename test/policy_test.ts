@@ -594,6 +594,12 @@ test("token budget over many histogram workgroups per map: GPU = WebAssembly = f
     { g: 45, what: "powers of two, zeros, subnormals", p: (n, rng) => ties(45, n, rng), sizes },
     { g: 45, what: "powers of two, huge windows", p: (n, rng) => ties(45, n, rng), sizes: huge },
     { g: 45, what: "4 levels per row", p: (n, rng) => randomMaps(45, n, rng, 4, 10), sizes },
+    {
+      g: 45,
+      what: "random, huge windows",
+      p: (n, rng) => randomMaps(45, n, rng, 0, 8),
+      sizes: huge,
+    },
     { g: 97, what: "random", p: (n, rng) => randomMaps(97, n, rng, 0, 12), sizes },
     { g: 97, what: "powers of two", p: (n, rng) => ties(97, n, rng), sizes },
   ];
