@@ -36,8 +36,9 @@ import {
   rowKernel,
   SAMPLED_TUNING,
   tiledShape,
-  TOKENS_PARAMS,
-  tokensKernel,
+  TOKENS_TUNING,
+  TOKENS_WORDS,
+  TokensSelect,
 } from "../src/webgpu/mask.ts";
 import { type Availability, gpuMissing, MASK_MARGIN, reasonOf, tolerance } from "./_cases.ts";
 import {
@@ -452,23 +453,30 @@ async function gpuRows(
   return mask;
 }
 
-/** The GPU token-budget thresholds (wgsl/select_tokens.wgsl) of `count` maps, as f32 values. */
+/**
+ * The GPU token-budget thresholds (wgsl/select_tokens*.wgsl) of `count` maps, as f32 values,
+ * with `chunk` entries per histogram workgroup (`TOKENS_TUNING`'s when omitted). The passes run
+ * twice over the same bins: the second run must find them cleared and give the same thresholds.
+ */
 async function gpuTokenThresholds(
   device: GPUDevice,
   p: Float32Array,
   count: number,
   lens: readonly number[],
   budget: number,
+  chunk = TOKENS_TUNING.chunk,
 ): Promise<Float32Array> {
   const ctx = new GpuContext(device);
   const U = GPUBufferUsage;
   const g = lens.length;
+  const made: GPUBuffer[] = [];
   const make = (size: number, usage: number, data?: ArrayBufferView) => {
     const b = device.createBuffer({ size: Math.max(16, size), usage, mappedAtCreation: !!data });
     if (data) {
       new Uint8Array(b.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, size));
       b.unmap();
     }
+    made.push(b);
     return b;
   };
   const tt = new Uint32Array(2 * g);
@@ -476,29 +484,45 @@ async function gpuTokenThresholds(
   const pBuf = make(p.byteLength, U.STORAGE, p);
   const tiles = make(tt.byteLength, U.STORAGE, tt);
   const state = make(count * 8, U.STORAGE | U.COPY_SRC);
-  const params = make(
-    16,
-    U.UNIFORM,
-    new Uint8Array(packParams(TOKENS_PARAMS, {
-      nbh: count,
+  const hist = make(count * TOKENS_WORDS * 4, U.STORAGE);
+  const select = new TokensSelect(ctx);
+  const saved = TOKENS_TUNING.chunk;
+  TOKENS_TUNING.chunk = chunk;
+  let passes;
+  try {
+    passes = select.bind((_, size, usage, data) => make(size, usage, data), {
+      n: count,
       g,
-      budget_lo: budget % 2 ** 32,
-      budget_hi: Math.floor(budget / 2 ** 32),
-    })),
-  );
-  const kernel = tokensKernel(ctx);
-  const read = make(state.size, U.MAP_READ | U.COPY_DST);
+      pairs: budget,
+      p: pBuf,
+      tiles,
+      state,
+      hist,
+    });
+  } finally {
+    TOKENS_TUNING.chunk = saved;
+  }
+  assert.equal(passes.chunks, Math.ceil((g * g) / chunk));
+  const reads = [0, 1].map(() => make(state.size, U.MAP_READ | U.COPY_DST));
   const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  kernel.dispatch(pass, kernel.bind({ params, p: pBuf, tiles, state }), count);
-  pass.end();
-  enc.copyBufferToBuffer(state, 0, read, 0, state.size);
+  for (const read of reads) {
+    const pass = enc.beginComputePass();
+    select.record(pass, passes);
+    pass.end();
+    enc.copyBufferToBuffer(state, 0, read, 0, state.size);
+  }
   device.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const s = new Uint32Array(read.getMappedRange().slice(0));
-  read.unmap();
-  for (const b of [pBuf, tiles, state, params, read]) b.destroy();
-  return new Float32Array(Uint32Array.from({ length: count }, (_, x) => s[2 * x]).buffer);
+  const runs: Float32Array[] = [];
+  for (const read of reads) {
+    await read.mapAsync(GPUMapMode.READ);
+    const s = new Uint32Array(read.getMappedRange().slice(0));
+    read.unmap();
+    for (let x = 0; x < count; x++) assert.equal(s[2 * x + 1], 0, `state[${x}].y`);
+    runs.push(new Float32Array(Uint32Array.from({ length: count }, (_, x) => s[2 * x]).buffer));
+  }
+  for (const b of made) b.destroy();
+  assert.deepEqual(runs[1], runs[0], "a second run over the bins the first one cleared");
+  return runs[0];
 }
 
 test("token budget on the same f32 maps: WebAssembly = GPU kernel = float64, sums past 2^32", [
@@ -535,6 +559,116 @@ test("token budget on the same f32 maps: WebAssembly = GPU kernel = float64, sum
         assert.equal(wasm, m[idx[e]], `wasm vs float64, ${what}`);
         assert.equal(gpu[x], wasm, `GPU vs wasm, ${what}`);
       }
+    }
+  }
+});
+
+test("token budget over many histogram workgroups per map: GPU = WebAssembly = float64, ties", [
+  "wasm",
+  "webgpu",
+], async () => {
+  const device = runtimes.get("webgpu")!.device!;
+  // Maps whose values repeat (a constant map, a few powers of two with zeros and subnormals,
+  // maps quantised to a few levels per row) and plain random ones; window sizes from 1 to 3000
+  // tokens, so pair sums pass 2^32 inside one small chunk too; g = 97 is prime and its map
+  // larger than every chunk but the whole map. Chunks of 1 entry (a workgroup per entry) up to
+  // a whole map.
+  const pick = (rng: Rng, values: readonly number[]) =>
+    values[Math.min(values.length - 1, Math.floor(rng.next() * values.length))];
+  const ties = (g: number, count: number, rng: Rng) =>
+    Float32Array.from(
+      { length: count * g * g },
+      () => pick(rng, [0, 2 ** -130, 2 ** -126, 0.125, 0.125, 0.25, 0.5, 0.5, 1]),
+    );
+  const sizes = [1, 3000, 1024, 77, 2048, 128, 5];
+  // Up to 65,535 tokens: a block's pairs near 2^32, so nearly every add wraps a 32-bit sum.
+  const huge = [65535, 60000, 1, 40000, 65535];
+  const cases: {
+    g: number;
+    what: string;
+    p: (count: number, rng: Rng) => Float32Array;
+    sizes: readonly number[];
+  }[] = [
+    { g: 1, what: "one entry", p: (n) => new Float32Array(n).fill(0.5), sizes },
+    { g: 13, what: "constant", p: (n) => new Float32Array(n * 13 * 13).fill(0.25), sizes },
+    { g: 13, what: "constant, huge windows", p: (n) => new Float32Array(n * 169), sizes: huge },
+    { g: 45, what: "powers of two, zeros, subnormals", p: (n, rng) => ties(45, n, rng), sizes },
+    { g: 45, what: "powers of two, huge windows", p: (n, rng) => ties(45, n, rng), sizes: huge },
+    { g: 45, what: "4 levels per row", p: (n, rng) => randomMaps(45, n, rng, 4, 10), sizes },
+    {
+      g: 45,
+      what: "random, huge windows",
+      p: (n, rng) => randomMaps(45, n, rng, 0, 8),
+      sizes: huge,
+    },
+    { g: 97, what: "random", p: (n, rng) => randomMaps(97, n, rng, 0, 12), sizes },
+    { g: 97, what: "powers of two", p: (n, rng) => ties(97, n, rng), sizes },
+  ];
+  let compared = 0;
+  for (const c of cases) {
+    const count = 3;
+    const rng = new Rng(c.g * 131 + c.what.length);
+    const p = c.p(count, rng);
+    const lens = Array.from({ length: c.g }, (_, i) => c.sizes[(i * 3) % c.sizes.length]);
+    const V = lens.reduce((a, b) => a + b, 0);
+    const total = V * V;
+    assert.ok(Number.isSafeInteger(total));
+    const budgets = [1, Math.ceil(total / 3), Math.ceil(0.9 * total), total - 1, total];
+    const n = c.g * c.g;
+    // A workgroup per entry only on the small maps (llvmpipe runs workgroups one by one).
+    const tried = c.g < 50 ? [1, 7, 256, n] : [257, 1000, n];
+    const chunks = [...new Set(tried.map((x) => Math.min(x, n)))];
+    for (const budget of budgets.filter((b) => b >= 1)) {
+      const wasm = Array.from(
+        { length: count },
+        (_, x) => tokenThreshold(p.subarray(x * n, (x + 1) * n), lens, budget),
+      );
+      for (let x = 0; x < count; x++) {
+        // Float64: entries in decreasing order until their pairs reach the budget.
+        const m = p.subarray(x * n, (x + 1) * n);
+        const idx = Array.from(m.keys()).sort((a, b) => m[b] - m[a]);
+        let pairs = 0, e = 0;
+        for (; e < idx.length; e++) {
+          pairs += lens[Math.floor(idx[e] / c.g)] * lens[idx[e] % c.g];
+          if (pairs >= budget) break;
+        }
+        assert.equal(wasm[x], m[idx[e]], `wasm vs float64, g=${c.g} ${c.what} budget ${budget}`);
+      }
+      for (const chunk of chunks) {
+        const gpu = await gpuTokenThresholds(device, p, count, lens, budget, chunk);
+        const what = `g=${c.g} ${c.what} budget ${budget} of ${total}, chunk ${chunk}`;
+        assert.deepEqual(Array.from(gpu), wasm, `GPU vs wasm, ${what}`);
+        compared += count;
+      }
+    }
+  }
+  assert.ok(compared > 250, `${compared} thresholds`);
+});
+
+test("token budget over many histogram workgroups: the op's masks equal wasm's and float64", [
+  "wasm",
+  "webgpu",
+], async () => {
+  const saved = TOKENS_TUNING.chunk;
+  for (const c of OP_CASES.slice(0, 2)) {
+    for (const combo of COMBOS.filter((x) => x.budget === "tokens")) {
+      const prep = prepare(c, combo);
+      const masks: Uint8Array[] = [];
+      for (const [name, chunk] of [["wasm", saved], ["webgpu", 5], ["webgpu", 64]] as const) {
+        TOKENS_TUNING.chunk = chunk;
+        const op = runtimes.get(name)!.draftAttention(draftOptions(c, combo));
+        try {
+          await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
+          masks.push((await op.lastMask()).mask);
+        } finally {
+          op.dispose();
+          TOKENS_TUNING.chunk = saved;
+        }
+      }
+      const what = `${c.name}, ${combo.policy}/${combo.estimator}`;
+      assert.deepEqual(masks[0], prep.sel.mask, `wasm vs float64, ${what}`);
+      assert.deepEqual(masks[1], masks[0], `webgpu chunk 5 vs wasm, ${what}`);
+      assert.deepEqual(masks[2], masks[0], `webgpu chunk 64 vs wasm, ${what}`);
     }
   }
 });

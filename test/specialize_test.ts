@@ -22,7 +22,12 @@ import {
   PICK_PARAMS,
   POOL_PARAMS,
 } from "../src/webgpu/kernels.ts";
-import { ROW_PARAMS, SAMPLED_PARAMS, TOKENS_PARAMS } from "../src/webgpu/mask.ts";
+import {
+  ROW_PARAMS,
+  SAMPLED_PARAMS,
+  TOKENS_PARAMS,
+  TOKENS_PICK_PARAMS,
+} from "../src/webgpu/mask.ts";
 import { specialize, specializeSource } from "../src/webgpu/specialize.ts";
 import { FLASH_VARIANTS, flashConfig } from "../src/webgpu/variants.ts";
 
@@ -241,6 +246,7 @@ const HOST_LAYOUTS: Record<string, ParamLayout> = {
   select_lists: LISTS_PARAMS,
   select_row: ROW_PARAMS,
   select_tokens: TOKENS_PARAMS,
+  select_tokens_pick: TOKENS_PICK_PARAMS,
   estimate_io: SAMPLED_PARAMS,
 };
 

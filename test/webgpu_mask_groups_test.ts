@@ -41,6 +41,14 @@ Deno.test("mask groups: group size at HunyuanVideo 768p, and one group for small
   assert.equal(sampled, g * g * 4 + 1032);
   assert.equal(groupPairs(sampled, pairs), 4);
   assert.equal(scratchPerPair(g, D, { draftMap: true, percentile: false }), draft - 1032);
+  // The token budget's threshold: 772 u32 of bins per pair (and the state without percentile).
+  const withTokens = scratchPerPair(g, D, { draftMap: true, percentile: true, tokens: true });
+  assert.equal(withTokens, draft + 772 * 4);
+  assert.equal(groupPairs(withTokens, pairs), 3);
+  assert.equal(
+    scratchPerPair(g, D, { draftMap: true, percentile: false, tokens: true }),
+    draft - 1032 + 772 * 4 + 8,
+  );
   // Lists of the 24 pairs (tiles = 992 with 2 text tiles) plus 3 pairs of scratch: 3.5% of
   // Q, K, V, O in f16 (the op adds its token order, tile table and params, < 2 MB).
   const tiles = 992, tokens = 126_720 + 256;
@@ -137,6 +145,7 @@ async function compare(
   const perPair = scratchPerPair(plan.g, spec.headDim, {
     draftMap: combo.estimator !== "sampled",
     percentile: combo.policy === "percentile",
+    tokens: combo.budget === "tokens",
   });
   const whole = new WebGpuOp(ctx, spec, plan, () => {});
   const ops: WebGpuOp[] = [];

@@ -2,7 +2,7 @@
  * The mask stage of the WebGPU backend, the counterpart of src/wasm/mask.ts (src/selection.ts
  * has the definitions): the reference passes (pool -> draft map -> radix select -> block lists),
  * the sampled estimator (wgsl/estimate_sampled.wgsl) and the row policies with their block lists
- * (wgsl/select_row.wgsl), the token budget's threshold (wgsl/select_tokens.wgsl), their draft
+ * (wgsl/select_row.wgsl), the token budget's threshold (wgsl/select_tokens*.wgsl), their draft
  * scratch, buffers and bind groups, the recording of a piece's mask passes, and the mask-reuse
  * schedule (`maskEvery`, src/_mask_schedule.ts). The op (op.ts) owns the block lists' readback,
  * flash attention and the run queue; it calls {@linkcode GpuMaskStage.record} for a run that
@@ -51,13 +51,28 @@ export const ROW_PARAMS: ParamLayout = [
   ["floor", "u32"],
 ];
 
-/** Mirror of `Params` in wgsl/select_tokens.wgsl. */
+/** Mirror of `Params` in wgsl/select_tokens.wgsl (the token threshold's histogram pass). */
 export const TOKENS_PARAMS: ParamLayout = [
   ["nbh", "u32"],
   ["g", "u32"],
+  ["chunks", "u32"],
+  ["chunk", "u32"],
+  ["shift", "u32"],
+];
+
+/** Mirror of `Params` in wgsl/select_tokens_pick.wgsl (the token threshold's pick pass). */
+export const TOKENS_PICK_PARAMS: ParamLayout = [
+  ["nbh", "u32"],
+  ["shift", "u32"],
   ["budget_lo", "u32"],
   ["budget_hi", "u32"],
 ];
+
+/**
+ * u32 words of the token threshold's scratch per (batch, head) (`BH_WORDS` in the WGSL): 256
+ * counts, 256 pair sums as lo and hi words, the pairs above the prefix (lo, hi), 2 spare.
+ */
+export const TOKENS_WORDS = 772;
 
 /** Mirror of `Params` in wgsl/estimate_io.wgsl (both sampled estimators). */
 export const SAMPLED_PARAMS: ParamLayout = [
@@ -117,18 +132,114 @@ export function rowKernel(ctx: GpuContext): Kernel {
   });
 }
 
-/** The token-budget threshold (budget "tokens"): the percentile threshold or rowMass's floor. */
-export function tokensKernel(ctx: GpuContext): Kernel {
-  return ctx.kernel({
-    key: "select_tokens",
-    code: specialize("select_tokens"),
-    bindings: [
-      ["params", "uniform"],
-      ["p", "read"],
-      ["tiles", "read"],
-      ["state", "storage"],
-    ],
-  });
+/**
+ * Tuning of the token threshold's histogram pass: entries of a map per workgroup. 4096 (as the
+ * reference select's `HIST_CHUNK`) spreads HunyuanVideo 768p's 980,100 entries per head over
+ * 240 workgroups, 5,760 for 24 heads; maps up to 64 x 64 stay one workgroup. Tests set a few
+ * entries to force many workgroups on small maps.
+ */
+export const TOKENS_TUNING: { chunk: number } = { chunk: 4096 };
+
+/** Bind groups of the token threshold's passes over one set of `n` maps (one mask group). */
+export interface TokensPasses {
+  n: number;
+  /** Histogram workgroups per map. */
+  chunks: number;
+  /** Per radix pass (shift 24, 16, 8, 0): the histogram's and the pick's bind group. */
+  hist: GPUBindGroup[];
+  pick: GPUBindGroup[];
+}
+
+/**
+ * The token-budget threshold (budget "tokens": the percentile threshold or rowMass's floor) of
+ * each of `n` maps: four radix passes of a histogram over many workgroups per map
+ * (wgsl/select_tokens.wgsl) and a pick of one workgroup per map
+ * (wgsl/select_tokens_pick.wgsl), writing state[x] = (threshold bits, 0).
+ */
+export class TokensSelect {
+  readonly hist: Kernel;
+  readonly pick: Kernel;
+
+  constructor(ctx: GpuContext) {
+    this.hist = ctx.kernel({
+      key: "select_tokens",
+      code: specialize("select_tokens"),
+      bindings: [
+        ["params", "uniform"],
+        ["p", "read"],
+        ["tiles", "read"],
+        ["state", "read"],
+        ["hist", "storage"],
+      ],
+    });
+    this.pick = ctx.kernel({
+      key: "select_tokens_pick",
+      code: specialize("select_tokens_pick"),
+      bindings: [
+        ["params", "uniform"],
+        ["hist", "storage"],
+        ["state", "storage"],
+      ],
+    });
+  }
+
+  /**
+   * The passes' bind groups for `n` maps of `g` x `g` in `p` with pair budget `pairs`; `hist`
+   * holds at least `n * TOKENS_WORDS` u32 words, zero before the first run (each pick clears
+   * the bins it read), `state` at least `n` (u32, u32).
+   */
+  bind(
+    buffer: BufferMaker,
+    a: {
+      n: number;
+      g: number;
+      pairs: number;
+      p: GPUBuffer;
+      tiles: GPUBuffer;
+      state: GPUBuffer;
+      hist: GPUBuffer;
+    },
+  ): TokensPasses {
+    const chunk = Math.max(1, Math.floor(TOKENS_TUNING.chunk));
+    const chunks = Math.ceil((a.g * a.g) / chunk);
+    const uniform = (layout: ParamLayout, values: Record<string, number>) =>
+      buffer(
+        "tokens params",
+        paramsBytes(layout),
+        GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        new Uint8Array(packParams(layout, values)),
+      );
+    const { n, g, p, tiles, state, hist } = a;
+    const budget = { budget_lo: a.pairs % 2 ** 32, budget_hi: Math.floor(a.pairs / 2 ** 32) };
+    return {
+      n,
+      chunks,
+      hist: SHIFTS.map((shift) =>
+        this.hist.bind({
+          params: uniform(TOKENS_PARAMS, { nbh: n, g, chunks, chunk, shift }),
+          p,
+          tiles,
+          state,
+          hist,
+        })
+      ),
+      pick: SHIFTS.map((shift) =>
+        this.pick.bind({
+          params: uniform(TOKENS_PICK_PARAMS, { nbh: n, shift, ...budget }),
+          hist,
+          state,
+        })
+      ),
+    };
+  }
+
+  /** Records the four passes (WebGPU orders the dispatches of a pass). */
+  record(pass: GPUComputePassEncoder, t: TokensPasses): void {
+    for (let s = 0; s < SHIFTS.length; s++) {
+      this.hist.dispatch(pass, t.hist[s], t.n * t.chunks);
+      this.pick.dispatch(pass, t.pick[s], t.n);
+    }
+  }
 }
 
 /**
@@ -348,8 +459,8 @@ export interface StageGroup {
   n: number;
   /** Row policies: the bind group of select_row. */
   rowGroup?: GPUBindGroup;
-  /** Budget "tokens": the bind group of select_tokens (writes the percentile state). */
-  tokensGroup?: GPUBindGroup;
+  /** Budget "tokens": the threshold's passes (write the percentile state). */
+  tokens?: TokensPasses;
   /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
   sampledParams?: GPUBuffer;
   p: GPUBuffer;
@@ -379,7 +490,7 @@ export class GpuMaskStage extends MaskSchedule {
   #row?: Kernel;
   /** select_row's state binding where no token budget applies. */
   #noState?: GPUBuffer;
-  #tokens?: Kernel;
+  #tokens?: TokensSelect;
   #sampled?: Kernel;
   #table?: SampleTable;
   #samples?: GPUBuffer;
@@ -408,7 +519,7 @@ export class GpuMaskStage extends MaskSchedule {
     this.#buffer = buffer;
     const c = this.config;
     if (c.policy !== "percentile") this.#row = rowKernel(ctx);
-    if (c.policy !== "rowTopK" && c.budget === "tokens") this.#tokens = tokensKernel(ctx);
+    if (c.policy !== "rowTopK" && c.budget === "tokens") this.#tokens = new TokensSelect(ctx);
     if (c.estimator !== "draft") {
       const t = sampleTable(plan, c.samples, c.budget === "tokens");
       this.#table = t;
@@ -475,6 +586,8 @@ export class GpuMaskStage extends MaskSchedule {
       /** The percentile state and the tile table (budget "tokens"). */
       state?: GPUBuffer;
       tiles?: GPUBuffer;
+      /** The token threshold's bins, `n * TOKENS_WORDS` u32 at least (budget "tokens"). */
+      tokensHist?: GPUBuffer;
     },
   ): StageGroup {
     const U = GPUBufferUsage;
@@ -508,19 +621,16 @@ export class GpuMaskStage extends MaskSchedule {
         tiles: this.#tokens && d.tiles ? d.tiles : this.#noState,
       });
     }
-    if (this.#tokens && d.state && d.tiles) {
-      const params = this.#buffer(
-        "tokens params",
-        paramsBytes(TOKENS_PARAMS),
-        U.UNIFORM | U.COPY_DST,
-        new Uint8Array(packParams(TOKENS_PARAMS, {
-          nbh: n,
-          g,
-          budget_lo: c.pairs % 2 ** 32,
-          budget_hi: Math.floor(c.pairs / 2 ** 32),
-        })),
-      );
-      out.tokensGroup = this.#tokens.bind({ params, p: d.p, tiles: d.tiles, state: d.state });
+    if (this.#tokens && d.state && d.tiles && d.tokensHist) {
+      out.tokens = this.#tokens.bind(this.#buffer, {
+        n,
+        g,
+        pairs: c.pairs,
+        p: d.p,
+        tiles: d.tiles,
+        state: d.state,
+        hist: d.tokensHist,
+      });
     }
     if (this.#sampled || this.#tiled) {
       out.sampledParams = this.#buffer(
@@ -618,7 +728,7 @@ export class GpuMaskStage extends MaskSchedule {
 
   /** Records the token-budget threshold of a group (before select_lists). */
   dispatchTokens(pass: GPUComputePassEncoder, sp: StageGroup): void {
-    if (this.#tokens && sp.tokensGroup) this.#tokens.dispatch(pass, sp.tokensGroup, sp.n);
+    if (this.#tokens && sp.tokens) this.#tokens.record(pass, sp.tokens);
   }
 
   /** Records the row policy's selection and block lists of a group. */
@@ -679,6 +789,9 @@ export class GpuMaskStage extends MaskSchedule {
       scratch.state = this.#buffer("state", pairs * 8, SCRATCH);
     } else if (this.usesTokens) {
       scratch.state = this.#buffer("state", pairs * 8, SCRATCH);
+    }
+    if (this.usesTokens) {
+      scratch.tokensHist = this.#buffer("tokens hist", pairs * TOKENS_WORDS * 4, SCRATCH);
     }
     this.#scratch = scratch;
   }
@@ -772,6 +885,7 @@ export class GpuMaskStage extends MaskSchedule {
           lists,
           state: scratch.state,
           tiles: this.#tiles,
+          tokensHist: scratch.tokensHist,
         }),
       };
       if (scratch.state && this.usesPercentile) {
@@ -841,9 +955,10 @@ export class GpuMaskStage extends MaskSchedule {
       }
       this.writeParams(mg.stage, { ...pool, base_q: base.q, base_k: base.k });
     }
-    // The pick passes leave the histogram of their pairs cleared for the next group; it
-    // starts cleared whatever an earlier (failed) run left.
+    // The pick passes (select_pick, select_tokens_pick) leave the bins of their pairs cleared
+    // for the next group; they start cleared whatever an earlier (failed) run left.
     if (scratch.hist) enc.clearBuffer(scratch.hist);
+    if (scratch.tokensHist) enc.clearBuffer(scratch.tokensHist);
   }
 
   /** Records every mask pass of a piece, in the passes `pass` gives for each stage. */
@@ -886,7 +1001,8 @@ const SHIFTS = [24, 16, 8, 0] as const;
 /**
  * Draft scratch, used only while masks are built: sized for `pairs` pairs (the largest mask
  * group), shared by every group of every piece. Pooled Q and K only with the draft map, the
- * histogram and state only with the percentile policy.
+ * histogram and state only with the percentile policy (the state and the token threshold's
+ * bins with the token budget).
  */
 interface Scratch {
   pairs: number;
@@ -895,6 +1011,8 @@ interface Scratch {
   p: GPUBuffer;
   hist?: GPUBuffer;
   state?: GPUBuffer;
+  /** The token threshold's bins (budget "tokens"). */
+  tokensHist?: GPUBuffer;
 }
 
 /** Bind groups of the kernels that only touch the scratch, for a group of `n` pairs. */

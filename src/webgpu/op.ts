@@ -251,7 +251,8 @@ export class WebGpuOp implements DraftKernelOp {
       const mc = (spec as DraftSpec).mask;
       const draftMap = mc.estimator !== "sampled";
       const percentile = mc.policy === "percentile";
-      const perPair = scratchPerPair(g, D, { draftMap, percentile });
+      const tokens = mc.budget === "tokens" && mc.policy !== "rowTopK";
+      const perPair = scratchPerPair(g, D, { draftMap, percentile, tokens });
       const pairs = groupPairs(perPair, most);
       this.#stage = new GpuMaskStage(
         ctx,

@@ -111,12 +111,18 @@ export interface ScratchUse {
   draftMap: boolean;
   /** The radix-select histogram and state (the percentile policy). */
   percentile: boolean;
+  /**
+   * The token-budget threshold's bins (772 u32, `TOKENS_WORDS` in mask.ts) and, without the
+   * percentile policy, its state (budget "tokens", except rowTopK).
+   */
+  tokens?: boolean;
 }
 
 /**
  * Bytes of draft scratch per (batch, head) pair for `g` video tiles: pooled Q and K (f32,
- * `g * headDim` each) with the draft map, the importance map (f32, `g * g`), and with the
- * percentile policy the radix-select histogram (256 u32) and state (2 u32).
+ * `g * headDim` each) with the draft map, the importance map (f32, `g * g`), with the
+ * percentile policy the radix-select histogram (256 u32) and state (2 u32), and with the token
+ * budget the token threshold's bins (772 u32) and state.
  *
  * @example
  * ```ts
@@ -128,7 +134,7 @@ export interface ScratchUse {
  */
 export function scratchPerPair(g: number, headDim: number, use: ScratchUse): number {
   return (use.draftMap ? 2 * g * headDim * 4 : 0) + g * g * 4 +
-    (use.percentile ? 256 * 4 + 8 : 0);
+    (use.percentile ? 256 * 4 + 8 : 0) + (use.tokens ? 772 * 4 + (use.percentile ? 0 : 8) : 0);
 }
 
 /**
