@@ -58,7 +58,9 @@ export function addressBytes(host: string): number[] | undefined {
     tail = addressBytes(dotted[1])!;
     head = h.slice(0, -dotted[1].length) + "0:0"; // placeholder groups, replaced below
   }
-  const [l, r] = head.split("::");
+  const halves = head.split("::");
+  if (halves.length > 2) return undefined;
+  const [l, r] = halves;
   const groups = (s: string | undefined) => (s ? s.split(":").filter((g) => g !== "") : []);
   const left = groups(l), right = groups(r);
   const zeros = head.includes("::") ? 8 - left.length - right.length : 0;

@@ -3,6 +3,7 @@ import { DraftAttentionError } from "../src/errors.ts";
 import { openRuntime, type Runtime } from "../src/runtime.ts";
 import { encodeSafetensors, parseSafetensors } from "../src/safetensors.ts";
 import { createHandler, type HandlerOptions, serveFlags } from "../src/serve.ts";
+import { addressBytes, parseTables } from "../src/_serve_conn.ts";
 import type { Tensor } from "../src/_tensor.ts";
 import type { DType } from "../src/types.ts";
 import { denseBody, OCTET, rawRequest, SERVE_CASES, slowPost, smallBody } from "./_serve_cases.ts";
@@ -567,4 +568,34 @@ Deno.test("serve task: flags are checked, errors exit 2 without a stack trace", 
     assert.match(text, /^draftattn serve: Invalid /);
     assert.doesNotMatch(text, /\n\s+at /, "a stack trace");
   }
+});
+
+Deno.test("serve: the connection watcher reads the kernel's TCP tables", () => {
+  assert.deepEqual(addressBytes("127.0.0.1"), [127, 0, 0, 1]);
+  assert.deepEqual(addressBytes("::1"), [...Array(15).fill(0), 1]);
+  assert.deepEqual(addressBytes("::ffff:127.0.0.1"), [
+    ...Array(10).fill(0),
+    255,
+    255,
+    127,
+    0,
+    0,
+    1,
+  ]);
+  assert.deepEqual(addressBytes("[fe80::1%eth0]"), [0xfe, 0x80, ...Array(13).fill(0), 1]);
+  assert.equal(addressBytes("localhost"), undefined);
+  assert.equal(addressBytes("1::2::3"), undefined);
+  // Lines as Linux writes them (x86, little-endian words): the server's side of a connection
+  // from 127.0.0.1:40000 established, one from :40001 in CLOSE_WAIT, and an IPv4-mapped
+  // client of a dual-stack socket in tcp6.
+  const tcp = "  sl  local_address rem_address   st\n" +
+    "   0: 0100007F:1F90 0100007F:9C40 01 00000000:00000000\n" +
+    "   1: 0100007F:1F90 0100007F:9C41 08 00000000:00000000\n";
+  const tcp6 = "  sl  local_address rem_address   st\n" +
+    "   0: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:9C42 01 0\n";
+  const t = parseTables([tcp, tcp6], true);
+  assert.equal(t.get("7f000001:40000"), "live");
+  assert.equal(t.get("7f000001:40001"), "closed");
+  assert.equal(t.get("7f000001:40002"), "live");
+  assert.equal(t.size, 3);
 });
