@@ -129,26 +129,34 @@ export class ConnectionWatcher {
   }
 
   /**
-   * A signal that aborts once the client at `remote` (as `Deno.serve`'s `info.remoteAddr`
-   * gives it) has closed its connection; `undefined` where that cannot be watched. Call the
-   * returned `stop` when the request is answered.
+   * A signal that aborts with `also` or once the client at `remote` (as `Deno.serve`'s
+   * `info.remoteAddr` gives it) has closed its connection; `also` itself where the connection
+   * cannot be watched. Call `stop` when the request is answered. (Listeners, not
+   * `AbortSignal.any`: nothing stays linked to `also` after `stop`.)
    */
-  watch(remote: unknown): { signal: AbortSignal; stop: () => void } | undefined {
-    if (!this.#usable) return undefined;
+  watch(remote: unknown, also: AbortSignal): { signal: AbortSignal; stop: () => void } {
     const r = remote as { transport?: string; hostname?: string; port?: number } | undefined;
-    if (r?.transport !== "tcp" || typeof r.hostname !== "string" || typeof r.port !== "number") {
-      return undefined;
-    }
-    const bytes = addressBytes(r.hostname);
-    if (!bytes) return undefined;
+    const bytes = this.#usable && r?.transport === "tcp" && typeof r.hostname === "string" &&
+        typeof r.port === "number"
+      ? addressBytes(r.hostname)
+      : undefined;
+    if (!bytes || also.aborted) return { signal: also, stop: () => {} };
     const w: Watch = {
-      key: `${canonical(bytes)}:${r.port}`,
+      key: `${canonical(bytes)}:${r!.port}`,
       seen: false,
       controller: new AbortController(),
     };
+    const pass = () => w.controller.abort(also.reason);
+    also.addEventListener("abort", pass, { once: true });
     this.#watches.add(w);
-    this.#timer ??= setInterval(() => this.#poll(), CONN_POLL_MS);
-    return { signal: w.controller.signal, stop: () => this.#drop(w) };
+    this.#timer ??= setInterval(() => this.poll(), CONN_POLL_MS);
+    return {
+      signal: w.controller.signal,
+      stop: () => {
+        also.removeEventListener("abort", pass);
+        this.#drop(w);
+      },
+    };
   }
 
   #drop(w: Watch): void {
@@ -159,7 +167,13 @@ export class ConnectionWatcher {
     }
   }
 
-  #poll(): void {
+  /**
+   * Reads the tables now and aborts the watches whose client is gone. Also called before a
+   * run starts: a request that waited behind an inline run (which blocks the timer) is
+   * checked before it computes.
+   */
+  poll(): void {
+    if (this.#watches.size === 0) return;
     let table: Map<string, Seen>;
     try {
       // Synchronous: a few KiB per hundred sockets, and no await between reading and deciding.

@@ -562,13 +562,16 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     admitted++;
     let result;
     try {
+      const waits = running >= maxConcurrent;
       await acquire(signal);
       try {
+        // A client that left while this request waited is not computed for (an inline run
+        // blocks the watcher's timer while it runs, and cannot be stopped once started).
+        if (waits) watcher.poll();
+        if (signal.aborted) throw aborted();
         if (workers) {
           result = await workers.run({ request: req, q, k, v, signal, timeoutMs });
         } else {
-          // An inline run cannot be stopped once started; one whose client left is not started.
-          if (signal.aborted) throw aborted();
           const rt = await getRuntime();
           try {
             result = await runRequest({ runtime: rt, request: req, q, k, v, cache });
@@ -614,14 +617,13 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
         { allow: "POST" },
       );
     }
-    const watch = watcher.watch(info?.remoteAddr);
-    const signal = watch ? AbortSignal.any([request.signal, watch.signal]) : request.signal;
+    const watch = watcher.watch(info?.remoteAddr, request.signal);
     try {
-      return await attention(request, signal);
+      return await attention(request, watch.signal);
     } catch (e) {
       return errorResponse(e);
     } finally {
-      watch?.stop();
+      watch.stop();
     }
   };
   return Object.assign(handler, {
