@@ -465,6 +465,33 @@ Deno.test("serve: a raw client that closes its socket after the body stops its r
   });
 });
 
+Deno.test("serve: a queued request whose client closes its socket leaves the queue", async () => {
+  const long = denseBody(8192, 8); // 5.5 s on 2 cores, ~1 s on 16: aborted below either way
+  const small = smallBody();
+  await withWorkerServer({ maxConcurrent: 1, maxQueue: 1, timeoutMs: 30_000 }, async (url) => {
+    const ac = new AbortController();
+    const heavy = fetch(url, { method: "POST", body: long, headers: OCTET, signal: ac.signal })
+      .catch((e) => e);
+    await waitFor(url, (load) => load.running === 1);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
+    const head =
+      `POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/octet-stream\r\n` +
+      `content-length: ${small.length}\r\n\r\n`;
+    await conn.write(new TextEncoder().encode(head));
+    for (let i = 0; i < small.length;) i += await conn.write(small.subarray(i));
+    await waitFor(url, (load) => load.queued === 1);
+    const t0 = performance.now();
+    conn.close();
+    // Before the watcher it stayed queued until the run ahead ended, then computed for no one.
+    await waitFor(url, (load) => load.queued === 0 && load.running === 1, 1000);
+    const ms = performance.now() - t0;
+    assert.ok(ms < 1000, `left the queue ${ms.toFixed(0)} ms after the close`);
+    ac.abort();
+    assert.ok((await heavy) instanceof Error);
+    await waitFor(url, (load) => load.admitted === 0, 2000);
+  });
+});
+
 Deno.test("serve: without Worker (Deno Deploy, Supabase Edge) it computes on its thread", async () => {
   const rt = await openRuntime({ backend: "wasm" });
   const q = tensor("f32", [1, 128, 1, 8], 1);
