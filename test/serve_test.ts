@@ -492,6 +492,33 @@ Deno.test("serve: a queued request whose client closes its socket leaves the que
   });
 });
 
+Deno.test("serve: /health calls while the first worker starts share that worker", async () => {
+  const threads = () => {
+    try {
+      return Number(/Threads:\s+(\d+)/.exec(Deno.readTextFileSync("/proc/self/status"))![1]);
+    } catch {
+      return undefined; // not Linux
+    }
+  };
+  const handler = createHandler({ backend: "wasm" });
+  try {
+    const t0 = threads();
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, () => handler(new Request("http://x/health"))),
+    );
+    for (const r of answers) assert.equal(r.status, 200, await r.text());
+    const t1 = threads();
+    // One worker and its pool (a thread per core): +4 threads on 2 cores; a worker per call
+    // was +30. The bound is two workers' worth.
+    const bound = 2 * (navigator.hardwareConcurrency + 3);
+    if (t0 !== undefined && t1 !== undefined) {
+      assert.ok(t1 - t0 < bound, `${t1 - t0} more threads (bound ${bound})`);
+    }
+  } finally {
+    handler.close();
+  }
+});
+
 Deno.test("serve: without Worker (Deno Deploy, Supabase Edge) it computes on its thread", async () => {
   const rt = await openRuntime({ backend: "wasm" });
   const q = tensor("f32", [1, 128, 1, 8], 1);
