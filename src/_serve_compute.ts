@@ -52,6 +52,9 @@ export function estimateFlops(request: AttentionRequest, tokens: number): number
   return per * pairs + per * g * g;
 }
 
+/** Index of the abort flag in a WebAssembly pool's control words (src/wasm/pool.ts). */
+const POOL_ABORT = 1;
+
 const RESTART: ReadonlySet<string> = new Set(["DEVICE_LOST", "DISPOSED", "WORKER_ERROR"]);
 
 /** An error that crossed from the worker as data, rebuilt. */
@@ -73,6 +76,8 @@ class Slot {
   pending: Pending | undefined;
   dead = false;
   #ready!: { resolve: (i: BackendInfo) => void; reject: (e: unknown) => void };
+  /** The control words of the worker's WebAssembly pools (src/_serve_worker.ts). */
+  readonly #controls: Int32Array[] = [];
 
   constructor(backend: "auto" | BackendKind, threads: number | undefined) {
     this.ready = new Promise((resolve, reject) => (this.#ready = { resolve, reject }));
@@ -83,7 +88,11 @@ class Slot {
     });
     this.worker.onmessage = (e: MessageEvent) => {
       const m = e.data;
-      if (m.type === "ready") this.#ready.resolve(m.info);
+      if (m.type === "control") {
+        // The latest few pools' control words (the backend replaces an idle pool).
+        this.#controls.push(new Int32Array(m.ctl as SharedArrayBuffer));
+        if (this.#controls.length > 4) this.#controls.shift();
+      } else if (m.type === "ready") this.#ready.resolve(m.info);
       else if (m.type === "done") this.#settle((p) => p.resolve(m.result));
       else if (m.type === "failed") {
         const error = rebuild(m.error);
@@ -121,6 +130,10 @@ class Slot {
     error: unknown = new DraftAttentionError("DISPOSED", "server", "handler was closed"),
   ): void {
     this.dead = true;
+    // First the pools' abort word, which their threads check before each item: Deno 2.9.6
+    // ends a worker only once it returns to its event loop, and a run does so only between
+    // phases (src/_serve_worker.ts).
+    for (const ctl of this.#controls) Atomics.store(ctl, POOL_ABORT, 1);
     this.worker.terminate();
     this.#ready.reject(error);
     this.#settle((p) => p.reject(error));
@@ -144,6 +157,7 @@ export class WorkerCompute {
   readonly #idle: Slot[] = [];
   readonly #busy = new Set<Slot>();
   #info: BackendInfo | undefined;
+  #starting: Promise<BackendInfo> | undefined;
   #closed = false;
 
   constructor(
@@ -164,9 +178,18 @@ export class WorkerCompute {
     }
   }
 
-  /** Starts a worker if none is idle and waits until its runtime is open. */
-  async ready(): Promise<BackendInfo> {
-    if (this.#info) return this.#info;
+  /**
+   * Starts a worker if none is idle and waits until its runtime is open. Callers that arrive
+   * meanwhile share that wait: `/health` polled while the first worker warms up started a
+   * worker (and its threads) per call.
+   */
+  ready(): Promise<BackendInfo> {
+    if (this.#info) return Promise.resolve(this.#info);
+    this.#starting ??= this.#start().finally(() => (this.#starting = undefined));
+    return this.#starting;
+  }
+
+  async #start(): Promise<BackendInfo> {
     const slot = this.#take();
     try {
       this.#info = await slot.ready;
@@ -181,11 +204,19 @@ export class WorkerCompute {
   async run(job: ComputeJob): Promise<AttentionResult> {
     const slot = this.#take();
     this.#busy.add(slot);
+    // Listened for from the start, not once the worker is ready: a fresh worker takes its
+    // warm-up (about a second) to be ready, and an abort in that time stops it at once.
+    const onAbort = () =>
+      slot.kill(new ServeError(499, "ABORTED", "request", "the client closed the request"));
+    let timer: ReturnType<typeof setTimeout> | undefined;
     let ok = false;
     try {
+      if (job.signal?.aborted) onAbort();
+      else job.signal?.addEventListener("abort", onAbort, { once: true });
       this.#info = await slot.ready;
       const result = await new Promise<AttentionResult>((resolve, reject) => {
-        const timer = setTimeout(() =>
+        slot.pending = { resolve, reject };
+        timer = setTimeout(() =>
           slot.kill(
             new ServeError(
               503,
@@ -194,18 +225,6 @@ export class WorkerCompute {
               `the run took longer than ${job.timeoutMs} ms and was stopped`,
             ),
           ), job.timeoutMs);
-        const onAbort = () =>
-          slot.kill(new ServeError(499, "ABORTED", "request", "the client closed the request"));
-        const done = () => {
-          clearTimeout(timer);
-          job.signal?.removeEventListener("abort", onAbort);
-        };
-        slot.pending = {
-          resolve: (r) => (done(), resolve(r)),
-          reject: (e) => (done(), reject(e)),
-        };
-        if (job.signal?.aborted) return onAbort();
-        job.signal?.addEventListener("abort", onAbort, { once: true });
         const { q, k, v } = job;
         // The tensors are the parser's own copies: moved, not copied, to the worker.
         const transfer = [...new Set([q.data.buffer, k.data.buffer, v.data.buffer])];
@@ -217,6 +236,8 @@ export class WorkerCompute {
       ok = true;
       return result;
     } finally {
+      clearTimeout(timer);
+      job.signal?.removeEventListener("abort", onAbort);
       this.#busy.delete(slot);
       if (ok && !slot.dead && !this.#closed) this.#idle.push(slot);
       else slot.kill();

@@ -6,7 +6,8 @@
  *
  * Messages in: `{ type: "init", backend, threads }`, then `{ type: "run", id, request, q, k, v }`
  * (the tensors' buffers transferred). Out: `{ type: "ready", info }` or `{ type: "failed",
- * error }` once, then `{ type: "done", id, result }` or `{ type: "failed", id, error }` per run.
+ * error }` once, then `{ type: "done", id, result }` or `{ type: "failed", id, error }` per run,
+ * and `{ type: "control", ctl }` (a shared buffer) for each WebAssembly worker pool started.
  *
  * @module
  */
@@ -22,6 +23,27 @@ interface Scope {
   close(): void;
 }
 const scope = globalThis as unknown as Scope;
+
+/**
+ * The control words of every WebAssembly worker pool started here, passed on to the server.
+ * With Deno 2.9.6, `worker.terminate()` takes effect only when the worker returns to its event
+ * loop (a worker in a long synchronous loop keeps its core: measured, a run aborted 200 ms in
+ * went on for its remaining 3.3 s on both cores). A run returns to the event loop only between
+ * phases, and one phase can be nearly the whole run. The pool's threads check the abort word
+ * (src/wasm/pool.ts) before each item, so the server sets it, then terminates this worker: the
+ * phase ends after the items in hand and the worker stops at its next wait.
+ */
+const NativeWorker = globalThis.Worker;
+class PoolWorker extends NativeWorker {
+  override postMessage(message: unknown, options?: unknown): void {
+    const m = message as { type?: unknown; ctl?: unknown } | null;
+    if (m?.type === "init" && m.ctl instanceof SharedArrayBuffer) {
+      scope.postMessage({ type: "control", ctl: m.ctl });
+    }
+    super.postMessage(message, options as StructuredSerializeOptions);
+  }
+}
+globalThis.Worker = PoolWorker;
 
 /** An error as plain data (a `DraftAttentionError` keeps its code and field). */
 function plain(e: unknown): { code: string; field: string; message: string } {

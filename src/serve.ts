@@ -34,6 +34,7 @@ import { encodeSafetensors, parseSafetensors } from "./safetensors.ts";
 import { buildRequest, OpCache, runRequest } from "./_request.ts";
 import { checkHeader } from "./_serve_header.ts";
 import { estimateFlops, ServeError, WorkerCompute } from "./_serve_compute.ts";
+import { ConnectionWatcher } from "./_serve_conn.ts";
 import type { Tensor } from "./_tensor.ts";
 import type { BackendInfo, BackendKind } from "./types.ts";
 
@@ -81,9 +82,13 @@ export interface HandlerOptions {
   token?: string;
 }
 
-/** A `fetch`-style handler with a `close()` that frees its ops and the runtime it opened. */
+/**
+ * A `fetch`-style handler with a `close()` that frees its ops and the runtime it opened. The
+ * second argument is what `Deno.serve` passes (its `remoteAddr` lets the handler notice a
+ * client that closed its connection; other callers may leave it out).
+ */
 export interface AttentionHandler {
-  (request: Request): Promise<Response>;
+  (request: Request, info?: { remoteAddr?: unknown }): Promise<Response>;
   /** Disposes cached ops and, when the handler opened it, the runtime and compute workers. */
   close(): void;
 }
@@ -418,16 +423,18 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     return maxFlopsOpt ?? (info.backend === "webgpu" ? 2 ** 46 : 2 ** 38);
   }
 
+  // `request.signal` misses clients that close after sending a body (src/_serve_conn.ts).
+  const watcher = new ConnectionWatcher();
   let uploading = 0;
   let admitted = 0;
   let running = 0;
   const waiting: (() => void)[] = [];
-  const acquire = (request: Request): Promise<void> => {
+  const acquire = (signal: AbortSignal): Promise<void> => {
+    if (signal.aborted) return Promise.reject(aborted());
     if (running < maxConcurrent) {
       running++;
       return Promise.resolve();
     }
-    const signal = request.signal;
     return new Promise((resolve, reject) => {
       const wake = () => {
         signal.removeEventListener("abort", gone);
@@ -436,7 +443,7 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
       const gone = () => {
         const i = waiting.indexOf(wake);
         if (i >= 0) waiting.splice(i, 1);
-        reject(new ServeError(499, "ABORTED", "request", "the client closed the request"));
+        reject(aborted());
       };
       waiting.push(wake);
       signal.addEventListener("abort", gone, { once: true });
@@ -463,11 +470,15 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     }
   }
 
+  function aborted(): ServeError {
+    return new ServeError(499, "ABORTED", "request", "the client closed the request");
+  }
+
   function busy(what: string): ServeError {
     return new ServeError(429, "BUSY", "server", what, { "retry-after": "1" });
   }
 
-  async function attention(request: Request): Promise<Response> {
+  async function attention(request: Request, signal: AbortSignal): Promise<Response> {
     try {
       checkAdmission(request);
     } catch (e) {
@@ -484,7 +495,7 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     } finally {
       uploading--;
     }
-    return await answer(request, bytes);
+    return await answer(bytes, signal);
   }
 
   /** Token, content type and an upload slot: what is checked before a byte of the body. */
@@ -521,7 +532,7 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     }
   }
 
-  async function answer(request: Request, bytes: Uint8Array): Promise<Response> {
+  async function answer(bytes: Uint8Array, signal: AbortSignal): Promise<Response> {
     checkHeader(bytes, { maxHeaderBytes: maxHeader, maxTensorElements: maxElements });
     const file = parseSafetensors(bytes, { name: "body", maxHeaderBytes: maxHeader });
     bytes = new Uint8Array(0); // the tensors are copies: let the body go
@@ -551,10 +562,15 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     admitted++;
     let result;
     try {
-      await acquire(request);
+      const waits = running >= maxConcurrent;
+      await acquire(signal);
       try {
+        // A client that left while this request waited is not computed for (an inline run
+        // blocks the watcher's timer while it runs, and cannot be stopped once started).
+        if (waits) watcher.poll();
+        if (signal.aborted) throw aborted();
         if (workers) {
-          result = await workers.run({ request: req, q, k, v, signal: request.signal, timeoutMs });
+          result = await workers.run({ request: req, q, k, v, signal, timeoutMs });
         } else {
           const rt = await getRuntime();
           try {
@@ -583,7 +599,10 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
     });
   }
 
-  const handler = async (request: Request): Promise<Response> => {
+  const handler = async (
+    request: Request,
+    info?: { remoteAddr?: unknown },
+  ): Promise<Response> => {
     const path = new URL(request.url).pathname;
     if (path === "/health") {
       if (request.method === "GET" || request.method === "HEAD") return await health();
@@ -598,10 +617,13 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
         { allow: "POST" },
       );
     }
+    const watch = watcher.watch(info?.remoteAddr, request.signal);
     try {
-      return await attention(request);
+      return await attention(request, watch.signal);
     } catch (e) {
       return errorResponse(e);
+    } finally {
+      watch.stop();
     }
   };
   return Object.assign(handler, {
@@ -609,6 +631,7 @@ export function createHandler(options: HandlerOptions = {}): AttentionHandler {
       if (closed) return;
       closed = true;
       cache.clear();
+      watcher.close();
       workers?.close();
       if (owned) runtime?.then((rt) => rt.dispose(), () => {});
       runtime = undefined;
