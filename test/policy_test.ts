@@ -1075,6 +1075,100 @@ test("the tiled estimator runs where the device has subgroups, and matches wasm"
   }
 });
 
+// Shapes at the tiled estimator's edges: head dims whose vec4 count is odd or not a multiple of
+// 4 (the S loop's unroll), one window (g = 1), fewer tokens than a key chunk, text first, sample
+// counts 1, 5 (8 slots, 3 of them empty) and 4, and the split counts forced both ways.
+const EDGE_CASES: OpCase[] = [
+  {
+    name: "headDim 20, 5 samples, text before",
+    geom: {
+      frames: 2,
+      height: 7,
+      width: 11,
+      textTokens: 9,
+      textPosition: "before",
+      poolH: 4,
+      poolW: 4,
+    },
+    batch: 1,
+    heads: 2,
+    headDim: 20,
+    layout: "BSHD",
+    dtype: "f32",
+    sparsity: 0.6,
+    samples: 5,
+    seed: 41,
+  },
+  {
+    name: "headDim 24, 1 sample, f16, BHSD",
+    geom: {
+      frames: 3,
+      height: 5,
+      width: 6,
+      textTokens: 0,
+      textPosition: "after",
+      poolH: 2,
+      poolW: 3,
+    },
+    batch: 2,
+    heads: 1,
+    headDim: 24,
+    layout: "BHSD",
+    dtype: "f16",
+    sparsity: 0.7,
+    samples: 1,
+    seed: 51,
+  },
+  {
+    name: "one window, 20 tokens, 4 samples",
+    geom: {
+      frames: 1,
+      height: 4,
+      width: 4,
+      textTokens: 4,
+      textPosition: "after",
+      poolH: 4,
+      poolW: 4,
+    },
+    batch: 1,
+    heads: 3,
+    headDim: 8,
+    layout: "BSHD",
+    dtype: "f32",
+    sparsity: 0.5,
+    samples: 4,
+    seed: 61,
+  },
+];
+
+test("tiled estimator at its edges (head dims, one window, short keys): wasm's masks", [
+  "wasm",
+  "webgpu",
+], async () => {
+  const ctx = new GpuContext(runtimes.get("webgpu")!.device!);
+  const combos = COMBOS.filter((x) => x.estimator !== "draft" && x.policy === "percentile");
+  for (const c of EDGE_CASES) {
+    for (const combo of combos) {
+      const prep = prepare(c, combo);
+      const spec = resolveDraft(draftOptions(c, combo));
+      for (const minWorkgroups of [0, DEFAULT_MIN_WORKGROUPS]) {
+        SAMPLED_TUNING.minWorkgroups = minWorkgroups;
+        const op = new WebGpuOp(ctx, spec, buildPlan(spec), () => {});
+        try {
+          const what = `${c.name}, ${combo.estimator} ${combo.budget ?? ""}, minWorkgroups ` +
+            `${minWorkgroups} (seed ${prep.seed})`;
+          assert.equal(op.estimatorKernel, "tiled", what);
+          await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
+          assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
+        } finally {
+          op.dispose();
+          SAMPLED_TUNING.minWorkgroups = DEFAULT_MIN_WORKGROUPS;
+        }
+      }
+    }
+  }
+});
+
 test("WebGPU default limits (16 KiB workgroup memory): every combination, wasm's masks", [
   "wasm",
   "webgpu",
