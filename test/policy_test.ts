@@ -35,6 +35,7 @@ import {
   ROW_PARAMS,
   rowKernel,
   SAMPLED_TUNING,
+  type TiledShape,
   tiledShape,
   TOKENS_TUNING,
   TOKENS_WORDS,
@@ -1046,7 +1047,15 @@ test("the tiled estimator runs where the device has subgroups, and matches wasm"
   const device = runtimes.get("webgpu")!.device!;
   const ctx = new GpuContext(device);
   assert.ok(ctx.subgroupSize > 0, `this adapter reports no single subgroup size`);
-  for (const [c, shape] of [[OP_CASES[0], undefined], [OP_CASES[2], { tn: 1 }]] as const) {
+  // [case, tile override, row groups per query tile expected on subgroups of 8]: 16 slots on
+  // one thread, then a tile spanning 2 and 4 row groups of a subgroup (narrow row groups).
+  const shapes: [OpCase, Partial<TiledShape> | undefined, number][] = [
+    [OP_CASES[0], undefined, 1],
+    [OP_CASES[2], { tn: 1 }, 1],
+    [OP_CASES[2], { tn: 1, cg: 4 }, 2],
+    [OP_CASES[2], { tn: 1, cg: 2, tm4: 1 }, 4],
+  ];
+  for (const [c, shape, span] of shapes) {
     for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
       const prep = prepare(c, combo);
       const spec = resolveDraft(draftOptions(c, combo));
@@ -1064,6 +1073,7 @@ test("the tiled estimator runs where the device has subgroups, and matches wasm"
       try {
         const what = `${c.name}, ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
         if (c === OP_CASES[0] || ctx.subgroupSize === 8) assert.ok(fits, what);
+        if (ctx.subgroupSize === 8) assert.equal(fits!.span, span, what);
         assert.equal(op.estimatorKernel, fits ? "tiled" : "rows", what);
         await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
         assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);

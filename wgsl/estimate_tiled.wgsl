@@ -7,7 +7,7 @@
 // two), slot s holding its s-th sampled query (window-order position from the host's table) where
 // s < n_i and a zero row otherwise; rows i*SP .. of a pair, cut into blocks of RT = 4*TM4*RG rows.
 // Workgroup = (pair, row block, split); threads form an RG x CG grid, thread (rg, cg) owning the
-// block's rows 4*TM4*rg .. (whole tiles: SP divides 4*TM4) and keys cg + CG*N, N < TN, of each
+// block's rows 4*TM4*rg .. (whole tiles, or SPAN row groups a tile) and keys cg + CG*N, N < TN, of each
 // chunk of BC = TN*CG keys staged in workgroup memory; S as outer products of Q^T quads and key
 // scalars (wgsl/flash_tile.wgsl's layout), scores in the log2 domain, f32 arithmetic.
 //   Pass A (PASS_B = 0), split = a range of `span` raster keys (text included): each thread keeps
@@ -34,8 +34,13 @@ enable f16;
 const TM4: u32 = 2u;
 /** Keys per thread and chunk. */
 const TN: u32 = 4u;
-/** Sample slots per tile (a power of two dividing 4*TM4). */
+/** Sample slots per tile (a power of two). */
 const SP: u32 = 2u;
+/**
+ * Row groups per query tile: 1 where SP <= 4*TM4 (a thread holds whole tiles), else
+ * SP / (4*TM4), the row groups of one subgroup (CG * SPAN <= subgroup size).
+ */
+const SPAN: u32 = 1u;
 /** 0: pass A (row statistics per key split); 1: pass B (mass per tile). */
 const PASS_B: u32 = 0u;
 /** 1: Q^T in f16 workgroup memory (f16 storage on a shader-f16 device; exact). */
@@ -199,7 +204,8 @@ fn main(
       // @end
       // @end
     }
-    // Per row: the tile's mass; per query tile of the thread: the sum over its samples.
+    // Per row: the tile's mass; per query tile of the thread: the sum over its samples (acc[0]
+    // the thread's share where a tile spans row groups).
     var acc = array<f32, 4u * TM4>();
     // @unroll R TM4
     {
@@ -209,8 +215,12 @@ fn main(
       }
     }
     // @end
-    if (cg == 0u) {
-      for (var u = 0u; u < 4u * TM4 / SP; u++) {
+    // A query tile over SPAN row groups (lanes CG apart in one subgroup): their sums added.
+    for (var o = CG; o < CG * SPAN; o <<= 1u) {
+      acc[0] += subgroupShuffleXor(acc[0], o);
+    }
+    if (cg == 0u && rg % SPAN == 0u) {
+      for (var u = 0u; u < max(1u, 4u * TM4 / SP); u++) {
         let i = (row0 + 4u * TM4 * rg) / SP + u;
         if (count_of(i) > 0u) {
           let cf = coef[i];
