@@ -15,7 +15,8 @@
  * `--kernel rows` runs the sampled map with the per-key kernel (wgsl/estimate_sampled.wgsl) where
  * the tiled one (wgsl/estimate_tiled.wgsl) would run, for side-by-side numbers; `--tile
  * tm4,tn,cg,rg[,f32|f32q|f32k]` overrides the tiled kernel's register tile (`SAMPLED_TUNING.shape`);
- * `--limits default` keeps WebGPU's default limits (16 KiB workgroup memory).
+ * `--limits default` keeps WebGPU's default limits (16 KiB workgroup memory); `--no-subgroups`
+ * makes the tiled kernel reduce through workgroup memory, as on a device without subgroups.
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../mod.ts";
@@ -42,6 +43,7 @@ const { values: args } = parseArgs({
     dtype: { type: "string", default: "" },
     kernel: { type: "string", default: "auto" },
     limits: { type: "string", default: "adapter" },
+    "no-subgroups": { type: "boolean", default: false },
     tile: { type: "string", default: "" },
   },
 });
@@ -51,6 +53,7 @@ if (args.kernel !== "auto" && args.kernel !== "rows") {
   Deno.exit(2);
 }
 SAMPLED_TUNING.tiled = args.kernel === "auto";
+if (args["no-subgroups"]) SAMPLED_TUNING.shape = { subgroups: false };
 if (args.tile) {
   const [tm4, tn, cg, rg, f] = args.tile.split(",");
   const ok = ["f32", "f32q", "f32k", undefined];
@@ -59,6 +62,7 @@ if (args.tile) {
     Deno.exit(2);
   }
   SAMPLED_TUNING.shape = {
+    ...SAMPLED_TUNING.shape,
     tm4: Number(tm4),
     tn: Number(tn),
     cg: Number(cg),

@@ -1040,7 +1040,7 @@ for (const c of OP_CASES) {
 // them), not a silent fallback. At headDim 256 with 16 samples (16 sample slots, 16 rows per
 // thread) a narrow tile (`SAMPLED_TUNING.shape`) fits llvmpipe's 32 KiB with its subgroups of 8;
 // with subgroups of 32 no f32 tile fits 48 KiB, and the per-key kernel must run instead.
-test("the tiled estimator runs where the device has subgroups, and matches wasm", [
+test("the tiled estimator runs (subgroup or workgroup reductions) and matches wasm", [
   "wasm",
   "webgpu",
 ], async () => {
@@ -1054,6 +1054,9 @@ test("the tiled estimator runs where the device has subgroups, and matches wasm"
     [OP_CASES[2], { tn: 1 }, 1],
     [OP_CASES[2], { tn: 1, cg: 4 }, 2],
     [OP_CASES[2], { tn: 1, cg: 2, tm4: 1 }, 4],
+    // Row-group reductions through workgroup memory, as on a device without subgroups.
+    [OP_CASES[0], { subgroups: false }, 1],
+    [OP_CASES[1], { subgroups: false, cg: 4 }, 1],
   ];
   for (const [c, shape, span] of shapes) {
     for (const combo of COMBOS.filter((x) => x.estimator !== "draft")) {
@@ -1074,6 +1077,7 @@ test("the tiled estimator runs where the device has subgroups, and matches wasm"
         const what = `${c.name}, ${combo.policy}/${combo.estimator} ${combo.budget ?? ""}`;
         if (c === OP_CASES[0] || ctx.subgroupSize === 8) assert.ok(fits, what);
         if (ctx.subgroupSize === 8) assert.equal(fits!.span, span, what);
+        if (fits && shape?.subgroups === false) assert.equal(fits.subgroups, false, what);
         assert.equal(op.estimatorKernel, fits ? "tiled" : "rows", what);
         await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
         assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
@@ -1161,18 +1165,21 @@ test("tiled estimator at its edges (head dims, one window, short keys): wasm's m
     for (const combo of combos) {
       const prep = prepare(c, combo);
       const spec = resolveDraft(draftOptions(c, combo));
-      for (const minWorkgroups of [0, DEFAULT_MIN_WORKGROUPS]) {
+      const runs = [[0, true], [DEFAULT_MIN_WORKGROUPS, true], [DEFAULT_MIN_WORKGROUPS, false]];
+      for (const [minWorkgroups, subgroups] of runs as [number, boolean][]) {
         SAMPLED_TUNING.minWorkgroups = minWorkgroups;
+        SAMPLED_TUNING.shape = subgroups ? undefined : { subgroups };
         const op = new WebGpuOp(ctx, spec, buildPlan(spec), () => {});
         try {
           const what = `${c.name}, ${combo.estimator} ${combo.budget ?? ""}, minWorkgroups ` +
-            `${minWorkgroups} (seed ${prep.seed})`;
+            `${minWorkgroups}${subgroups ? "" : " without subgroups"} (seed ${prep.seed})`;
           assert.equal(op.estimatorKernel, "tiled", what);
           await op.run(prep.inputs.q, prep.inputs.k, prep.inputs.v);
           assert.deepEqual((await op.lastMask()).mask, prep.sel.mask, what);
         } finally {
           op.dispose();
           SAMPLED_TUNING.minWorkgroups = DEFAULT_MIN_WORKGROUPS;
+          SAMPLED_TUNING.shape = undefined;
         }
       }
     }

@@ -1,7 +1,8 @@
 // Sampled block importance (src/selection.ts, estimators "sampled" and "hybrid") as two
-// register-tiled passes over blocks of sample rows, for devices with `subgroups`; the same map as
-// wgsl/estimate_sampled.wgsl (the kernel for devices without them, or without the workgroup
-// memory), by the flash kernels' structure instead of one thread per key.
+// register-tiled passes over blocks of sample rows (row-group reductions by subgroup shuffles, or
+// through workgroup memory without `subgroups`); the same map as wgsl/estimate_sampled.wgsl (the
+// kernel where these tiles do not fit the workgroup memory), by the flash kernels' structure
+// instead of one thread per key.
 //
 // Sample rows: tile i of the plan has SP slots (SP = the sample count rounded up to a power of
 // two), slot s holding its s-th sampled query (window-order position from the host's table) where
@@ -41,6 +42,12 @@ const SP: u32 = 2u;
  * SP / (4*TM4), the row groups of one subgroup (CG * SPAN <= subgroup size).
  */
 const SPAN: u32 = 1u;
+/**
+ * 1: row-group reductions by subgroup shuffles (the device has `subgroups` and a row group is
+ * part of one subgroup); 0: through workgroup memory, two barriers per reduction (once per
+ * tile in pass B, once at the end of pass A), SPAN = 1.
+ */
+const SUBGROUPS: u32 = 1u;
 /** 0: pass A (row statistics per key split); 1: pass B (mass per tile). */
 const PASS_B: u32 = 0u;
 /** 1: Q^T in f16 workgroup memory (f16 storage on a shader-f16 device; exact). */
@@ -85,8 +92,9 @@ var<workgroup> qt: array<QTile4, D * BR4>;
 /** The chunk's K rows (stride D4 + 1: conflict-free column reads). */
 var<workgroup> kv: array<KTile4, BC * KSTR4>;
 
-/** Max of `x` over the CG lanes of the caller's row group. */
-fn row_max(x: vec4<f32>) -> vec4<f32> {
+// @if SUBGROUPS
+/** Max of `x` over the CG lanes of the caller's row group (quad `rq`, lane `cg`). */
+fn row_max(x: vec4<f32>, rq: u32, cg: u32) -> vec4<f32> {
   var m = x;
   for (var o = CG >> 1u; o > 0u; o >>= 1u) {
     m = max(m, subgroupShuffleXor(m, o));
@@ -95,13 +103,41 @@ fn row_max(x: vec4<f32>) -> vec4<f32> {
 }
 
 /** Sum of `x` over the CG lanes of the caller's row group. */
-fn row_sum(x: vec4<f32>) -> vec4<f32> {
+fn row_sum(x: vec4<f32>, rq: u32, cg: u32) -> vec4<f32> {
   var s = x;
   for (var o = CG >> 1u; o > 0u; o >>= 1u) {
     s += subgroupShuffleXor(s, o);
   }
   return s;
 }
+// @else
+/** Without subgroups: the row group's CG values of row quad rq, through workgroup memory. */
+var<workgroup> red: array<vec4<f32>, BR4 * CG>;
+
+/** Max of `x` over the CG threads of row quad `rq` (every thread of the workgroup calls it). */
+fn row_max(x: vec4<f32>, rq: u32, cg: u32) -> vec4<f32> {
+  workgroupBarrier(); // earlier readers of `red` are done
+  red[rq * CG + cg] = x;
+  workgroupBarrier();
+  var m = red[rq * CG];
+  for (var c = 1u; c < CG; c++) {
+    m = max(m, red[rq * CG + c]);
+  }
+  return m;
+}
+
+/** Sum of `x` over the CG threads of row quad `rq` (every thread of the workgroup calls it). */
+fn row_sum(x: vec4<f32>, rq: u32, cg: u32) -> vec4<f32> {
+  workgroupBarrier(); // earlier readers of `red` are done
+  red[rq * CG + cg] = x;
+  workgroupBarrier();
+  var s = red[rq * CG];
+  for (var c = 1u; c < CG; c++) {
+    s += red[rq * CG + c];
+  }
+  return s;
+}
+// @endif
 
 @compute @workgroup_size(NT)
 fn main(
@@ -209,16 +245,18 @@ fn main(
     var acc = array<f32, 4u * TM4>();
     // @unroll R TM4
     {
-      let mass = row_sum(ps_R) * iz_R;
+      let mass = row_sum(ps_R, rq_R, cg) * iz_R;
       for (var c = 0u; c < 4u; c++) {
         acc[(4u * R + c) / SP] += mass[c];
       }
     }
     // @end
     // A query tile over SPAN row groups (lanes CG apart in one subgroup): their sums added.
+    // @if SUBGROUPS
     for (var o = CG; o < CG * SPAN; o <<= 1u) {
       acc[0] += subgroupShuffleXor(acc[0], o);
     }
+    // @endif
     if (cg == 0u && rg % SPAN == 0u) {
       for (var u = 0u; u < max(1u, 4u * TM4 / SP); u++) {
         let i = (row0 + 4u * TM4 * rg) / SP + u;
@@ -270,8 +308,8 @@ fn main(
   }
   // @unroll R TM4
   {
-    let mm = row_max(m_R);
-    let ll = row_sum(l_R * exp2(m_R - mm));
+    let mm = row_max(m_R, rq_R, cg);
+    let ll = row_sum(l_R * exp2(m_R - mm), rq_R, cg);
     if (cg == 0u) {
       for (var c = 0u; c < 4u; c++) {
         let row = row0 + 4u * rq_R + c;

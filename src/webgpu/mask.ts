@@ -316,14 +316,18 @@ export interface TiledShape {
   f16k: boolean;
   /** Row groups per query tile (1 unless sp > 4 * tm4). */
   span: number;
+  /** Row-group reductions by subgroup shuffles (else through workgroup memory). */
+  subgroups: boolean;
 }
 
 /**
- * The tiled estimator's tile for a device, or undefined where it cannot run (no `subgroups` of
- * one power-of-two size, or tiles that do not fit the workgroup memory; the op then uses
- * wgsl/estimate_sampled.wgsl). Sample slots per tile: the sample count rounded up to a power of
- * two; a thread holds whole tiles' rows (4 * tm4 >= slots). `SAMPLED_TUNING.shape` overrides the
- * tile (benchmarks), `SAMPLED_TUNING.tiled = false` turns the kernel off (tests).
+ * The tiled estimator's tile for a device, or undefined where no tile fits the workgroup memory
+ * (the op then uses wgsl/estimate_sampled.wgsl). Row groups reduce by subgroup shuffles where the
+ * device has `subgroups` of one power-of-two size (`subgroups`), else through workgroup memory.
+ * Sample slots per tile: the sample count rounded up to a power of two; a thread holds 4 rows,
+ * a tile's slots beyond span the row groups of one subgroup (`span`), or, where the subgroup is
+ * too narrow or absent, more rows a thread. `SAMPLED_TUNING.shape` overrides the tile
+ * (benchmarks, tests), `SAMPLED_TUNING.tiled = false` turns the kernel off (tests).
  *
  * @example
  * ```ts
@@ -331,8 +335,13 @@ export interface TiledShape {
  * import { tiledShape } from "./mask.ts";
  * const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024 };
  * const s = tiledShape({ subgroupSize: 32, limits, f16: true }, 128, 2)!;
- * assert.equal(JSON.stringify(s), '{"tm4":1,"tn":4,"cg":8,"rg":32,"sp":2,"f16q":true,"f16k":true,"span":1}');
- * assert.equal(tiledShape({ subgroupSize: 0, limits, f16: true }, 128, 2), undefined);
+ * assert.equal(
+ *   JSON.stringify(s),
+ *   '{"tm4":1,"tn":4,"cg":8,"rg":32,"sp":2,"f16q":true,"f16k":true,"span":1,"subgroups":true}',
+ * );
+ * // No subgroups: reductions through workgroup memory (4 KiB of it here), 8 slots on a thread.
+ * const n = tiledShape({ subgroupSize: 0, limits, f16: true }, 128, 8)!;
+ * assert.equal(`${n.tm4},${n.rg},${n.span},${n.subgroups}`, "2,16,1,false");
  * // WebGPU's default 16 KiB: 32 rows x 16 keys.
  * const small = { maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256 };
  * const t = tiledShape({ subgroupSize: 32, limits: small, f16: true }, 128, 2)!;
@@ -341,6 +350,7 @@ export interface TiledShape {
  */
 export function tiledShape(
   dev: {
+    /** The device's one subgroup size, 0 without `subgroups` (or with several sizes). */
     subgroupSize: number;
     limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number };
     /** f16 inputs on a `shader-f16` device. */
@@ -349,18 +359,17 @@ export function tiledShape(
   headDim: number,
   samples: number,
 ): TiledShape | undefined {
+  if (!SAMPLED_TUNING.tiled || headDim % 4 !== 0) return undefined;
+  const want = SAMPLED_TUNING.shape;
   const sg = dev.subgroupSize;
-  if (!SAMPLED_TUNING.tiled || sg < 4 || (sg & (sg - 1)) !== 0 || headDim % 4 !== 0) {
-    return undefined;
-  }
+  const subgroups = sg >= 4 && (sg & (sg - 1)) === 0 && (want?.subgroups ?? true);
   let sp = 1;
   while (sp < samples) sp *= 2;
-  const want = SAMPLED_TUNING.shape;
-  const cg = Math.min(want?.cg ?? 8, sg);
+  const cg = subgroups ? Math.min(want?.cg ?? 8, sg) : want?.cg ?? 8;
   // 4 rows a thread; a tile's slots beyond 4 span the row groups of one subgroup (on the H200,
   // 8 and 16 samples ran 6% and 4% faster so than on 8 rows a thread), more rows a thread only
-  // where the subgroup is too narrow for the tile.
-  const tm4 = Math.max(want?.tm4 ?? 1, sp / 4 / (sg / cg));
+  // where the subgroup is too narrow for the tile, or absent.
+  const tm4 = Math.max(want?.tm4 ?? 1, subgroups ? sp / 4 / (sg / cg) : sp / 4);
   const f16q = dev.f16 && (want?.f16q ?? true);
   const f16k = dev.f16 && (want?.f16k ?? true);
   const d4 = headDim / 4;
@@ -371,12 +380,24 @@ export function tiledShape(
   for (const rg of want?.rg ? [want.rg] : [32, 16, 8, 4, 2, 1]) {
     for (const tn of tns) {
       const nt = rg * cg;
-      const bytes = headDim * tm4 * rg * (f16q ? 8 : 16) + tn * cg * (d4 + 1) * (f16k ? 8 : 16);
+      const bytes = headDim * tm4 * rg * (f16q ? 8 : 16) + tn * cg * (d4 + 1) * (f16k ? 8 : 16) +
+        (subgroups ? 0 : tm4 * rg * cg * 16);
       if (
-        nt % sg === 0 && nt <= Math.min(256, dev.limits.maxComputeInvocationsPerWorkgroup) &&
+        (subgroups ? nt % sg === 0 : nt >= 32) &&
+        nt <= Math.min(256, dev.limits.maxComputeInvocationsPerWorkgroup) &&
         bytes <= dev.limits.maxComputeWorkgroupStorageSize
       ) {
-        return { tm4, tn, cg, rg, sp, f16q, f16k, span: Math.max(1, sp / (4 * tm4)) };
+        return {
+          tm4,
+          tn,
+          cg,
+          rg,
+          sp,
+          f16q,
+          f16k,
+          span: Math.max(1, sp / (4 * tm4)),
+          subgroups,
+        };
       }
     }
   }
@@ -393,9 +414,9 @@ export function tiledKernels(
   const make = (pass: number) =>
     ctx.kernel({
       key: `estimate_tiled:${pass ? "b" : "a"}:d${headDim}:${dtype}:` +
-        `${s.tm4}x${s.tn}:${s.rg}x${s.cg}:sp${s.sp}x${s.span}${s.f16q ? ":f16q" : ""}${
-          s.f16k ? ":f16k" : ""
-        }`,
+        `${s.tm4}x${s.tn}:${s.rg}x${s.cg}:sp${s.sp}x${s.span}${s.subgroups ? "" : ":wg"}${
+          s.f16q ? ":f16q" : ""
+        }${s.f16k ? ":f16k" : ""}`,
       code: specialize("estimate_tiled", {
         storage: dtype,
         consts: {
@@ -403,6 +424,7 @@ export function tiledKernels(
           TN: s.tn,
           SP: s.sp,
           SPAN: s.span,
+          SUBGROUPS: s.subgroups ? 1 : 0,
           PASS_B: pass,
           F16_Q: s.f16q ? 1 : 0,
           F16_K: s.f16k ? 1 : 0,

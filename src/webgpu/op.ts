@@ -344,8 +344,9 @@ export class WebGpuOp implements DraftKernelOp {
   }
 
   /**
-   * The sampled-map kernel of the op's estimator: "tiled" (wgsl/estimate_tiled.wgsl, devices
-   * with subgroups), "rows" (wgsl/estimate_sampled.wgsl), undefined for the draft estimator.
+   * The sampled-map kernel of the op's estimator: "tiled" (wgsl/estimate_tiled.wgsl), "rows"
+   * (wgsl/estimate_sampled.wgsl, where no tile fits the workgroup memory), undefined for the
+   * draft estimator.
    */
   get estimatorKernel(): "tiled" | "rows" | undefined {
     return this.#stage?.estimatorKernel;
