@@ -139,6 +139,33 @@ fn row_sum(x: vec4<f32>, rq: u32, cg: u32) -> vec4<f32> {
 }
 // @endif
 
+/**
+ * Stages a chunk's K rows into `kv` between two barriers (the first: the previous chunk
+ * consumed, or Q^T staged): keys first..first+kc, raster tokens in pass A, window-order
+ * positions (through `order`) in pass B; zero rows past kc.
+ */
+fn stage_k(lid: u32, head_off: u32, first: u32, kc: u32) {
+  workgroupBarrier();
+  for (var e = lid; e < BC * D4; e += NT) {
+    let key = e / D4;
+    var x = vec4<f32>(0.0);
+    if (key < kc) {
+      var tok = first + key;
+      if (PASS_B != 0u) {
+        tok = order[tok];
+      }
+      x = load4(k[params.base_k + tok * params.s_t + head_off + e % D4]);
+    }
+    kv[key * KSTR4 + e % D4] = KTile4(x);
+  }
+  workgroupBarrier();
+}
+
+/** Index in `stat` of pass A's split 0 for row `row` (of the group's pair `bh`). */
+fn stat_at(bh: u32, row: u32) -> u32 {
+  return (bh * params.blocks * RT + row) * params.splits_a;
+}
+
 @compute @workgroup_size(NT)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -200,7 +227,7 @@ fn main(
   // @unroll R TM4
   for (var c = 0u; c < 4u; c++) {
     let row = row0 + 4u * rq_R + c;
-    let sb = (bh * params.blocks * RT + row) * params.splits_a;
+    let sb = stat_at(bh, row);
     var mm = NEG;
     for (var s = 0u; s < params.splits_a; s++) {
       mm = max(mm, stat[sb + s].x);
@@ -223,16 +250,7 @@ fn main(
     // @end
     for (var e0 = 0u; e0 < t.y; e0 += BC) {
       let kc = min(BC, t.y - e0);
-      workgroupBarrier(); // the previous chunk's K (and, first, nothing) consumed; Q^T staged
-      for (var e = lid; e < BC * D4; e += NT) {
-        let key = e / D4;
-        var x = vec4<f32>(0.0);
-        if (key < kc) {
-          x = load4(k[params.base_k + order[t.x + e0 + key] * params.s_t + head_off + e % D4]);
-        }
-        kv[key * KSTR4 + e % D4] = KTile4(x);
-      }
-      workgroupBarrier(); // K staged
+      stage_k(lid, head_off, t.x + e0, kc);
       // @include estimate_tiled_s
       // @unroll R TM4
       // @unroll N TN
@@ -278,16 +296,7 @@ fn main(
   let k_end = min(params.tokens, (split + 1u) * params.span_a);
   for (var e0 = split * params.span_a; e0 < k_end; e0 += BC) {
     let kc = min(BC, k_end - e0);
-    workgroupBarrier(); // the previous chunk's K consumed; Q^T staged
-    for (var e = lid; e < BC * D4; e += NT) {
-      let key = e / D4;
-      var x = vec4<f32>(0.0);
-      if (key < kc) {
-        x = load4(k[params.base_k + (e0 + key) * params.s_t + head_off + e % D4]);
-      }
-      kv[key * KSTR4 + e % D4] = KTile4(x);
-    }
-    workgroupBarrier(); // K staged
+    stage_k(lid, head_off, e0, kc);
     // @include estimate_tiled_s
     // Online (m, l) of the thread's keys; keys past the chunk count nothing.
     // @unroll R TM4
@@ -313,7 +322,7 @@ fn main(
     if (cg == 0u) {
       for (var c = 0u; c < 4u; c++) {
         let row = row0 + 4u * rq_R + c;
-        stat[(bh * params.blocks * RT + row) * splits + split] = vec2<f32>(mm[c], ll[c]);
+        stat[stat_at(bh, row) + split] = vec2<f32>(mm[c], ll[c]);
       }
     }
   }
