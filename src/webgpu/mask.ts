@@ -243,9 +243,10 @@ export class TokensSelect {
 }
 
 /**
- * Tuning of the estimator's grouping: workgroups wanted at least (more query tiles per
- * workgroup share each key read, but fewer workgroups can leave a large GPU idle). Tests set 0
- * to force the widest grouping on small problems.
+ * Tuning of the sampled estimators: workgroups wanted at least per dispatch (the per-key kernel
+ * groups fewer query tiles per workgroup for them, the tiled one splits keys and tiles; more
+ * work per workgroup shares each key read, but fewer workgroups can leave a large GPU idle).
+ * Tests set 0 to force the widest grouping / no splits on small problems.
  */
 export const SAMPLED_TUNING: {
   minWorkgroups: number;
@@ -303,7 +304,8 @@ export function sampledKernel(
 
 /**
  * Register tile of wgsl/estimate_tiled.wgsl: `4 * tm4` sample rows x `tn` keys per thread,
- * `rg x cg` threads (a row group = `cg` lanes of one subgroup), `sp` sample slots per tile,
+ * `rg x cg` threads (a row group = `cg` lanes, of one subgroup with `subgroups`), `sp` sample
+ * slots per tile,
  * Q^T (`f16q`) and the K chunk (`f16k`) in f16 workgroup memory or f32.
  */
 export interface TiledShape {
@@ -439,6 +441,18 @@ export function tiledKernels(
   return { a: make(0), b: make(1) };
 }
 
+/** The tiled estimator's splits of a group (named as its params name them). */
+export interface TiledSplits {
+  /** Row blocks per pair. */
+  blocks: number;
+  splits_a: number;
+  span_a: number;
+  splits_b: number;
+  span_b: number;
+  /** Bytes of pass A's statistics (over `maxStatBytes` only where one split does not fit). */
+  statBytes: number;
+}
+
 /**
  * How the tiled estimator splits a group of `n` pairs: row blocks per pair, and pass A's key
  * ranges and pass B's tile ranges, as many as make `SAMPLED_TUNING.minWorkgroups` workgroups
@@ -450,7 +464,7 @@ export function tiledSplits(
   plan: { g: number; tokens: number },
   n: number,
   maxStatBytes: number,
-): { blocks: number; splitsA: number; spanA: number; splitsB: number; spanB: number } {
+): TiledSplits {
   const rt = 4 * s.tm4 * s.rg;
   const blocks = Math.ceil((plan.g * s.sp) / rt);
   const want = Math.max(1, Math.ceil(SAMPLED_TUNING.minWorkgroups / (n * blocks)));
@@ -460,12 +474,14 @@ export function tiledSplits(
   const fit = Math.max(1, Math.floor(maxStatBytes / (n * blocks * rt * 8)));
   const spanA = Math.ceil(chunks / Math.min(want, chunks, fit)) * bc;
   const spanB = Math.ceil(plan.g / Math.min(want, plan.g));
+  const splitsA = Math.ceil(plan.tokens / spanA);
   return {
     blocks,
-    splitsA: Math.ceil(plan.tokens / spanA),
-    spanA,
-    splitsB: Math.ceil(plan.g / spanB),
-    spanB,
+    splits_a: splitsA,
+    span_a: spanA,
+    splits_b: Math.ceil(plan.g / spanB),
+    span_b: spanB,
+    statBytes: n * blocks * rt * splitsA * 8,
   };
 }
 
@@ -491,6 +507,8 @@ export interface StageGroup {
   tokens?: TokensPasses;
   /** Sampled estimator: its params (rewritten per run: tensor bases and piece strides). */
   sampledParams?: GPUBuffer;
+  /** Tiled estimator: the group's splits. */
+  splits?: TiledSplits;
   p: GPUBuffer;
 }
 
@@ -564,15 +582,13 @@ export class GpuMaskStage extends MaskSchedule {
         c.samples,
       );
       const maxStat = ctx.limits.maxStorageBufferBindingSize;
-      const rows = (n: number, x = tiledSplits(shape!, plan, n, maxStat)) =>
-        n * x.blocks * 4 * shape!.tm4 * shape!.rg * x.splitsA;
-      if (
-        shape &&
-        rows(groupPairs, { ...tiledSplits(shape, plan, 1, maxStat), splitsA: 1 }) * 8 <= maxStat
-      ) {
+      // Pass A's statistics of the largest group must fit one binding with one split.
+      if (shape && tiledSplits(shape, plan, groupPairs, maxStat).statBytes <= maxStat) {
         let most = 0;
-        for (let n = 1; n <= groupPairs; n++) most = Math.max(most, rows(n));
-        const stat = buffer("sampled statistics", most * 8, GPUBufferUsage.STORAGE);
+        for (let n = 1; n <= groupPairs; n++) {
+          most = Math.max(most, tiledSplits(shape, plan, n, maxStat).statBytes);
+        }
+        const stat = buffer("sampled statistics", most, GPUBufferUsage.STORAGE);
         this.#tiled = { ...tiledKernels(ctx, spec.headDim, spec.dtype, shape), shape, stat };
       } else {
         const group = sampleGroup(c.samples, spec.headDim, groupPairs * plan.g);
@@ -667,6 +683,14 @@ export class GpuMaskStage extends MaskSchedule {
         U.UNIFORM | U.COPY_DST,
       );
     }
+    if (this.#tiled) {
+      out.splits = tiledSplits(
+        this.#tiled.shape,
+        this.#plan,
+        n,
+        this.#ctx.limits.maxStorageBufferBindingSize,
+      );
+    }
     return out;
   }
 
@@ -710,9 +734,7 @@ export class GpuMaskStage extends MaskSchedule {
       scale: this.#spec.scale,
     };
     // The per-key kernel reads no splits.
-    const splits = this.#tiled
-      ? this.#splits(sp.n)
-      : { blocks: 0, splits_a: 0, span_a: 0, splits_b: 0, span_b: 0 };
+    const splits = sp.splits ?? { blocks: 0, splits_a: 0, span_a: 0, splits_b: 0, span_b: 0 };
     this.#ctx.device.queue.writeBuffer(
       sp.sampledParams,
       0,
@@ -720,33 +742,18 @@ export class GpuMaskStage extends MaskSchedule {
     );
   }
 
-  /** Records the sampled estimator of `n` pairs (after the draft map, which "hybrid" mixes in). */
-  dispatchEstimate(pass: GPUComputePassEncoder, group: GPUBindGroup | undefined, n: number) {
-    const t = this.#tiled;
-    if (t && group) {
-      const x = this.#splits(n);
-      t.a.dispatch(pass, group, n * x.blocks * x.splits_a);
-      t.b.dispatch(pass, group, n * x.blocks * x.splits_b);
+  /**
+   * Records the sampled estimator of a group (after the draft map, which "hybrid" mixes in),
+   * through its bind group over q and k (`ioGroup`).
+   */
+  dispatchEstimate(pass: GPUComputePassEncoder, sp: StageGroup, group: GPUBindGroup | undefined) {
+    const t = this.#tiled, x = sp.splits;
+    if (t && x && group) {
+      t.a.dispatch(pass, group, sp.n * x.blocks * x.splits_a);
+      t.b.dispatch(pass, group, sp.n * x.blocks * x.splits_b);
     } else if (this.#sampled && group) {
-      this.#sampled.dispatch(pass, group, n * Math.ceil(this.#plan.g / this.#qt));
+      this.#sampled.dispatch(pass, group, sp.n * Math.ceil(this.#plan.g / this.#qt));
     }
-  }
-
-  /** The tiled estimator's splits of a group of `n` pairs, as its params name them. */
-  #splits(n: number) {
-    const x = tiledSplits(
-      this.#tiled!.shape,
-      this.#plan,
-      n,
-      this.#ctx.limits.maxStorageBufferBindingSize,
-    );
-    return {
-      blocks: x.blocks,
-      splits_a: x.splitsA,
-      span_a: x.spanA,
-      splits_b: x.splitsB,
-      span_b: x.spanB,
-    };
   }
 
   /** Which sampled-map kernel the stage runs ("tiled", "rows") or none. */
@@ -1006,7 +1013,7 @@ export class GpuMaskStage extends MaskSchedule {
         this.#map!.dispatch(pass("map"), mg.local.map, n * Math.ceil(g / MAP_ROWS));
       }
       const sampled = io.sampled?.[j];
-      if (sampled) this.dispatchEstimate(pass("map"), sampled, n);
+      if (sampled) this.dispatchEstimate(pass("map"), mg.stage, sampled);
       if (mg.listsGroup) {
         const chunks = Math.ceil((g * g) / HIST_CHUNK);
         if (this.usesTokens) this.dispatchTokens(pass("select"), mg.stage);
