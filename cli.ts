@@ -373,6 +373,22 @@ function withFlags(
   return out;
 }
 
+/** The geometry and layout flags `run` and `eval` both map onto request fields. */
+function geometryFlags(values: Record<string, string | boolean | undefined>) {
+  const flag = (name: string) => values[name] as string | undefined;
+  return {
+    model: flag("model"),
+    layout: flag("layout"),
+    frames: flag("frames"),
+    height: flag("height"),
+    width: flag("width"),
+    textTokens: flag("text-tokens"),
+    textPosition: flag("text-position"),
+    pool: flag("pool"),
+    scale: flag("scale"),
+  };
+}
+
 /** Selection options of the flags; each validated by the runtime when the op is built. */
 function selectionOf(values: { tau?: string; samples?: string }): Partial<DraftAttentionOptions> {
   const out: Partial<DraftAttentionOptions> = {};
@@ -449,16 +465,8 @@ async function run(args: string[]): Promise<void> {
     v,
     fields: withFlags(fields, {
       mode: values.dense ? "dense" : "draft",
-      model: values.model,
-      layout: values.layout,
-      frames: values.frames,
-      height: values.height,
-      width: values.width,
-      textTokens: values["text-tokens"],
-      textPosition: values["text-position"],
-      pool: values.pool,
+      ...geometryFlags(values),
       sparsity: values.sparsity,
-      scale: values.scale,
     }),
   });
   const request = withSelection(built, {
@@ -607,17 +615,7 @@ async function evaluate(args: string[]): Promise<void> {
       `${o.dtype} [${o.shape.join(", ")}] differs from q's ${q.dtype} [${q.shape.join(", ")}]`,
     );
   }
-  const fields = withFlags(inputs.fields, {
-    model: values.model,
-    layout: values.layout,
-    frames: values.frames,
-    height: values.height,
-    width: values.width,
-    textTokens: values["text-tokens"],
-    textPosition: values["text-position"],
-    pool: values.pool,
-    scale: values.scale,
-  });
+  const fields = withFlags(inputs.fields, geometryFlags(values));
   const sparsities = values.sparsity !== undefined
     ? listOf("--sparsity", values.sparsity)
     : inputs.fields.sparsity !== undefined || values.model !== undefined
